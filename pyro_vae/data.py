@@ -1,0 +1,505 @@
+"""Data: the bundled default, MNIST from local files, arrays and CSV tables.
+
+Every loader returns a :class:`DataSplits` of float32 tensors ``(n, features)`` in the
+model's space, with labels where they exist and the :class:`Preprocessing` that maps
+raw data to that space (and back), so outputs can be read in data units and densities
+reported per raw feature.
+
+MNIST files are read from a directory given as an argument or by the ``PYRO_VAE_DATA``
+environment variable; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+DATA_ENV = "PYRO_VAE_DATA"
+BINARIZED_MNIST_FILE = "binarized_mnist.npz"
+MNIST_FILE = "mnist.npz"
+
+
+# --------------------------------------------------------------------------- tensors and loaders
+
+
+def as_tensor(x: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A float tensor from a tensor, numpy array, nested list, ``Dataset`` or ``DataLoader``."""
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype)
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+    if isinstance(x, (Dataset, DataLoader)):
+        return torch.cat([b.to(dtype) for b in iter_batches(x, 4096)])
+    if isinstance(x, (list, tuple)):
+        return torch.as_tensor(np.asarray(x), dtype=dtype)
+    raise TypeError(
+        f"cannot use {type(x).__name__} as data: pass a torch.Tensor, a numpy array, "
+        "a torch Dataset or a DataLoader"
+    )
+
+
+def features_of(batch: Any) -> torch.Tensor:
+    """The data tensor of a batch that may be ``x``, ``(x, label)`` or ``{"x": ...}``."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    if isinstance(batch, dict) and "x" in batch:
+        return batch["x"]
+    raise TypeError(
+        f"a batch must be a tensor, a tuple whose first item is the data tensor, or a dict "
+        f"with key 'x'; got {type(batch).__name__}"
+    )
+
+
+class TensorBatches(Dataset):
+    """A dataset of rows of an in-memory tensor that serves whole batches at once.
+
+    ``DataLoader`` calls ``__getitems__`` with a batch of indices, so a batch is one
+    indexing operation instead of ``batch_size`` item fetches and a collate.
+    ``transform`` (for example fresh dequantization noise) is applied per batch.
+    """
+
+    def __init__(self, x: torch.Tensor, transform=None) -> None:
+        self.x = x
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, i):
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices):
+        batch = self.x[torch.as_tensor(indices)]
+        return self.transform(batch) if self.transform is not None else batch
+
+
+def _keep_batch(batch):
+    return batch
+
+
+def make_loader(
+    data: Any, batch_size: int, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False
+) -> DataLoader:
+    """A ``DataLoader`` over ``data``; a given ``DataLoader`` is returned unchanged."""
+    if isinstance(data, DataLoader):
+        return data
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(data, TensorBatches):
+        dataset = data
+    elif isinstance(data, Dataset):
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
+    else:
+        dataset = TensorBatches(as_tensor(data))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        drop_last=drop_last,
+        collate_fn=_keep_batch,
+    )
+
+
+def iter_batches(data: Any, batch_size: int) -> Iterator[torch.Tensor]:
+    """Data tensors of at most ``batch_size`` rows, in order, from any accepted data type."""
+    if isinstance(data, (torch.Tensor, np.ndarray, list, tuple)):
+        x = as_tensor(data)
+        yield from x.split(batch_size)
+        return
+    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size)
+    for batch in loader:
+        yield from features_of(batch).to(torch.float32).split(batch_size)
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+@dataclass
+class Preprocessing:
+    r"""Raw data to model space: optional uniform dequantization, then optional standardization.
+
+    ``y = ((x + u) / levels - mean) / std`` with :math:`u \sim U[0, 1)`. The inverse maps
+    model outputs back to raw units (rounding down to a level when dequantizing), and
+    :meth:`log_abs_det_jacobian` gives :math:`\sum_d \log|\partial y_d / \partial x_d|`, so
+    that :math:`\log p(x) = \log p(y) + \text{that}` is a density in raw units (bits per
+    dimension of dequantized images are reported this way).
+    """
+
+    levels: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.levels is not None and self.levels < 2:
+            raise ValueError(f"levels must be at least 2, got {self.levels}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError("std must be positive in every feature")
+
+    @property
+    def is_identity(self) -> bool:
+        return self.levels is None and self.mean is None
+
+    @property
+    def is_stochastic(self) -> bool:
+        return self.levels is not None
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        y = x.to(torch.float32)
+        if self.levels is not None:
+            y = (y + torch.rand(y.shape, generator=generator)) / self.levels
+        if self.mean is not None:
+            y = (y - torch.tensor(self.mean)) / torch.tensor(self.std)
+        return y
+
+    __call__ = forward
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        x = y.detach().cpu().to(torch.float32)
+        if self.mean is not None:
+            x = x * torch.tensor(self.std) + torch.tensor(self.mean)
+        if self.levels is not None:
+            x = torch.floor(x * self.levels).clamp(0, self.levels - 1)
+        return x
+
+    def log_abs_det_jacobian(self, num_features: int) -> float:
+        """Per data point; the map is affine, so it is a constant."""
+        ldj = 0.0
+        if self.levels is not None:
+            ldj -= num_features * math.log(self.levels)
+        if self.std is not None:
+            ldj -= float(np.log(self.std).sum())
+        return ldj
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"levels": self.levels, "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(**d)
+
+
+def fit_standardization(x: torch.Tensor, min_std: float = 1e-8) -> tuple[list[float], list[float]]:
+    """Per-feature mean and std of ``x``; constant features keep std 1 rather than 0."""
+    mean = x.mean(0)
+    std = x.std(0)
+    std = torch.where(std > min_std, std, torch.ones_like(std))
+    return mean.tolist(), std.tolist()
+
+
+# --------------------------------------------------------------------------- splits
+
+
+@dataclass
+class DataSplits:
+    """Train, validation and test data in model space, with labels and preprocessing."""
+
+    name: str
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    train_labels: torch.Tensor | None = None
+    valid_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    image_shape: tuple[int, ...] | None = None
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    raw_train: torch.Tensor | None = None  # kept when training redraws dequantization noise
+
+    @property
+    def num_features(self) -> int:
+        return self.train.shape[1]
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if name not in ("train", "valid", "test"):
+            raise ValueError(f"unknown split {name!r}; choose train, valid or test")
+        return getattr(self, name), getattr(self, f"{name}_labels")
+
+    def train_dataset(self, seed: int = 0) -> Dataset:
+        """The training set; with dequantization, fresh noise is drawn for every batch."""
+        if self.raw_train is None or not self.preprocessing.is_stochastic:
+            return TensorBatches(self.train)
+        generator = torch.Generator().manual_seed(seed)
+        return TensorBatches(self.raw_train, lambda x: self.preprocessing.forward(x, generator))
+
+    def summary(self) -> str:
+        return (
+            f"{self.name}: {self.num_features} features; train {len(self.train)}, "
+            f"valid {len(self.valid)}, test {len(self.test)}"
+        )
+
+
+def _labels(y: Any) -> torch.Tensor | None:
+    return None if y is None else torch.as_tensor(np.asarray(y)).long()
+
+
+def make_splits(
+    name: str,
+    raw_train: Any,
+    raw_valid: Any,
+    raw_test: Any,
+    labels: tuple[Any, Any, Any] = (None, None, None),
+    *,
+    dequantize_levels: int | None = None,
+    standardize: bool = False,
+    image_shape: tuple[int, ...] | None = None,
+    seed: int = 0,
+) -> DataSplits:
+    """Preprocess raw splits; statistics are fitted on the training split only."""
+    raw = [as_tensor(r) for r in (raw_train, raw_valid, raw_test)]
+    for split_name, r in zip(("train", "valid", "test"), raw):
+        if r.dim() != 2:
+            raise ValueError(f"{name} {split_name} split must be 2-D (n, features), got shape {tuple(r.shape)}")
+        if not torch.isfinite(r).all():
+            raise ValueError(f"{name} {split_name} split contains NaN or infinite values")
+    if dequantize_levels is not None:
+        bad = [(r < 0) | (r >= dequantize_levels) | (r != r.round()) for r in raw]
+        if any(b.any() for b in bad):
+            raise ValueError(
+                f"dequantization with {dequantize_levels} levels needs integer data in "
+                f"[0, {dequantize_levels - 1}]; {name} has other values"
+            )
+    pre = Preprocessing(levels=dequantize_levels)
+    g = torch.Generator().manual_seed(seed)
+    if standardize:
+        # Standardization statistics of the dequantized training data.
+        mean, std = fit_standardization(pre.forward(raw[0], g))
+        pre = Preprocessing(levels=dequantize_levels, mean=mean, std=std)
+    train, valid, test = (pre.forward(r, g) for r in raw)
+    return DataSplits(
+        name=name,
+        train=train,
+        valid=valid,
+        test=test,
+        train_labels=_labels(labels[0]),
+        valid_labels=_labels(labels[1]),
+        test_labels=_labels(labels[2]),
+        image_shape=image_shape,
+        preprocessing=pre,
+        raw_train=raw[0] if pre.is_stochastic else None,
+    )
+
+
+def _split_indices(n: int, valid_fraction: float, test_fraction: float, seed: int):
+    if not (0 < valid_fraction < 1 and 0 < test_fraction < 1 and valid_fraction + test_fraction < 1):
+        raise ValueError("valid_fraction and test_fraction must be in (0, 1) and sum to less than 1")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_valid = max(1, int(round(valid_fraction * n)))
+    n_test = max(1, int(round(test_fraction * n)))
+    if n - n_valid - n_test < 1:
+        raise ValueError(f"too few rows ({n}) to split into train, valid and test")
+    return perm[n_valid + n_test :], perm[:n_valid], perm[n_valid : n_valid + n_test]
+
+
+def load_array(
+    x: Any,
+    labels: Any = None,
+    *,
+    name: str = "array",
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    dequantize_levels: int | None = None,
+    standardize: bool = False,
+    image_shape: tuple[int, ...] | None = None,
+    seed: int = 0,
+) -> DataSplits:
+    """Random train/valid/test split of an array ``(n, features)`` (images: flatten first)."""
+    x = np.asarray(as_tensor(x))
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D array (n, features), got shape {x.shape}; flatten images first")
+    idx = _split_indices(len(x), valid_fraction, test_fraction, seed)
+    y = None if labels is None else np.asarray(labels)
+    if y is not None and len(y) != len(x):
+        raise ValueError(f"{len(y)} labels for {len(x)} rows")
+    return make_splits(
+        name,
+        *(x[i] for i in idx),
+        labels=tuple(None if y is None else y[i] for i in idx),
+        dequantize_levels=dequantize_levels,
+        standardize=standardize,
+        image_shape=image_shape,
+        seed=seed,
+    )
+
+
+def read_csv(path: str | Path, label_column: str | int | None = None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Read a numeric CSV table (optional header row); returns features, labels, column names."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no CSV file at {path}")
+    with path.open(newline="") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise ValueError(f"{path} is empty")
+
+    def numeric(row):
+        try:
+            [float(c) for c in row]
+            return True
+        except ValueError:
+            return False
+
+    header = None if numeric(rows[0]) else [c.strip() for c in rows[0]]
+    body = rows[1:] if header else rows
+    names = header or [f"x{i}" for i in range(len(rows[0]))]
+    label_idx = None
+    if label_column is not None:
+        if isinstance(label_column, int) or str(label_column).lstrip("-").isdigit():
+            label_idx = int(label_column) % len(names)
+        elif label_column in names:
+            label_idx = names.index(label_column)
+        else:
+            raise ValueError(f"label column {label_column!r} is not in the header {names}")
+    values = []
+    for lineno, row in enumerate(body, start=2 if header else 1):
+        if len(row) != len(names):
+            raise ValueError(f"{path}:{lineno}: expected {len(names)} columns, found {len(row)}")
+        try:
+            values.append([float(c) for c in row])
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: non-numeric value in {row}") from None
+    table = np.asarray(values, dtype=np.float64)
+    if label_idx is None:
+        return table, None, names
+    keep = [i for i in range(len(names)) if i != label_idx]
+    return table[:, keep], table[:, label_idx].astype(np.int64), [names[i] for i in keep]
+
+
+def load_csv(path: str | Path, label_column: str | int | None = None, **kwargs: Any) -> DataSplits:
+    """A CSV table of numbers, split at random (see :func:`load_array` for the options)."""
+    x, y, _ = read_csv(path, label_column)
+    return load_array(x, y, name=Path(path).stem, **kwargs)
+
+
+def load_digits(*, dequantize: bool = False, standardize: bool = False, seed: int = 0) -> DataSplits:
+    """The bundled default: scikit-learn's 8x8 digits (1797 images, grey levels 0..16).
+
+    Scaled to [0, 1] by ``x / 16``; ``dequantize=True`` gives ``(x + u) / 17`` instead.
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    x = bunch.data.astype(np.float32)
+    if not dequantize:
+        x = x / 16.0
+    return load_array(
+        x,
+        bunch.target,
+        name="digits",
+        valid_fraction=0.15,
+        test_fraction=0.15,
+        dequantize_levels=17 if dequantize else None,
+        standardize=standardize,
+        image_shape=(8, 8),
+        seed=seed,
+    )
+
+
+def data_dir(path: str | Path | None = None) -> Path:
+    """The directory holding the MNIST ``.npz`` files: ``path``, else ``$PYRO_VAE_DATA``."""
+    chosen = path or os.environ.get(DATA_ENV)
+    if not chosen:
+        raise FileNotFoundError(
+            f"no data directory: pass data_dir (--data-dir) or set {DATA_ENV} to the folder "
+            f"holding {BINARIZED_MNIST_FILE} and {MNIST_FILE}"
+        )
+    chosen = Path(chosen).expanduser()
+    if not chosen.is_dir():
+        raise FileNotFoundError(f"data directory {chosen} does not exist")
+    return chosen
+
+
+def _open_npz(directory: str | Path | None, filename: str, keys: list[str]):
+    path = data_dir(directory) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; the data directory must contain {filename}")
+    npz = np.load(path, allow_pickle=False)  # plain arrays only: never unpickle files
+    missing = [k for k in keys if k not in npz.files]
+    if missing:
+        raise ValueError(f"{path} lacks the arrays {missing} (it has {npz.files})")
+    return npz
+
+
+def load_binarized_mnist(data_dir: str | Path | None = None, *, seed: int = 0) -> DataSplits:
+    """Statically binarized MNIST, Larochelle's 50000/10000/10000 split."""
+    keys = ["train", "valid", "test"]
+    npz = _open_npz(data_dir, BINARIZED_MNIST_FILE, keys)
+    labels = tuple(npz[f"{k}_labels"] if f"{k}_labels" in npz.files else None for k in keys)
+    return make_splits(
+        "binarized_mnist", *(npz[k].reshape(len(npz[k]), -1) for k in keys), labels=labels, image_shape=(28, 28), seed=seed
+    )
+
+
+def load_mnist(
+    data_dir: str | Path | None = None, *, dequantize: bool = True, standardize: bool = False, seed: int = 0
+) -> DataSplits:
+    """Grayscale MNIST: train = first 50000 of the official training set, valid = the next 10000.
+
+    ``dequantize=True`` (default) gives ``(x + u) / 256`` in (0, 1), a proper density
+    target; ``False`` gives ``x / 255`` in [0, 1].
+    """
+    npz = _open_npz(data_dir, MNIST_FILE, ["x_train", "y_train", "x_test", "y_test"])
+    x_train = npz["x_train"].reshape(len(npz["x_train"]), -1)
+    x_test = npz["x_test"].reshape(len(npz["x_test"]), -1)
+    y_train, y_test = npz["y_train"], npz["y_test"]
+    if not dequantize:
+        x_train, x_test = x_train / 255.0, x_test / 255.0
+    n = len(x_train) - 10000
+    return make_splits(
+        "mnist",
+        x_train[:n],
+        x_train[n:],
+        x_test,
+        labels=(y_train[:n], y_train[n:], y_test),
+        dequantize_levels=256 if dequantize else None,
+        standardize=standardize,
+        image_shape=(28, 28),
+        seed=seed,
+    )
+
+
+DATASETS = ("digits", "binarized_mnist", "mnist", "csv", "npy")
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | Path | None = None,
+    path: str | Path | None = None,
+    label_column: str | int | None = None,
+    dequantize: bool | None = None,
+    standardize: bool = False,
+    seed: int = 0,
+) -> DataSplits:
+    """Load a dataset by name (the command line's ``--dataset``)."""
+    if name == "digits":
+        return load_digits(dequantize=bool(dequantize), standardize=standardize, seed=seed)
+    if name == "binarized_mnist":
+        if dequantize or standardize:
+            raise ValueError("binarized_mnist is binary: dequantize and standardize do not apply")
+        return load_binarized_mnist(data_dir, seed=seed)
+    if name == "mnist":
+        return load_mnist(data_dir, dequantize=True if dequantize is None else dequantize, standardize=standardize, seed=seed)
+    if name in ("csv", "npy"):
+        if path is None:
+            raise ValueError(f"dataset {name!r} needs a file path (--data-path)")
+        levels = None
+        if name == "csv":
+            x, y, _ = read_csv(path, label_column)
+        else:
+            x, y = np.load(path, allow_pickle=False), None
+        if dequantize:
+            levels = int(x.max()) + 1
+        return load_array(x, y, name=Path(path).stem, dequantize_levels=levels, standardize=standardize, seed=seed)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -1,0 +1,374 @@
+r"""Likelihoods: the distribution of the observation site ``"x"``.
+
+A likelihood turns the decoder's unconstrained outputs into a distribution over one
+data point, with one batch element per feature (the model adds ``.to_event(1)``).
+Each class declares
+
+* ``num_params``: how many decoder outputs it needs per feature;
+* ``support``: the data it can score, checked at the public boundary;
+* ``discrete``: whether ``log_prob`` is a log probability (``True``) or a log density.
+
+Parameters that do not depend on ``z`` (a shared noise scale, Student-t degrees of
+freedom) are created in :meth:`Likelihood.setup`, once the number of features is known.
+
+Every class is registered by name; ``likelihoods.create("gaussian", min_scale=1e-2)``
+and ``likelihoods.Gaussian(min_scale=1e-2)`` are the same thing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pyro_vae.registry import Registry, spec_of
+
+REGISTRY: Registry[Likelihood] = Registry("likelihood")
+register = REGISTRY.register
+
+
+@dataclass(frozen=True)
+class Support:
+    """A set of data values a likelihood can score."""
+
+    name: str
+    description: str
+    check: Callable[[torch.Tensor], torch.Tensor]  # elementwise bool
+
+    def contains(self, x: torch.Tensor) -> bool:
+        return bool(self.check(x).all())
+
+
+REAL = Support("real", "any finite real number", lambda x: torch.ones_like(x, dtype=torch.bool))
+BINARY = Support("binary", "the values 0 and 1", lambda x: (x == 0) | (x == 1))
+UNIT_INTERVAL = Support("unit_interval", "the closed interval [0, 1]", lambda x: (x >= 0) & (x <= 1))
+OPEN_UNIT_INTERVAL = Support(
+    "open_unit_interval", "the open interval (0, 1), endpoints excluded", lambda x: (x > 0) & (x < 1)
+)
+NONNEGATIVE_INTEGER = Support(
+    "nonnegative_integer", "the integers 0, 1, 2, ...", lambda x: (x >= 0) & (x == x.round())
+)
+
+
+def choose_likelihood(x: torch.Tensor | Iterable[torch.Tensor]) -> tuple[str, str]:
+    """The likelihood ``"auto"`` picks for data ``x`` (a tensor or batches), with the reason.
+
+    Binary data: ``bernoulli``; inside [0, 1]: ``continuous_bernoulli``; non-negative
+    integers: ``negative_binomial`` (over-dispersed counts are the rule, and it has
+    Poisson as a limit); anything else: ``gaussian`` with a learned ``sigma(z)``.
+    """
+    candidates = [
+        (BINARY, "bernoulli", "the data are binary (0/1)"),
+        (UNIT_INTERVAL, "continuous_bernoulli", "the data lie in [0, 1] but are not binary"),
+        (NONNEGATIVE_INTEGER, "negative_binomial", "the data are non-negative integers (counts)"),
+    ]
+    fits = [True] * len(candidates)
+    for batch in [x] if isinstance(x, torch.Tensor) else x:
+        fits = [f and s.contains(batch) for f, (s, _, _) in zip(fits, candidates)]
+    for f, (_, name, reason) in zip(fits, candidates):
+        if f:
+            return name, reason
+    return "gaussian", "the data are real-valued"
+
+
+def _inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+class Likelihood(nn.Module):
+    """Protocol for observation distributions (subclass and :func:`register`)."""
+
+    name: ClassVar[str]
+    num_params: ClassVar[int] = 1
+    support: ClassVar[Support] = REAL
+    discrete: ClassVar[bool] = False
+
+    def setup(self, input_dim: int) -> None:
+        """Create per-feature parameters; called once by the VAE."""
+        self.input_dim = input_dim
+
+    def forward(self, params: torch.Tensor) -> dist.Distribution:
+        """``params`` has shape ``(..., num_params, input_dim)``; returns batch shape ``(..., input_dim)``."""
+        raise NotImplementedError
+
+    def mean(self, d: dist.Distribution) -> torch.Tensor:
+        """The reconstruction shown to people: the distribution's mean."""
+        return d.mean
+
+    def check_data(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` if ``x`` holds values this likelihood cannot score."""
+        if not self.support.contains(x):
+            bad = x[~self.support.check(x)]
+            suggestion, reason = choose_likelihood(x)
+            raise ValueError(
+                f"likelihood {self.name!r} scores data in {self.support.description}, but "
+                f"{bad.numel()} values lie outside it (for example {bad[0].item():.6g}). "
+                f"{reason.capitalize()}: use likelihood={suggestion!r} (or 'auto'), or transform "
+                f"the data (for example pyro_vae.data.Dequantize or Standardize)."
+            )
+
+    def spec(self) -> dict[str, Any]:
+        return spec_of(self)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.spec()["options"].items())
+
+
+def create(spec: Any, **options: Any) -> Likelihood:
+    """A likelihood from a registered name (with options), a spec dict, or an instance."""
+    return REGISTRY.create(spec, **options)
+
+
+def names() -> list[str]:
+    return REGISTRY.names()
+
+
+# --------------------------------------------------------------------------- Gaussian
+
+
+@register("gaussian")
+class Gaussian(Likelihood):
+    r"""Heteroscedastic Gaussian :math:`x_d \sim \mathcal N(\mu_d(z), \sigma_d(z)^2)`.
+
+    The decoder outputs both the mean and the scale. The scale is
+    :math:`\operatorname{softplus}(h) + \sigma_{\min}`: without the floor, a feature that is
+    constant in the data lets :math:`\sigma \to 0` and the density grow without bound.
+    """
+
+    num_params = 2
+
+    def __init__(self, min_scale: float = 1e-3) -> None:
+        super().__init__()
+        if min_scale <= 0:
+            raise ValueError(f"min_scale must be positive, got {min_scale}")
+        self.min_scale = min_scale
+
+    def forward(self, params):
+        loc, raw_scale = params.unbind(-2)
+        return dist.Normal(loc, F.softplus(raw_scale) + self.min_scale, validate_args=False)
+
+
+@register("gaussian_shared")
+class GaussianShared(Likelihood):
+    r"""Gaussian with one learned scale per feature: :math:`x_d \sim \mathcal N(\mu_d(z), \sigma_d^2)`.
+
+    With ``hidden=()`` and a standard normal prior this is exactly factor analysis.
+    """
+
+    def __init__(self, init_scale: float = 1.0, min_scale: float = 1e-3) -> None:
+        super().__init__()
+        if not init_scale > min_scale > 0:
+            raise ValueError(f"need init_scale > min_scale > 0, got {init_scale}, {min_scale}")
+        self.init_scale = init_scale
+        self.min_scale = min_scale
+
+    def setup(self, input_dim):
+        super().setup(input_dim)
+        raw = _inverse_softplus(self.init_scale - self.min_scale)
+        self.raw_scale = nn.Parameter(torch.full((input_dim,), raw))
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return F.softplus(self.raw_scale) + self.min_scale
+
+    def forward(self, params):
+        loc = params.squeeze(-2)
+        return dist.Normal(loc, self.scale.expand(loc.shape), validate_args=False)
+
+
+@register("gaussian_fixed")
+class GaussianFixed(Likelihood):
+    r"""Gaussian with a fixed, user-given scale: :math:`x_d \sim \mathcal N(\mu_d(z), \sigma^2)`.
+
+    This is the likelihood behind the hand-weighted loss ``MSE + lambda * KL``. With
+    :math:`D` features,
+
+    .. math::
+        -\mathrm{ELBO} = \frac{1}{2\sigma^2}\sum_d (x_d - \mu_d)^2 + \mathrm{KL}
+                         + \tfrac{D}{2}\log(2\pi\sigma^2)
+        = \frac{D}{2\sigma^2}\Big[\underbrace{\tfrac{1}{D}\textstyle\sum_d (x_d-\mu_d)^2}_{\text{MSE}}
+          + \frac{2\sigma^2}{D}\,\mathrm{KL}\Big] + \text{const},
+
+    so minimising ``MSE + lambda * KL`` (MSE averaged over the D features) is maximising
+    this ELBO with :math:`\sigma^2 = D\lambda/2`: the same optimum and, up to the positive
+    factor :math:`D/(2\sigma^2)`, the same gradients. A hand-tuned lambda is a hand-tuned
+    noise level; ``gaussian`` and ``gaussian_shared`` learn it instead.
+    """
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.scale = scale
+
+    def forward(self, params):
+        loc = params.squeeze(-2)
+        return dist.Normal(loc, torch.full_like(loc, self.scale), validate_args=False)
+
+
+# --------------------------------------------------------------------------- data in [0, 1]
+
+
+@register("bernoulli")
+class Bernoulli(Likelihood):
+    r"""Bernoulli with logits from the decoder, for binary data.
+
+    ``strict=False`` also accepts grey levels in [0, 1] and scores them with the
+    cross-entropy formula :math:`x\log p + (1-x)\log(1-p)`. That is *not* a normalised
+    density on [0, 1] (Loaiza-Ganem and Cunningham, 2019): its numbers are not
+    log-likelihoods and cannot be compared with other models. Use
+    ``continuous_bernoulli`` for such data.
+    """
+
+    support = BINARY
+    discrete = True
+
+    def __init__(self, strict: bool = True) -> None:
+        super().__init__()
+        self.strict = strict
+        if not strict:
+            self.support = UNIT_INTERVAL
+            self.discrete = False
+
+    def forward(self, params):
+        return dist.Bernoulli(logits=params.squeeze(-2), validate_args=False)
+
+
+@register("continuous_bernoulli")
+class ContinuousBernoulli(Likelihood):
+    r"""Continuous Bernoulli (Loaiza-Ganem and Cunningham, 2019) on [0, 1].
+
+    :math:`p(x \mid \lambda) = C(\lambda)\,\lambda^x (1-\lambda)^{1-x}`, the Bernoulli
+    cross-entropy *plus* its normalising constant :math:`\log C(\lambda)`, so that it is a
+    proper density for grey levels.
+    """
+
+    support = UNIT_INTERVAL
+
+    def forward(self, params):
+        return dist.ContinuousBernoulli(logits=params.squeeze(-2), validate_args=False)
+
+
+@register("beta")
+class Beta(Likelihood):
+    r"""Beta distribution on the open interval (0, 1); both concentrations from the decoder.
+
+    Exact 0s and 1s have zero density: dequantize such data first.
+    """
+
+    num_params = 2
+    support = OPEN_UNIT_INTERVAL
+
+    def __init__(self, min_concentration: float = 1e-2) -> None:
+        super().__init__()
+        if min_concentration <= 0:
+            raise ValueError(f"min_concentration must be positive, got {min_concentration}")
+        self.min_concentration = min_concentration
+
+    def forward(self, params):
+        c1, c0 = (F.softplus(p) + self.min_concentration for p in params.unbind(-2))
+        return dist.Beta(c1, c0, validate_args=False)
+
+
+# --------------------------------------------------------------------------- heavy tails
+
+
+@register("laplace")
+class Laplace(Likelihood):
+    r"""Laplace :math:`x_d \sim \mathrm{Laplace}(\mu_d(z), b_d(z))`: an L1 reconstruction with a learned scale."""
+
+    num_params = 2
+
+    def __init__(self, min_scale: float = 1e-3) -> None:
+        super().__init__()
+        if min_scale <= 0:
+            raise ValueError(f"min_scale must be positive, got {min_scale}")
+        self.min_scale = min_scale
+
+    def forward(self, params):
+        loc, raw_scale = params.unbind(-2)
+        return dist.Laplace(loc, F.softplus(raw_scale) + self.min_scale, validate_args=False)
+
+
+@register("student_t")
+class StudentT(Likelihood):
+    r"""Student-t with location and scale from the decoder; robust to outliers.
+
+    ``df=None`` learns one degrees-of-freedom parameter per feature (initialised at 4,
+    kept above 1 so the mean exists); a number fixes it.
+    """
+
+    num_params = 2
+
+    def __init__(self, df: float | None = None, min_scale: float = 1e-3) -> None:
+        super().__init__()
+        if df is not None and df <= 0:
+            raise ValueError(f"df must be positive, got {df}")
+        if min_scale <= 0:
+            raise ValueError(f"min_scale must be positive, got {min_scale}")
+        self.df = df
+        self.min_scale = min_scale
+
+    def setup(self, input_dim):
+        super().setup(input_dim)
+        if self.df is None:
+            self.raw_df = nn.Parameter(torch.full((input_dim,), _inverse_softplus(3.0)))
+
+    def degrees_of_freedom(self) -> torch.Tensor:
+        if self.df is None:
+            return F.softplus(self.raw_df) + 1.0
+        return torch.tensor(float(self.df))
+
+    def forward(self, params):
+        loc, raw_scale = params.unbind(-2)
+        df = self.degrees_of_freedom().to(loc).expand(loc.shape)
+        return dist.StudentT(df, loc, F.softplus(raw_scale) + self.min_scale, validate_args=False)
+
+    def mean(self, d):
+        return d.loc
+
+
+# --------------------------------------------------------------------------- counts
+
+
+@register("poisson")
+class Poisson(Likelihood):
+    r"""Poisson counts with rate :math:`\operatorname{softplus}(h(z))`."""
+
+    support = NONNEGATIVE_INTEGER
+    discrete = True
+
+    def __init__(self, min_rate: float = 1e-6) -> None:
+        super().__init__()
+        self.min_rate = min_rate
+
+    def forward(self, params):
+        return dist.Poisson(F.softplus(params.squeeze(-2)) + self.min_rate, validate_args=False)
+
+
+@register("negative_binomial")
+class NegativeBinomial(Likelihood):
+    r"""Negative binomial counts; the decoder outputs the total count (dispersion) and the logits.
+
+    Mean :math:`r e^{\ell}`, variance :math:`\text{mean}\,(1 + e^{\ell})`: over-dispersed
+    relative to a Poisson of the same mean.
+    """
+
+    num_params = 2
+    support = NONNEGATIVE_INTEGER
+    discrete = True
+
+    def __init__(self, min_total_count: float = 1e-3) -> None:
+        super().__init__()
+        self.min_total_count = min_total_count
+
+    def forward(self, params):
+        raw_count, logits = params.unbind(-2)
+        total_count = F.softplus(raw_count) + self.min_total_count
+        return dist.NegativeBinomial(total_count, logits=logits, validate_args=False)

@@ -1,0 +1,241 @@
+r"""Priors :math:`p(z)` over the latent code.
+
+Swapping the prior is the principled way to change what the KL term charges for:
+``KL(q(z|x) || p(z))`` is part of a valid bound on :math:`\log p(x)` for *every* prior,
+so a learned or richer prior lowers the KL cost without giving up the bound (unlike a
+weight in front of the KL).
+
+A prior is an ``nn.Module`` whose ``forward()`` returns a distribution with
+``event_shape == (latent_dim,)`` and empty batch shape (the model's plate broadcasts it).
+``marginal_log_prob(z)`` gives the log densities of the one-dimensional marginals
+:math:`\log p(z_j)`, used for the per-dimension KL. Learned parameters are ordinary
+``nn.Parameter`` s and train with the networks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pyro_vae.registry import Registry, spec_of
+
+REGISTRY: Registry[Prior] = Registry("prior")
+register = REGISTRY.register
+
+
+def _inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+class Prior(nn.Module):
+    """Protocol for priors (subclass and :func:`register`)."""
+
+    name: ClassVar[str]
+
+    def setup(self, latent_dim: int, input_dim: int, encoder: nn.Module) -> None:
+        """Create parameters; called once by the VAE. ``encoder`` is for priors built from it."""
+        self.latent_dim = latent_dim
+        self.register_buffer("_origin", torch.zeros(latent_dim), persistent=False)
+
+    def forward(self) -> dist.Distribution:
+        raise NotImplementedError
+
+    def marginal_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """``log p(z_j)`` for each coordinate of ``z``: shape ``(..., latent_dim)``."""
+        raise NotImplementedError
+
+    def initialize(self, x: torch.Tensor) -> None:
+        """Data-dependent initialisation from a sample of training data (default: none)."""
+
+    def spec(self) -> dict[str, Any]:
+        return spec_of(self)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.spec()["options"].items())
+
+
+def create(spec: Any, **options: Any) -> Prior:
+    """A prior from a registered name (with options), a spec dict, or an instance."""
+    return REGISTRY.create(spec, **options)
+
+
+def names() -> list[str]:
+    return REGISTRY.names()
+
+
+class FactorizedPrior(Prior):
+    """A prior with independent coordinates, given by a batch of ``latent_dim`` 1-D laws."""
+
+    def base(self) -> dist.Distribution:
+        raise NotImplementedError
+
+    def forward(self):
+        return self.base().to_event(1)
+
+    def marginal_log_prob(self, z):
+        return self.base().log_prob(z)
+
+
+def _positive(name: str, value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+@register("standard_normal")
+class StandardNormal(FactorizedPrior):
+    r""":math:`z \sim \mathcal N(0, I)`."""
+
+    def base(self):
+        return dist.Normal(self._origin, torch.ones_like(self._origin))
+
+
+@register("normal")
+class ScaledNormal(FactorizedPrior):
+    r""":math:`z \sim \mathcal N(0, s^2 I)` with a fixed scale ``s``.
+
+    Per dimension, :math:`\mathrm{KL}(\mathcal N(\mu,\sigma^2)\,\|\,\mathcal N(0,s^2)) =
+    \log\frac{s}{\sigma} + \frac{\sigma^2+\mu^2}{2s^2} - \frac12`: a wider prior charges
+    less for spread-out codes but more for small posterior scales.
+    """
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = _positive("scale", scale)
+
+    def base(self):
+        return dist.Normal(self._origin, torch.full_like(self._origin, self.scale))
+
+
+@register("learned_normal")
+class LearnedNormal(FactorizedPrior):
+    r""":math:`z \sim \mathcal N(m, \operatorname{diag} s^2)` with learned ``m`` and ``s``."""
+
+    def __init__(self, init_scale: float = 1.0) -> None:
+        super().__init__()
+        self.init_scale = _positive("init_scale", init_scale)
+
+    def setup(self, latent_dim, input_dim, encoder):
+        super().setup(latent_dim, input_dim, encoder)
+        self.loc = nn.Parameter(torch.zeros(latent_dim))
+        self.raw_scale = nn.Parameter(torch.full((latent_dim,), _inverse_softplus(self.init_scale)))
+
+    def base(self):
+        return dist.Normal(self.loc, F.softplus(self.raw_scale))
+
+
+@register("laplace")
+class LaplacePrior(FactorizedPrior):
+    r""":math:`z_j \sim \mathrm{Laplace}(0, b)`: sparser codes than a Gaussian."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = _positive("scale", scale)
+
+    def base(self):
+        return dist.Laplace(self._origin, torch.full_like(self._origin, self.scale))
+
+
+@register("student_t")
+class StudentTPrior(FactorizedPrior):
+    r""":math:`z_j \sim t_\nu(0, s)`: heavy tails let a few codes sit far out cheaply."""
+
+    def __init__(self, df: float = 3.0, scale: float = 1.0) -> None:
+        super().__init__()
+        self.df = _positive("df", df)
+        self.scale = _positive("scale", scale)
+
+    def base(self):
+        o = self._origin
+        return dist.StudentT(torch.full_like(o, self.df), o, torch.full_like(o, self.scale))
+
+
+class DiagonalGaussianMixturePrior(Prior):
+    r"""Base for priors :math:`p(z) = \sum_k w_k\,\mathcal N(z; m_k, \operatorname{diag} s_k^2)`.
+
+    Subclasses give ``components() -> (logits, loc, scale)`` with shapes
+    ``(K,)``, ``(K, latent_dim)``, ``(K, latent_dim)``. The KL against such a prior has no
+    closed form; the ELBOs estimate it by Monte Carlo.
+    """
+
+    def components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self):
+        logits, loc, scale = self.components()
+        return dist.MixtureSameFamily(
+            dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1)
+        )
+
+    def marginal_log_prob(self, z):
+        logits, loc, scale = self.components()
+        log_w = torch.log_softmax(logits, -1).unsqueeze(-1)  # (K, 1)
+        log_comp = dist.Normal(loc, scale).log_prob(z.unsqueeze(-2))  # (..., K, L)
+        return torch.logsumexp(log_w + log_comp, dim=-2)
+
+
+def _components(num_components: int) -> int:
+    if not (isinstance(num_components, int) and num_components >= 1):
+        raise ValueError(f"num_components must be a positive integer, got {num_components!r}")
+    return num_components
+
+
+@register("mixture")
+class MixturePrior(DiagonalGaussianMixturePrior):
+    """A learned mixture of ``num_components`` diagonal Gaussians (weights, means, scales)."""
+
+    def __init__(self, num_components: int = 10, init_spread: float = 1.0) -> None:
+        super().__init__()
+        self.num_components = _components(num_components)
+        self.init_spread = _positive("init_spread", init_spread)
+
+    def setup(self, latent_dim, input_dim, encoder):
+        super().setup(latent_dim, input_dim, encoder)
+        k = self.num_components
+        self.logits = nn.Parameter(torch.zeros(k))
+        # Distinct initial means break the symmetry between components.
+        self.loc = nn.Parameter(self.init_spread * torch.randn(k, latent_dim))
+        self.raw_scale = nn.Parameter(torch.full((k, latent_dim), _inverse_softplus(1.0)))
+
+    def components(self):
+        return self.logits, self.loc, F.softplus(self.raw_scale) + 1e-4
+
+
+@register("vamp")
+class VampPrior(DiagonalGaussianMixturePrior):
+    r"""VampPrior (Tomczak and Welling, 2018): :math:`p(z) = \frac1K\sum_k q(z \mid u_k)`.
+
+    The prior is the encoder's own posterior averaged over ``K`` learned pseudo-inputs
+    :math:`u_k` in data space, an approximation of the aggregate posterior, which is the
+    prior that maximises the ELBO. :meth:`initialize` sets the pseudo-inputs to random
+    training points.
+    """
+
+    def __init__(self, num_components: int = 50, init_noise: float = 0.01) -> None:
+        super().__init__()
+        self.num_components = _components(num_components)
+        self.init_noise = init_noise
+
+    def setup(self, latent_dim, input_dim, encoder):
+        super().setup(latent_dim, input_dim, encoder)
+        # Kept outside the module tree: the encoder already belongs to the VAE, and
+        # registering it twice would duplicate its weights in the state dict.
+        self.__dict__["_encoder"] = encoder
+        self.pseudo_inputs = nn.Parameter(0.5 + self.init_noise * torch.randn(self.num_components, input_dim))
+
+    def initialize(self, x):
+        idx = torch.randperm(x.shape[0])[: self.num_components]
+        if idx.numel() < self.num_components:
+            idx = idx[torch.randint(idx.numel(), (self.num_components,))]
+        init = x[idx].to(self.pseudo_inputs)
+        with torch.no_grad():
+            self.pseudo_inputs.copy_(init + self.init_noise * torch.randn_like(init))
+
+    def components(self):
+        loc, scale = self._encoder(self.pseudo_inputs)
+        return torch.zeros(self.num_components, device=loc.device, dtype=loc.dtype), loc, scale

@@ -1,0 +1,54 @@
+"""Small shared helpers: threads, seeds, devices and crash-safe file writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyro
+import torch
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(num_threads: int | None = None, processes: int = 1) -> int:
+    """Use at most one torch thread per available core and process.
+
+    More threads than cores (common in containers, where torch counts the host's cores)
+    slows small models down many times over.
+    """
+    n = num_threads or max(1, available_cpus() // processes)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int) -> None:
+    pyro.set_rng_seed(seed)  # seeds torch, numpy and random
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch sees no CUDA device; use device='cpu'")
+    return device
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """Save so that a crash mid-write never leaves a truncated file in place of a good one."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
