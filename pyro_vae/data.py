@@ -484,7 +484,8 @@ def load_dataset(
 ) -> DataSplits:
     """Load a dataset by name (the command line's ``--dataset``)."""
     if name == "digits":
-        return load_digits(dequantize=bool(dequantize), standardize=standardize, seed=seed)
+        # Dequantized by default: a density on 17 grey levels is only a likelihood after it.
+        return load_digits(dequantize=True if dequantize is None else dequantize, standardize=standardize, seed=seed)
     if name == "binarized_mnist":
         if dequantize or standardize:
             raise ValueError("binarized_mnist is binary: dequantize and standardize do not apply")

@@ -45,14 +45,14 @@ class Support:
         return bool(self.check(x).all())
 
 
-REAL = Support("real", "any finite real number", lambda x: torch.ones_like(x, dtype=torch.bool))
+REAL = Support("real", "any finite real number", torch.isfinite)
 BINARY = Support("binary", "the values 0 and 1", lambda x: (x == 0) | (x == 1))
 UNIT_INTERVAL = Support("unit_interval", "the closed interval [0, 1]", lambda x: (x >= 0) & (x <= 1))
 OPEN_UNIT_INTERVAL = Support(
     "open_unit_interval", "the open interval (0, 1), endpoints excluded", lambda x: (x > 0) & (x < 1)
 )
 NONNEGATIVE_INTEGER = Support(
-    "nonnegative_integer", "the integers 0, 1, 2, ...", lambda x: (x >= 0) & (x == x.round())
+    "nonnegative_integer", "the integers 0, 1, 2, ...", lambda x: torch.isfinite(x) & (x >= 0) & (x == x.round())
 )
 
 
@@ -346,6 +346,8 @@ class Poisson(Likelihood):
 
     def __init__(self, min_rate: float = 1e-6) -> None:
         super().__init__()
+        if not min_rate > 0:
+            raise ValueError(f"min_rate must be positive, got {min_rate}")
         self.min_rate = min_rate
 
     def forward(self, params):
@@ -366,6 +368,8 @@ class NegativeBinomial(Likelihood):
 
     def __init__(self, min_total_count: float = 1e-3) -> None:
         super().__init__()
+        if not min_total_count > 0:
+            raise ValueError(f"min_total_count must be positive, got {min_total_count}")
         self.min_total_count = min_total_count
 
     def forward(self, params):

@@ -13,6 +13,7 @@ and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -39,6 +40,22 @@ def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def kl_weight(beta: float | torch.Tensor):
+    """The handler that weights the latent site by ``beta``.
+
+    ``poutine.scale`` requires a positive scale; ``beta == 0`` drops the site's terms with
+    ``poutine.mask`` instead, which is the same objective (reconstruction only).
+    """
+    if isinstance(beta, (int, float)):
+        if beta == 1:
+            return contextlib.nullcontext()
+        if beta == 0:
+            return poutine.mask(mask=False)
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+    return poutine.scale(scale=beta)
 
 
 class VAE(PyroModule):
@@ -127,7 +144,7 @@ class VAE(PyroModule):
         r""":math:`p(z)\,p_\theta(x \mid z)`, with the latent site scaled by ``beta``."""
         self._require_resolved()
         with pyro.plate("data", x.shape[0], dim=-1):
-            with poutine.scale(scale=beta):
+            with kl_weight(beta):
                 z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(z)).to_event(1), obs=x)
 
@@ -135,7 +152,7 @@ class VAE(PyroModule):
         r""":math:`q_\phi(z \mid x)`, with the latent site scaled by ``beta``."""
         with pyro.plate("data", x.shape[0], dim=-1):
             loc, scale = self.encoder(x)
-            with poutine.scale(scale=beta):
+            with kl_weight(beta):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     # ------------------------------------------------------------------ user-facing maps
@@ -214,6 +231,8 @@ class VAE(PyroModule):
         """Write ``config.json`` and ``model.pt`` (a state dict) into ``directory``.
 
         ``extra`` adds sections to ``config.json`` (a run's settings, its preprocessing);
+        sections other than ``"model"`` already in an existing ``config.json`` are kept, so
+        checkpointing into a run directory does not erase the run's settings.
         ``state_dict`` saves those weights instead of the current ones.
         """
         directory = Path(directory)
@@ -221,7 +240,10 @@ class VAE(PyroModule):
         from pyro_vae import __version__
         from pyro_vae.utils import atomic_write_text, atomic_torch_save
 
-        payload = {"format_version": FORMAT_VERSION, "pyro_vae_version": __version__, "model": self.config()}
+        payload: dict[str, Any] = {}
+        if (directory / CONFIG_FILE).is_file():
+            payload = json.loads((directory / CONFIG_FILE).read_text())
+        payload.update(format_version=FORMAT_VERSION, pyro_vae_version=__version__, model=self.config())
         payload.update(extra or {})
         atomic_write_text(directory / CONFIG_FILE, json.dumps(payload, indent=2) + "\n")
         atomic_torch_save(self.state_dict() if state_dict is None else state_dict, directory / WEIGHTS_FILE)

@@ -1,0 +1,163 @@
+"""Command line: ``pyro-vae train`` and ``pyro-vae evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pyro_vae import likelihoods, priors
+from pyro_vae.config import RunConfig
+from pyro_vae.data import DATASETS
+from pyro_vae.networks import ACTIVATIONS
+from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.training import TrainingDiverged
+
+# flag -> (config section, field)
+TRAIN_FLAGS = {
+    "dataset": ("data", "dataset"),
+    "data_dir": ("data", "data_dir"),
+    "data_path": ("data", "path"),
+    "label_column": ("data", "label_column"),
+    "dequantize": ("data", "dequantize"),
+    "standardize": ("data", "standardize"),
+    "latent_dim": ("model", "latent_dim"),
+    "hidden": ("model", "hidden"),
+    "likelihood": ("model", "likelihood"),
+    "likelihood_options": ("model", "likelihood_options"),
+    "prior": ("model", "prior"),
+    "prior_options": ("model", "prior_options"),
+    "activation": ("model", "activation"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "lr": ("train", "lr"),
+    "loss": ("train", "loss"),
+    "num_particles": ("train", "num_particles"),
+    "beta": ("train", "beta"),
+    "warmup_epochs": ("train", "warmup_epochs"),
+    "seed": ("train", "seed"),
+    "device": ("train", "device"),
+    "patience": ("train", "patience"),
+    "num_threads": ("train", "num_threads"),
+    "eval_samples": ("eval", "num_samples"),
+    "eval_split": ("eval", "split"),
+}
+
+
+def _hidden(text: str) -> list[int]:
+    if text.strip() in ("", "none", "linear"):
+        return []
+    try:
+        widths = [int(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated widths like 256,256, got {text!r}") from None
+    if any(w < 1 for w in widths):
+        raise argparse.ArgumentTypeError("hidden widths must be positive")
+    return widths
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"scale\": 0.1}}', got {text!r}")
+    return value
+
+
+def _patience(text: str) -> int | None:
+    value = int(text)
+    return None if value <= 0 else value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders as Pyro models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train, evaluate and report a VAE", description="Train, evaluate and report a VAE.")
+    t.add_argument("--config", type=Path, help="a run config JSON (or a run directory) to start from")
+    t.add_argument("--out", type=Path, default=Path("runs/latest"), help="output directory (default runs/latest)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = t.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, help="default digits (bundled)")
+    g.add_argument("--data-dir", help="folder with the MNIST .npz files (default $PYRO_VAE_DATA)")
+    g.add_argument("--data-path", help="file for --dataset csv or npy")
+    g.add_argument("--label-column", help="CSV column holding labels (name or index)")
+    g.add_argument("--dequantize", action=argparse.BooleanOptionalAction, help="uniform dequantization of grey levels")
+    g.add_argument("--standardize", action=argparse.BooleanOptionalAction, help="per-feature standardization")
+    g = t.add_argument_group("model")
+    g.add_argument("--latent-dim", type=int)
+    g.add_argument("--hidden", type=_hidden, help="widths, e.g. 256,256; 'linear' for none")
+    g.add_argument("--likelihood", choices=["auto", *likelihoods.names()])
+    g.add_argument("--likelihood-options", type=_json_object, help='JSON, e.g. \'{"min_scale": 0.01}\'')
+    g.add_argument("--prior", choices=priors.names())
+    g.add_argument("--prior-options", type=_json_object, help='JSON, e.g. \'{"num_components": 20}\'')
+    g.add_argument("--activation", choices=sorted(ACTIVATIONS))
+    g = t.add_argument_group("training")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--loss", choices=OBJECTIVES)
+    g.add_argument("--num-particles", type=int)
+    g.add_argument("--beta", type=float, help="KL weight (1 = the ELBO)")
+    g.add_argument("--warmup-epochs", type=float, help="linear KL warm-up from 0 to --beta")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="cpu, cuda or auto")
+    g.add_argument("--patience", type=_patience, help="early-stopping patience in epochs (0: off)")
+    g.add_argument("--num-threads", type=int)
+    g = t.add_argument_group("evaluation")
+    g.add_argument("--eval-samples", type=int, help="importance samples for log p(x) (default 1000)")
+    g.add_argument("--eval-split", choices=["train", "valid", "test"])
+
+    e = sub.add_parser("evaluate", help="re-evaluate a saved run", description="Re-evaluate a saved run.")
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--num-samples", type=int)
+    e.add_argument("--split", choices=["train", "valid", "test"])
+    e.add_argument("--data-dir")
+    e.add_argument("--output", type=Path, help="also write the metrics as JSON here")
+    e.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    cfg = RunConfig.from_json(args.config) if args.config else RunConfig()
+    for flag, (section, name) in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from pyro_vae.run import evaluate_run, train_run
+
+    try:
+        if args.command == "train":
+            train_run(config_from_args(args), args.out, progress=not args.no_progress)
+        else:
+            metrics = evaluate_run(
+                args.run_dir,
+                num_samples=args.num_samples,
+                split=args.split,
+                data_dir=args.data_dir,
+                progress=not args.no_progress,
+            )
+            if args.output:
+                args.output.write_text(json.dumps(metrics, indent=2) + "\n")
+    except TrainingDiverged as e:
+        print(f"pyro-vae: training diverged: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as e:
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

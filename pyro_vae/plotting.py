@@ -1,0 +1,114 @@
+"""Figures for a run, drawn on ``matplotlib.figure.Figure`` (no pyplot, no global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from pyro_vae.training import History
+
+
+def _grid(images: np.ndarray, shape: Sequence[int], rows: int) -> np.ndarray:
+    n = len(images)
+    cols = int(np.ceil(n / rows))
+    h, w = shape
+    canvas = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img.reshape(h, w)
+    return canvas
+
+
+def plot_history(history: History) -> Figure:
+    """Training loss and validation ELBO per epoch (and beta when it changes)."""
+    fig = Figure(figsize=(9, 3.5), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    epochs = history["epoch"]
+    ax1.plot(epochs, history["train_loss"], label="train loss (-objective per point)")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("nats per data point")
+    ax1.legend()
+    valid = np.asarray(history["valid_elbo"], dtype=float)
+    if np.isfinite(valid).any():
+        ax2.plot(epochs, valid, color="C1", label="validation ELBO")
+        if history.best_epoch is not None:
+            ax2.axvline(history.best_epoch, color="grey", ls=":", label=f"best epoch {history.best_epoch}")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("nats per data point")
+    betas = history["beta"]
+    if len(set(betas)) > 1:
+        twin = ax2.twinx()
+        twin.plot(epochs, betas, color="C2", alpha=0.6, label="beta")
+        twin.set_ylabel("beta")
+    ax2.legend(loc="lower right")
+    fig.suptitle("Training")
+    return fig
+
+
+def plot_reconstructions(
+    x: torch.Tensor, reconstruction: torch.Tensor, image_shape: Sequence[int] | None, n: int = 16
+) -> Figure:
+    """Inputs beside their reconstructions: image grids, or a feature heat map for tables."""
+    x, rec = x[:n].cpu().numpy(), reconstruction[:n].cpu().numpy()
+    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    lo, hi = np.nanmin(x), np.nanmax(x)
+    for ax, data, title in zip(axes, (x, rec), ("inputs", "reconstructions (decoder mean)")):
+        if image_shape is not None:
+            ax.imshow(_grid(data, image_shape, rows=int(np.sqrt(len(data)))), cmap="gray", vmin=lo, vmax=hi)
+            ax.axis("off")
+        else:
+            im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=lo, vmax=hi)
+            ax.set_xlabel("feature")
+            ax.set_ylabel("data point")
+            fig.colorbar(im, ax=ax)
+        ax.set_title(title)
+    return fig
+
+
+def plot_samples(samples: torch.Tensor, image_shape: Sequence[int] | None, data: torch.Tensor | None = None) -> Figure:
+    """Draws from the prior pushed through the decoder (image grid, or per-feature histograms)."""
+    s = samples.cpu().numpy()
+    if image_shape is not None:
+        fig = Figure(figsize=(5, 5), layout="constrained")
+        ax = fig.subplots()
+        ax.imshow(_grid(s, image_shape, rows=int(np.sqrt(len(s)))), cmap="gray")
+        ax.axis("off")
+        ax.set_title("samples from the model (decoder mean at z ~ prior)")
+        return fig
+    k = min(6, s.shape[1])
+    fig = Figure(figsize=(3 * k, 3), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, k))
+    for j, ax in enumerate(axes):
+        if data is not None:
+            ax.hist(data[:, j].cpu().numpy(), bins=30, density=True, alpha=0.5, label="data")
+        ax.hist(s[:, j], bins=30, density=True, alpha=0.5, label="model")
+        ax.set_title(f"feature {j}")
+    axes[0].legend()
+    fig.suptitle("model samples against data, per feature")
+    return fig
+
+
+def plot_latent(means: torch.Tensor, labels: torch.Tensor | None = None) -> Figure:
+    """Posterior means in 2-D (the first two principal components when latent_dim > 2)."""
+    m = means.cpu().numpy()
+    title = "posterior means"
+    if m.shape[1] > 2:
+        centred = m - m.mean(0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        m = centred @ vt[:2].T
+        title += " (first two principal components)"
+    elif m.shape[1] == 1:
+        m = np.column_stack([m[:, 0], np.zeros(len(m))])
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.subplots()
+    if labels is not None:
+        sc = ax.scatter(m[:, 0], m[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=6)
+        fig.colorbar(sc, ax=ax, label="label")
+    else:
+        ax.scatter(m[:, 0], m[:, 1], s=6)
+    ax.set_title(title)
+    return fig

@@ -1,0 +1,161 @@
+"""fit(): inputs, determinism, schedules, early stopping, checkpoints and divergence."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from pyro_vae import VAE, BetaSchedule, TrainingDiverged, fit
+from pyro_vae.evaluation import validation_elbo
+from pyro_vae.training import TRAINING_STATE_FILE
+from tests.conftest import binary_data
+
+
+def small_vae(**kwargs) -> VAE:
+    kwargs.setdefault("likelihood", "bernoulli")
+    return VAE(10, 2, hidden=(16,), **kwargs)
+
+
+def test_training_improves_the_elbo():
+    x, valid = binary_data(400), binary_data(100, seed=1)
+    vae = small_vae()
+    before = validation_elbo(vae, valid)
+    history = fit(vae, x, valid, epochs=15, batch_size=50, lr=1e-2, progress=False)
+    assert len(history) == 15 and history.likelihood == "bernoulli"
+    assert history["valid_elbo"][-1] > before + 1.0
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    assert all(s > 0 for s in history["seconds"])
+
+
+def test_same_seed_same_weights_different_seed_different_weights():
+    x = binary_data(200)
+    states = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(123)  # identical initial weights
+        vae = small_vae()
+        fit(vae, x, epochs=3, batch_size=32, seed=seed, progress=False)
+        states.append(vae.state_dict())
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k])
+    assert any(not torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
+def test_accepts_numpy_dataset_and_dataloader():
+    x = binary_data(120)
+    labels = torch.arange(120) % 3
+    for data in (x.numpy(), TensorDataset(x, labels), DataLoader(TensorDataset(x, labels), batch_size=40)):
+        vae = VAE(10, 2, hidden=(8,))  # likelihood chosen from the data
+        history = fit(vae, data, epochs=2, batch_size=40, progress=False)
+        assert history.likelihood == "bernoulli"
+        assert np.isfinite(history["train_loss"]).all()
+
+
+def test_bad_training_arguments():
+    x = binary_data(20)
+    vae = small_vae()
+    with pytest.raises(ValueError, match="epochs"):
+        fit(vae, x, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        fit(vae, x, lr=-1.0, progress=False)
+    with pytest.raises(ValueError, match="validation data"):
+        fit(vae, x, patience=3, progress=False)
+    with pytest.raises(ValueError, match="unknown loss"):
+        fit(vae, x, loss="mse", progress=False)
+    with pytest.raises(ValueError, match="continuous_bernoulli"):
+        fit(vae, torch.rand(20, 10), progress=False)
+    with pytest.raises(ValueError, match=r"shape \(n, 10\)"):
+        fit(vae, torch.zeros(20, 9), progress=False)
+    with pytest.raises(ValueError, match="NaN"):
+        fit(vae, x, torch.full((3, 10), float("nan")), progress=False)
+
+
+def test_beta_schedule_is_recorded_and_warms_up():
+    x = binary_data(100)
+    history = fit(small_vae(), x, epochs=4, batch_size=100, beta={"warmup_epochs": 2}, progress=False)
+    # One step per epoch: beta is evaluated at the start of each epoch.
+    assert history["beta"] == [0.0, 0.5, 1.0, 1.0]
+    assert BetaSchedule.create({"warmup_epochs": 2})(1.0) == 0.5
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path):
+    x, valid = binary_data(300), binary_data(60, seed=2)
+    vae = small_vae()
+    # A large learning rate makes the validation ELBO wander, so patience triggers.
+    history = fit(vae, x, valid, epochs=60, batch_size=20, lr=0.05, patience=3, checkpoint_dir=tmp_path, progress=False)
+    best = max(history["valid_elbo"])
+    assert history["valid_elbo"][history.best_epoch - 1] == best
+    if history.stopped_early:
+        assert len(history) == history.best_epoch + 3
+    # The returned model is the best epoch's, reproducibly scored.
+    assert validation_elbo(vae, valid) == pytest.approx(best, abs=1e-4)
+    saved = VAE.load(tmp_path)
+    for k, v in vae.state_dict().items():
+        assert torch.equal(v, saved.state_dict()[k])
+
+
+def test_checkpoint_files_and_training_state_load_safely(tmp_path):
+    vae = small_vae()
+    fit(vae, binary_data(64), epochs=2, batch_size=32, checkpoint_dir=tmp_path, progress=False)
+    assert {"config.json", "model.pt", TRAINING_STATE_FILE} <= {p.name for p in tmp_path.iterdir()}
+    state = torch.load(tmp_path / TRAINING_STATE_FILE, weights_only=True)
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    assert set(state["model"]) == set(vae.state_dict())
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_state(tmp_path):
+    x = binary_data(64)
+    vae = small_vae()
+    calls = {"n": 0}
+    forward = vae.decoder.forward
+
+    def poisoned(z):
+        calls["n"] += 1
+        out = forward(z)
+        return out * float("nan") if calls["n"] > 5 else out  # 2 steps per epoch: NaN in epoch 3
+
+    vae.decoder.forward = poisoned
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 3.*intact \(epoch 2\)") as err:
+        fit(vae, x, epochs=5, batch_size=32, checkpoint_dir=tmp_path, progress=False)
+    assert len(err.value.history) == 2
+    saved = VAE.load(tmp_path)
+    for k, v in vae.state_dict().items():
+        assert torch.isfinite(v).all()
+        assert torch.equal(v, saved.state_dict()[k])
+    assert torch.load(tmp_path / TRAINING_STATE_FILE, weights_only=True)["epoch"] == 2
+
+
+def test_data_dependent_prior_initialisation_happens_once():
+    x = binary_data(100)
+    vae = small_vae(prior={"name": "vamp", "options": {"num_components": 5}})
+    fit(vae, x, epochs=1, batch_size=100, lr=1e-9, progress=False)
+    u = vae.prior.pseudo_inputs.detach().clone()
+    # Initialised at training points (plus 0.01 noise), not around 0.5.
+    dist_to_data = torch.cdist(u, x).min(1).values
+    assert (dist_to_data < 0.1).all()
+    fit(vae, x, epochs=1, batch_size=100, lr=1e-9, progress=False)
+    torch.testing.assert_close(vae.prior.pseudo_inputs.detach(), u, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("loss, particles", [("elbo", 3), ("elbo_analytic", 1), ("iwae", 5)])
+def test_every_objective_trains(loss, particles):
+    x, valid = binary_data(200), binary_data(50, seed=1)
+    vae = small_vae()
+    before = validation_elbo(vae, valid)
+    history = fit(vae, x, valid, epochs=8, batch_size=50, lr=1e-2, loss=loss, num_particles=particles, progress=False)
+    assert history["valid_elbo"][-1] > before
+
+
+@pytest.mark.parametrize("prior", ["mixture", "vamp", "learned_normal", "laplace", "student_t"])
+def test_learned_and_heavy_tailed_priors_train(prior):
+    x, valid = binary_data(200), binary_data(50, seed=1)
+    vae = small_vae(prior=prior)
+    params_before = {k: v.clone() for k, v in vae.prior.named_parameters()}
+    history = fit(vae, x, valid, epochs=5, batch_size=50, lr=1e-2, progress=False)
+    assert np.isfinite(history["valid_elbo"]).all()
+    for k, v in vae.prior.named_parameters():
+        assert not torch.equal(v, params_before[k]), f"prior parameter {k} did not train"
+
+
+def test_progress_bar_is_shown(capsys):
+    fit(small_vae(), binary_data(40), epochs=2, batch_size=20, progress=True)
+    assert "step" in capsys.readouterr().err
