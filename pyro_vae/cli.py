@@ -53,7 +53,9 @@ def _hidden(text: str) -> list[int]:
     try:
         widths = [int(w) for w in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated widths like 256,256, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--hidden takes comma-separated widths like 256,256, got {text!r}"
+        ) from None
     if any(w < 1 for w in widths):
         raise argparse.ArgumentTypeError("hidden widths must be positive")
     return widths
@@ -78,24 +80,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders as Pyro models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train, evaluate and report a VAE", description="Train, evaluate and report a VAE.")
+    t = sub.add_parser(
+        "train", help="train, evaluate and report a VAE", description="Train, evaluate and report a VAE."
+    )
     t.add_argument("--config", type=Path, help="a run config JSON (or a run directory) to start from")
-    t.add_argument("--out", type=Path, default=Path("runs/latest"), help="output directory (default runs/latest)")
+    t.add_argument(
+        "--out", type=Path, default=Path("runs/latest"), help="output directory (default runs/latest)"
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = t.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, help="default digits (bundled)")
     g.add_argument("--data-dir", help="folder with the MNIST .npz files (default $PYRO_VAE_DATA)")
     g.add_argument("--data-path", help="file for --dataset csv or npy")
     g.add_argument("--label-column", help="CSV column holding labels (name or index)")
-    g.add_argument("--dequantize", action=argparse.BooleanOptionalAction, help="uniform dequantization of grey levels")
+    g.add_argument(
+        "--dequantize", action=argparse.BooleanOptionalAction, help="uniform dequantization of grey levels"
+    )
     g.add_argument("--standardize", action=argparse.BooleanOptionalAction, help="per-feature standardization")
     g = t.add_argument_group("model")
     g.add_argument("--latent-dim", type=int)
     g.add_argument("--hidden", type=_hidden, help="widths, e.g. 256,256; 'linear' for none")
     g.add_argument("--likelihood", choices=["auto", *likelihoods.names()])
-    g.add_argument("--likelihood-options", type=_json_object, help='JSON, e.g. \'{"min_scale": 0.01}\'')
+    g.add_argument("--likelihood-options", type=_json_object, help="JSON, e.g. '{\"min_scale\": 0.01}'")
     g.add_argument("--prior", choices=priors.names())
-    g.add_argument("--prior-options", type=_json_object, help='JSON, e.g. \'{"num_components": 20}\'')
+    g.add_argument("--prior-options", type=_json_object, help="JSON, e.g. '{\"num_components\": 20}'")
     g.add_argument("--activation", choices=sorted(ACTIVATIONS))
     g = t.add_argument_group("training")
     g.add_argument("--epochs", type=int)

@@ -98,7 +98,9 @@ def make_loader(
     if isinstance(data, TensorBatches):
         dataset = data
     elif isinstance(data, Dataset):
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
+        return DataLoader(
+            data, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last
+        )
     else:
         dataset = TensorBatches(as_tensor(data))
     return DataLoader(
@@ -260,7 +262,9 @@ def make_splits(
     raw = [as_tensor(r) for r in (raw_train, raw_valid, raw_test)]
     for split_name, r in zip(("train", "valid", "test"), raw):
         if r.dim() != 2:
-            raise ValueError(f"{name} {split_name} split must be 2-D (n, features), got shape {tuple(r.shape)}")
+            raise ValueError(
+                f"{name} {split_name} split must be 2-D (n, features), got shape {tuple(r.shape)}"
+            )
         if not torch.isfinite(r).all():
             raise ValueError(f"{name} {split_name} split contains NaN or infinite values")
     if dequantize_levels is not None:
@@ -333,7 +337,9 @@ def load_array(
     )
 
 
-def read_csv(path: str | Path, label_column: str | int | None = None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def read_csv(
+    path: str | Path, label_column: str | int | None = None
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Read a numeric CSV table (optional header row); returns features, labels, column names."""
     path = Path(path)
     if not path.is_file():
@@ -437,7 +443,11 @@ def load_binarized_mnist(data_dir: str | Path | None = None, *, seed: int = 0) -
     npz = _open_npz(data_dir, BINARIZED_MNIST_FILE, keys)
     labels = tuple(npz[f"{k}_labels"] if f"{k}_labels" in npz.files else None for k in keys)
     return make_splits(
-        "binarized_mnist", *(npz[k].reshape(len(npz[k]), -1) for k in keys), labels=labels, image_shape=(28, 28), seed=seed
+        "binarized_mnist",
+        *(npz[k].reshape(len(npz[k]), -1) for k in keys),
+        labels=labels,
+        image_shape=(28, 28),
+        seed=seed,
     )
 
 
@@ -485,13 +495,20 @@ def load_dataset(
     """Load a dataset by name (the command line's ``--dataset``)."""
     if name == "digits":
         # Dequantized by default: a density on 17 grey levels is only a likelihood after it.
-        return load_digits(dequantize=True if dequantize is None else dequantize, standardize=standardize, seed=seed)
+        return load_digits(
+            dequantize=True if dequantize is None else dequantize, standardize=standardize, seed=seed
+        )
     if name == "binarized_mnist":
         if dequantize or standardize:
             raise ValueError("binarized_mnist is binary: dequantize and standardize do not apply")
         return load_binarized_mnist(data_dir, seed=seed)
     if name == "mnist":
-        return load_mnist(data_dir, dequantize=True if dequantize is None else dequantize, standardize=standardize, seed=seed)
+        return load_mnist(
+            data_dir,
+            dequantize=True if dequantize is None else dequantize,
+            standardize=standardize,
+            seed=seed,
+        )
     if name in ("csv", "npy"):
         if path is None:
             raise ValueError(f"dataset {name!r} needs a file path (--data-path)")
@@ -502,5 +519,7 @@ def load_dataset(
             x, y = np.load(path, allow_pickle=False), None
         if dequantize:
             levels = int(x.max()) + 1
-        return load_array(x, y, name=Path(path).stem, dequantize_levels=levels, standardize=standardize, seed=seed)
+        return load_array(
+            x, y, name=Path(path).stem, dequantize_levels=levels, standardize=standardize, seed=seed
+        )
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

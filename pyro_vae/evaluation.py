@@ -105,7 +105,10 @@ def evaluate(
     was_training = vae.training
     vae.eval()
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("log_px", "elbo", "recon", "kl", "kl_dim", "loc")}
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), pyro.validation_enabled(False):
+    with (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        pyro.validation_enabled(False),
+    ):
         torch.manual_seed(seed)
         bar = tqdm(desc="evaluating", unit="pt", disable=not progress, leave=False)
         for x in iter_batches(data, n_chunk):
@@ -155,7 +158,9 @@ def evaluate(
         "num_points": n_points,
     }
     if not vae.likelihood.discrete:
-        result["bits_per_dim"] = -(result["log_likelihood"] + log_abs_det_jacobian) / (vae.input_dim * math.log(2))
+        result["bits_per_dim"] = -(result["log_likelihood"] + log_abs_det_jacobian) / (
+            vae.input_dim * math.log(2)
+        )
     result["pointwise"] = {"log_likelihood": log_px, "elbo": cat["elbo"]}
     return result
 
@@ -168,6 +173,8 @@ def active_units(posterior_means: torch.Tensor, threshold: float = ACTIVE_UNIT_T
 
 
 @torch.no_grad()
-def validation_elbo(vae: VAE, data: Any, *, num_samples: int = 1, seed: int = 0, batch_size: int = 1024) -> float:
+def validation_elbo(
+    vae: VAE, data: Any, *, num_samples: int = 1, seed: int = 0, batch_size: int = 1024
+) -> float:
     """Mean ELBO per data point (the early-stopping criterion), cheap and reproducible."""
     return evaluate(vae, data, num_samples, chunk_size=batch_size * num_samples, seed=seed)["elbo"]

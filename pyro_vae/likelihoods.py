@@ -18,8 +18,8 @@ and ``likelihoods.Gaussian(min_scale=1e-2)`` are the same thing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pyro.distributions as dist
@@ -52,7 +52,9 @@ OPEN_UNIT_INTERVAL = Support(
     "open_unit_interval", "the open interval (0, 1), endpoints excluded", lambda x: (x > 0) & (x < 1)
 )
 NONNEGATIVE_INTEGER = Support(
-    "nonnegative_integer", "the integers 0, 1, 2, ...", lambda x: torch.isfinite(x) & (x >= 0) & (x == x.round())
+    "nonnegative_integer",
+    "the integers 0, 1, 2, ...",
+    lambda x: torch.isfinite(x) & (x >= 0) & (x == x.round()),
 )
 
 

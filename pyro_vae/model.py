@@ -238,7 +238,7 @@ class VAE(PyroModule):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         from pyro_vae import __version__
-        from pyro_vae.utils import atomic_write_text, atomic_torch_save
+        from pyro_vae.utils import atomic_torch_save, atomic_write_text
 
         payload: dict[str, Any] = {}
         if (directory / CONFIG_FILE).is_file():
@@ -255,7 +255,9 @@ class VAE(PyroModule):
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
-            raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}: is this a directory written by VAE.save?")
+            raise FileNotFoundError(
+                f"no {CONFIG_FILE} in {directory}: is this a directory written by VAE.save?"
+            )
         payload = json.loads(config_path.read_text())
         if "model" not in payload:
             raise ValueError(f"{config_path} has no 'model' section: not written by VAE.save")

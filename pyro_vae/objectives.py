@@ -125,7 +125,9 @@ class BetaSchedule:
         if isinstance(spec, dict):
             unknown = set(spec) - {"end", "warmup_epochs", "start"}
             if unknown:
-                raise ValueError(f"unknown beta schedule keys {sorted(unknown)}; use end, warmup_epochs, start")
+                raise ValueError(
+                    f"unknown beta schedule keys {sorted(unknown)}; use end, warmup_epochs, start"
+                )
             return cls(**spec)
         raise ValueError(f"beta must be a number, a dict or a BetaSchedule, got {spec!r}")
 

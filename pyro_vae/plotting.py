@@ -69,7 +69,9 @@ def plot_reconstructions(
     return fig
 
 
-def plot_samples(samples: torch.Tensor, image_shape: Sequence[int] | None, data: torch.Tensor | None = None) -> Figure:
+def plot_samples(
+    samples: torch.Tensor, image_shape: Sequence[int] | None, data: torch.Tensor | None = None
+) -> Figure:
     """Draws from the prior pushed through the decoder (image grid, or per-feature histograms)."""
     s = samples.cpu().numpy()
     if image_shape is not None:

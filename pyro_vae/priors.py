@@ -168,9 +168,7 @@ class DiagonalGaussianMixturePrior(Prior):
 
     def forward(self):
         logits, loc, scale = self.components()
-        return dist.MixtureSameFamily(
-            dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1)
-        )
+        return dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1))
 
     def marginal_log_prob(self, z):
         logits, loc, scale = self.components()

@@ -22,7 +22,7 @@ from pyro_vae.evaluation import evaluate
 from pyro_vae.model import VAE
 from pyro_vae.objectives import BetaSchedule
 from pyro_vae.training import History, fit
-from pyro_vae.utils import atomic_write_text
+from pyro_vae.utils import atomic_write_text, seed_everything
 
 FIGURES = ("training_curves.png", "reconstructions.png", "samples.png", "latent_means.png")
 
@@ -59,7 +59,9 @@ def _public_metrics(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "pointwise"}
 
 
-def evaluate_split(vae: VAE, splits: data_module.DataSplits, cfg: RunConfig, progress: bool) -> dict[str, Any]:
+def evaluate_split(
+    vae: VAE, splits: data_module.DataSplits, cfg: RunConfig, progress: bool
+) -> dict[str, Any]:
     x, _ = splits.split(cfg.eval.split)
     result = evaluate(
         vae,
@@ -73,7 +75,9 @@ def evaluate_split(vae: VAE, splits: data_module.DataSplits, cfg: RunConfig, pro
     return {"split": cfg.eval.split, **_public_metrics(result)}
 
 
-def write_figures(out: Path, vae: VAE, splits: data_module.DataSplits, history: History | None, seed: int) -> None:
+def write_figures(
+    out: Path, vae: VAE, splits: data_module.DataSplits, history: History | None, seed: int
+) -> None:
     x, labels = splits.split("test")
     torch.manual_seed(seed)
     vae.eval()
@@ -102,6 +106,7 @@ def train_run(cfg: RunConfig, out: str | Path, *, progress: bool = True, echo=pr
     out = Path(out)
     splits = load_data(cfg)
     echo(f"data    {splits.summary()}")
+    seed_everything(cfg.train.seed)  # the initial weights are part of the run
     vae = build_vae(cfg, splits.num_features)
     t = cfg.train
     if not vae.is_resolved:

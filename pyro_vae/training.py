@@ -7,7 +7,6 @@ the VAE's parameters. Nothing about the loss is written here.
 
 from __future__ import annotations
 
-import copy
 import csv
 import logging
 import math
@@ -21,7 +20,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from pyro_vae import likelihoods
 from pyro_vae.data import as_tensor, features_of, make_loader
 from pyro_vae.evaluation import validation_elbo
 from pyro_vae.model import VAE
@@ -207,7 +205,10 @@ def fit(
                 elif valid is not None:
                     stale += 1
                 bar.set_postfix(
-                    epoch=epoch, loss=f"{record['train_loss']:.3f}", valid_elbo=f"{valid_elbo:.3f}", beta=f"{b:.2f}"
+                    epoch=epoch,
+                    loss=f"{record['train_loss']:.3f}",
+                    valid_elbo=f"{valid_elbo:.3f}",
+                    beta=f"{b:.2f}",
                 )
                 if checkpoint_dir is not None:
                     _write_checkpoint(checkpoint_dir, vae, best_state or last_good, optimizer, history)

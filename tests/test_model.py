@@ -56,13 +56,22 @@ def test_encoder_scale_stays_positive_for_extreme_inputs():
 
 
 def test_save_load_round_trip(tmp_path):
-    vae = VAE(10, 3, hidden=(16,), likelihood="gaussian_shared", prior={"name": "mixture", "options": {"num_components": 4}})
+    vae = VAE(
+        10,
+        3,
+        hidden=(16,),
+        likelihood="gaussian_shared",
+        prior={"name": "mixture", "options": {"num_components": 4}},
+    )
     with torch.no_grad():
         for p in vae.parameters():
             p.add_(0.1 * torch.randn_like(p))
     vae.save(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["model"]["prior"] == {"name": "mixture", "options": {"num_components": 4, "init_spread": 1.0}}
+    assert config["model"]["prior"] == {
+        "name": "mixture",
+        "options": {"num_components": 4, "init_spread": 1.0},
+    }
     loaded = VAE.load(tmp_path)
     assert loaded.config() == vae.config()
     for (k1, v1), (k2, v2) in zip(vae.state_dict().items(), loaded.state_dict().items()):

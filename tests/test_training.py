@@ -81,7 +81,9 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
     x, valid = binary_data(300), binary_data(60, seed=2)
     vae = small_vae()
     # A large learning rate makes the validation ELBO wander, so patience triggers.
-    history = fit(vae, x, valid, epochs=60, batch_size=20, lr=0.05, patience=3, checkpoint_dir=tmp_path, progress=False)
+    history = fit(
+        vae, x, valid, epochs=60, batch_size=20, lr=0.05, patience=3, checkpoint_dir=tmp_path, progress=False
+    )
     best = max(history["valid_elbo"])
     assert history["valid_elbo"][history.best_epoch - 1] == best
     if history.stopped_early:
@@ -141,7 +143,9 @@ def test_every_objective_trains(loss, particles):
     x, valid = binary_data(200), binary_data(50, seed=1)
     vae = small_vae()
     before = validation_elbo(vae, valid)
-    history = fit(vae, x, valid, epochs=8, batch_size=50, lr=1e-2, loss=loss, num_particles=particles, progress=False)
+    history = fit(
+        vae, x, valid, epochs=8, batch_size=50, lr=1e-2, loss=loss, num_particles=particles, progress=False
+    )
     assert history["valid_elbo"][-1] > before
 
 

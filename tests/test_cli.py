@@ -1,0 +1,152 @@
+"""The main job, `pyro-vae train` and `pyro-vae evaluate`, end to end."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pyro_vae import VAE
+from pyro_vae.cli import main
+from pyro_vae.run import FIGURES
+
+FAST = ["--epochs", "3", "--hidden", "32", "--latent-dim", "2", "--eval-samples", "20", "--no-progress"]
+
+
+def test_train_writes_every_file_and_evaluate_reproduces_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "continuous_bernoulli" in printed and "log p(x)" in printed and "bits/dim" in printed
+    expected = {"config.json", "model.pt", "metrics.json", "history.csv", *FIGURES}
+    assert expected <= {p.name for p in out.iterdir()}
+    for name in FIGURES:
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "log_likelihood",
+        "elbo",
+        "kl",
+        "reconstruction",
+        "active_units",
+        "kl_per_dim",
+        "bits_per_dim",
+    ):
+        assert key in metrics
+    assert metrics["elbo"] <= metrics["log_likelihood"] + 0.5
+    assert metrics["training"]["epochs"] == 3
+    with (out / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and set(rows[0]) == {"epoch", "train_loss", "valid_elbo", "beta", "seconds"}
+    vae = VAE.load(out)
+    assert vae.likelihood.name == "continuous_bernoulli"
+
+    result_file = tmp_path / "again.json"
+    assert main(["evaluate", str(out), "--no-progress", "--output", str(result_file)]) == 0
+    again = json.loads(result_file.read_text())
+    assert again["log_likelihood"] == pytest.approx(metrics["log_likelihood"], abs=1e-4)
+
+
+def test_config_file_repeats_a_run(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(first),
+                *FAST,
+                "--prior",
+                "mixture",
+                "--prior-options",
+                '{"num_components": 3}',
+            ]
+        )
+        == 0
+    )
+    assert main(["train", "--config", str(first / "config.json"), "--out", str(second), "--no-progress"]) == 0
+    m1 = json.loads((first / "metrics.json").read_text())
+    m2 = json.loads((second / "metrics.json").read_text())
+    assert m2["log_likelihood"] == pytest.approx(m1["log_likelihood"], abs=1e-4)
+    assert (
+        json.loads((second / "config.json").read_text())["model"]["prior"]["options"]["num_components"] == 3
+    )
+
+
+def test_every_choice_has_a_flag(tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "train", "--out", str(out), *FAST, "--likelihood", "beta", "--likelihood-options", '{"min_concentration": 0.1}',
+        "--loss", "iwae", "--num-particles", "3", "--beta", "0.5", "--warmup-epochs", "2", "--lr", "0.002",
+        "--batch-size", "64", "--seed", "1", "--patience", "2", "--activation", "tanh", "--eval-split", "valid",
+    ]  # fmt: skip
+    assert main(args) == 0
+    run = json.loads((out / "config.json").read_text())
+    assert run["model"]["likelihood"] == {"name": "beta", "options": {"min_concentration": 0.1}}
+    assert run["run"]["train"]["loss"] == "iwae" and run["run"]["eval"]["split"] == "valid"
+    history = (out / "history.csv").read_text().splitlines()
+    # beta at the last of the 20 steps of each epoch (1257 points, batch 64), warming up to 0.5 over 2 epochs
+    expected = [0.5 * min(1.0, (e + 19 / 20) / 2) for e in range(3)]
+    assert [float(r.split(",")[3]) for r in history[1:]] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--likelihood", "bernoulli"], "continuous_bernoulli"),
+        (["--dataset", "csv"], "needs a file path"),
+        (
+            ["--likelihood-options", '{"scale": -1}', "--likelihood", "gaussian_fixed"],
+            "scale must be positive",
+        ),
+        (["--prior-options", '{"components": 3}', "--prior", "mixture"], "num_components"),
+    ],
+)
+def test_bad_input_exits_with_a_message(tmp_path, capsys, args, match):
+    assert main(["train", "--out", str(tmp_path / "x"), *FAST, *args]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_missing_data_directory_and_bad_config(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PYRO_VAE_DATA", raising=False)
+    assert main(["train", "--dataset", "mnist", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "PYRO_VAE_DATA" in capsys.readouterr().err
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"train": {"epoch": 3}}))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "y")]) == 2
+    assert "unknown key" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nothing")]) == 2
+
+
+def test_module_entry_point_runs():
+    done = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", "train", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "--likelihood" in done.stdout and "--prior" in done.stdout
+
+
+def test_binarized_mnist_run_on_the_shared_data(tmp_path, shared_data_dir):
+    out = tmp_path / "mnist"
+    args = ["train", "--dataset", "binarized_mnist", "--data-dir", str(shared_data_dir), "--out", str(out)]
+    args += [
+        "--epochs",
+        "1",
+        "--batch-size",
+        "500",
+        "--hidden",
+        "64",
+        "--latent-dim",
+        "4",
+        "--eval-samples",
+        "2",
+    ]
+    assert main([*args, "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_points"] == 10000 and "bits_per_dim" not in metrics
+    assert -300 < metrics["log_likelihood"] < -80
+    assert VAE.load(out).likelihood.name == "bernoulli"
+    torch.testing.assert_close(
+        torch.tensor(metrics["elbo"]), torch.tensor(metrics["log_likelihood"]), atol=10, rtol=0
+    )

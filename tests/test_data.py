@@ -1,0 +1,157 @@
+"""Data loading and preprocessing: bundled digits, MNIST files, arrays, CSV."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from pyro_vae import data
+
+
+def write_fake_mnist(directory, n_train=30, n_test=8):
+    rng = np.random.default_rng(0)
+    np.savez(
+        directory / data.BINARIZED_MNIST_FILE,
+        train=rng.integers(0, 2, (n_train, 784), dtype=np.uint8),
+        valid=rng.integers(0, 2, (n_test, 784), dtype=np.uint8),
+        test=rng.integers(0, 2, (n_test, 784), dtype=np.uint8),
+        train_labels=rng.integers(0, 10, n_train, dtype=np.uint8),
+        valid_labels=rng.integers(0, 10, n_test, dtype=np.uint8),
+        test_labels=rng.integers(0, 10, n_test, dtype=np.uint8),
+    )
+    np.savez(
+        directory / data.MNIST_FILE,
+        x_train=rng.integers(0, 256, (n_train + 10000, 28, 28), dtype=np.uint8),
+        y_train=rng.integers(0, 10, n_train + 10000, dtype=np.uint8),
+        x_test=rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        y_test=rng.integers(0, 10, n_test, dtype=np.uint8),
+    )
+
+
+def test_digits_default_and_dequantized():
+    plain = data.load_digits()
+    assert plain.image_shape == (8, 8) and plain.num_features == 64
+    assert len(plain.train) + len(plain.valid) + len(plain.test) == 1797
+    assert plain.train.min() >= 0 and plain.train.max() <= 1 and plain.train.dtype == torch.float32
+    assert plain.train_labels is not None and set(plain.train_labels.tolist()) == set(range(10))
+    deq = data.load_digits(dequantize=True)
+    assert deq.train.min() > 0 and deq.train.max() < 1
+    # Same split and same grey levels after mapping back.
+    torch.testing.assert_close(deq.preprocessing.inverse(deq.test), plain.test * 16)
+    assert deq.preprocessing.log_abs_det_jacobian(64) == pytest.approx(-64 * math.log(17))
+
+
+def test_fresh_dequantization_noise_per_batch():
+    splits = data.load_digits(dequantize=True)
+    ds = splits.train_dataset(seed=0)
+    a, b = ds.__getitems__([0, 1, 2]), ds.__getitems__([0, 1, 2])
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(splits.preprocessing.inverse(a), splits.preprocessing.inverse(b))
+    assert (a > 0).all() and (a < 1).all()
+
+
+def test_standardize_statistics_inverse_and_jacobian():
+    x = np.random.default_rng(1).normal([5.0, -3.0, 100.0], [1.0, 0.1, 20.0], size=(500, 3))
+    x[:, 1] = 7.0  # a constant feature keeps std 1 instead of dividing by zero
+    splits = data.load_array(x, standardize=True)
+    assert splits.train.mean(0).abs().max() < 1e-4
+    torch.testing.assert_close(splits.train.std(0)[[0, 2]], torch.ones(2), atol=1e-4, rtol=0)
+    pre = splits.preprocessing
+    assert pre.std[1] == 1.0
+    raw_test = pre.inverse(splits.test)
+    assert torch.allclose(raw_test[:, 1], torch.full_like(raw_test[:, 1], 7.0))
+    assert pre.log_abs_det_jacobian(3) == pytest.approx(-np.log(pre.std).sum())
+    assert data.Preprocessing.from_dict(pre.to_dict()) == pre
+
+
+def test_fake_mnist_files_by_argument_and_environment(tmp_path, monkeypatch):
+    write_fake_mnist(tmp_path)
+    binary = data.load_binarized_mnist(tmp_path)
+    assert binary.train.shape == (30, 784) and binary.test.shape == (8, 784)
+    assert set(binary.train.unique().tolist()) <= {0.0, 1.0} and binary.image_shape == (28, 28)
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    grey = data.load_mnist()
+    assert grey.train.shape == (30, 784) and grey.valid.shape == (10000, 784)
+    assert grey.train.min() > 0 and grey.train.max() < 1
+    raw = np.load(tmp_path / data.MNIST_FILE)["x_test"].reshape(8, -1)
+    np.testing.assert_array_equal(grey.preprocessing.inverse(grey.test).numpy(), raw)
+    plain = data.load_mnist(dequantize=False)
+    assert plain.train.max() <= 1 and plain.preprocessing.is_identity
+
+
+def test_missing_data_directory_and_files(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match="PYRO_VAE_DATA"):
+        data.load_binarized_mnist()
+    with pytest.raises(FileNotFoundError, match="binarized_mnist.npz"):
+        data.load_binarized_mnist(tmp_path)
+    np.savez(tmp_path / data.BINARIZED_MNIST_FILE, train=np.zeros((2, 784)))
+    with pytest.raises(ValueError, match="lacks"):
+        data.load_binarized_mnist(tmp_path)
+
+
+def test_real_shared_data(shared_data_dir):
+    binary = data.load_binarized_mnist(shared_data_dir)
+    assert binary.train.shape == (50000, 784) and binary.valid.shape == (10000, 784)
+    assert binary.test.shape == (10000, 784) and binary.test_labels.shape == (10000,)
+    grey = data.load_mnist(shared_data_dir, dequantize=False)
+    assert grey.train.shape == (50000, 784) and grey.test.shape == (10000, 784)
+    # The binarized split follows grayscale MNIST's order: dark and bright pixels agree.
+    dark, bright = grey.test[:100] < 0.1, grey.test[:100] > 0.9
+    assert binary.test[:100][dark].mean() < 0.1 and binary.test[:100][bright].mean() > 0.9
+
+
+def test_csv_with_header_and_labels(tmp_path):
+    path = tmp_path / "table.csv"
+    rows = ["a,b,label,c"] + [f"{i},{-i * 0.5},{i % 2},{i * i}" for i in range(40)]
+    path.write_text("\n".join(rows) + "\n")
+    x, y, names = data.read_csv(path, "label")
+    assert x.shape == (40, 3) and names == ["a", "b", "c"]
+    np.testing.assert_array_equal(y, np.arange(40) % 2)
+    splits = data.load_csv(path, label_column="label")
+    assert len(splits.train) + len(splits.valid) + len(splits.test) == 40
+    assert splits.train_labels is not None
+    nohead = tmp_path / "nohead.csv"
+    nohead.write_text("1,2\n3,4\n5,6\n")
+    assert data.read_csv(nohead)[0].shape == (3, 2)
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [("a,b\n1,2\n3\n", "expected 2 columns"), ("a,b\n1,x\n", "non-numeric"), ("", "empty")],
+)
+def test_bad_csv_files(tmp_path, content, match):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        data.read_csv(path)
+
+
+def test_bad_arrays_and_options():
+    with pytest.raises(ValueError, match="2-D"):
+        data.load_array(np.zeros((10, 2, 2)))
+    with pytest.raises(ValueError, match="labels"):
+        data.load_array(np.zeros((10, 2)), labels=np.zeros(3))
+    with pytest.raises(ValueError, match="integer data"):
+        data.load_array(np.full((10, 2), 0.5), dequantize_levels=4)
+    with pytest.raises(ValueError, match="NaN"):
+        data.load_array(np.full((10, 2), np.nan))
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.load_dataset("cifar")
+    with pytest.raises(TypeError, match="cannot use"):
+        data.as_tensor("not data")
+
+
+def test_loaders_serve_batches_from_tensors_datasets_and_loaders():
+    x = torch.arange(20.0).reshape(10, 2)
+    loader = data.make_loader(x, batch_size=4, shuffle=False)
+    batches = list(loader)
+    assert [b.shape[0] for b in batches] == [4, 4, 2] and torch.equal(torch.cat(batches), x)
+    ds = TensorDataset(x, torch.zeros(10))
+    assert torch.equal(torch.cat([data.features_of(b) for b in data.make_loader(ds, 3, shuffle=False)]), x)
+    given = DataLoader(ds, batch_size=5)
+    assert data.make_loader(given, 3) is given
+    assert torch.equal(torch.cat(list(data.iter_batches(given, 2))), x)
+    assert torch.equal(data.as_tensor(ds), x)
