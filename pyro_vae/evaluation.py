@@ -65,6 +65,20 @@ def _kl(vae: VAE, loc: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor 
     return total, per_dim
 
 
+def _rng_neutral(batches):
+    """Yield from ``batches`` without letting the loading touch the CPU random stream.
+
+    A ``DataLoader`` draws its base seed from it; without this, the same seed would give
+    different samples of ``z`` for a tensor and for a loader over the same data.
+    """
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            x = next(batches, None)
+        if x is None:
+            return
+        yield x
+
+
 @torch.no_grad()
 def evaluate(
     vae: VAE,
@@ -111,7 +125,9 @@ def evaluate(
     ):
         torch.manual_seed(seed)
         bar = tqdm(desc="evaluating", unit="pt", disable=not progress, leave=False)
-        for x in iter_batches(data, n_chunk):
+        for x in _rng_neutral(iter_batches(data, n_chunk)):
+            if x.shape[0] == 0:
+                continue
             x = x.to(device)
             vae.check_data(x)
             n = x.shape[0]
@@ -141,10 +157,10 @@ def evaluate(
             bar.update(n)
         bar.close()
     vae.train(was_training)
+    if not out["log_px"]:
+        raise ValueError("no data to evaluate: the data set is empty")
     cat = {k: torch.cat(v).cpu() for k, v in out.items()}
     n_points = cat["log_px"].numel()
-    if n_points == 0:
-        raise ValueError("no data to evaluate")
     log_px = cat["log_px"]
     result: dict[str, Any] = {
         "log_likelihood": log_px.mean().item(),
