@@ -64,7 +64,7 @@ class TrainConfig:
 class EvalConfig:
     num_samples: int = 1000
     split: str = "test"
-    chunk_size: int = 2**15
+    chunk_size: int | None = None  # None: sized from the model (see evaluation.default_chunk_size)
 
 
 @dataclass

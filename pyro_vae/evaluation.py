@@ -11,8 +11,11 @@ a stochastic lower bound that converges to :math:`\log p(x)` as :math:`K \to \in
 ``pyro.plate``, so any registered prior or likelihood is evaluated the same way.
 
 Work is chunked over data points and samples so that at most ``chunk_size``
-(sample, data point) pairs pass through the decoder at once: memory stays bounded for
-K = 5000 on 10000 MNIST images, whatever K is.
+(sample, data point) pairs pass through the networks at once. By default the chunk is
+sized so that the largest intermediate tensor holds about ``2**25`` numbers (128 MiB in
+float32), counting the decoder's output, the hidden layers and, for mixture priors, the
+per-component densities: memory stays bounded for K = 5000 on 10000 MNIST images,
+whatever K and the number of data points are.
 """
 
 from __future__ import annotations
@@ -32,6 +35,17 @@ from pyro_vae.model import VAE
 from pyro_vae.priors import FactorizedPrior
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+CHUNK_ELEMENTS = 2**25
+
+
+def default_chunk_size(vae: VAE, elements: int = CHUNK_ELEMENTS) -> int:
+    """(sample, data point) pairs per chunk so that no intermediate exceeds ``elements`` numbers."""
+    per_pair = max(
+        vae.input_dim * vae.likelihood.num_params,
+        max(vae.hidden, default=0),
+        getattr(vae.prior, "num_components", 1) * vae.latent_dim,
+    )
+    return max(1, elements // per_pair)
 
 
 def _log_weights(vae: VAE, x: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
@@ -85,7 +99,7 @@ def evaluate(
     data: Any,
     num_samples: int = 1000,
     *,
-    chunk_size: int = 2**15,
+    chunk_size: int | None = None,
     seed: int = 0,
     log_abs_det_jacobian: float = 0.0,
     progress: bool = False,
@@ -110,9 +124,11 @@ def evaluate(
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    vae._require_resolved()
+    if chunk_size is None:
+        chunk_size = default_chunk_size(vae)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    vae._require_resolved()
     device = next(vae.parameters()).device
     k_chunk = min(num_samples, chunk_size)
     n_chunk = max(1, chunk_size // k_chunk)

@@ -307,7 +307,11 @@ def test_containers_agree_within_monte_carlo_error(small, batch_size):
     result = pyro_vae.evaluate(vae, loader, num_samples=2000, seed=3)
     diff = result["pointwise"]["log_likelihood"] - reference["pointwise"]["log_likelihood"]
     assert result["num_points"] == 50
-    assert diff.abs().max() < 0.1
+    # Different chunking draws different samples; an untrained encoder gives heavy-tailed
+    # weights, so single points may move by a few tenths while the average barely moves.
+    # Points out of order or lost would differ by nats.
+    assert diff.abs().max() < 0.3
+    assert diff.abs().mean() < 0.05
     assert result["kl_per_dim"] == pytest.approx(reference["kl_per_dim"], rel=1e-5)  # closed form
     assert result["active_units"] == reference["active_units"]
     # another seed gives other draws
@@ -400,3 +404,20 @@ def test_many_samples_are_processed_in_bounded_chunks(small):
     assert torch.isfinite(ll).all()
     default = pyro_vae.evaluate(vae, x, num_samples=3000)["pointwise"]["log_likelihood"]
     assert (ll - default).abs().max() < 0.05
+
+
+def test_default_chunk_bounds_the_largest_intermediate():
+    from pyro_vae.evaluation import CHUNK_ELEMENTS, default_chunk_size
+
+    mnist = pyro_vae.VAE(784, 40, hidden=(300, 300), likelihood="bernoulli")
+    vamp = pyro_vae.VAE(
+        784,
+        40,
+        hidden=(300, 300),
+        likelihood="bernoulli",
+        prior={"name": "vamp", "options": {"num_components": 500}},
+    )
+    assert default_chunk_size(mnist) * 784 <= CHUNK_ELEMENTS < (default_chunk_size(mnist) + 1) * 784
+    assert default_chunk_size(vamp) * 500 * 40 <= CHUNK_ELEMENTS
+    # The VampPrior's per-component densities, not the decoder, set its chunk.
+    assert default_chunk_size(vamp) < default_chunk_size(mnist)
