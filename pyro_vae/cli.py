@@ -12,6 +12,7 @@ from pathlib import Path
 from pyro_vae import likelihoods, priors
 from pyro_vae.config import RunConfig
 from pyro_vae.data import DATASETS
+from pyro_vae.distributed import PeerFailure
 from pyro_vae.networks import ACTIVATIONS
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.training import TrainingDiverged
@@ -42,6 +43,8 @@ TRAIN_FLAGS = {
     "device": ("train", "device"),
     "patience": ("train", "patience"),
     "num_threads": ("train", "num_threads"),
+    "max_minutes": ("train", "max_minutes"),
+    "ddp_timeout": ("train", "ddp_timeout_s"),
     "eval_samples": ("eval", "num_samples"),
     "eval_split": ("eval", "split"),
 }
@@ -88,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("runs/latest"), help="output directory (default runs/latest)"
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (its config by default)",
+    )
+    t.add_argument(
+        "--nproc", type=int, help="train in N processes on this machine (DDP, launched with torchrun)"
+    )
     g = t.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, help="default digits (bundled)")
     g.add_argument("--data-dir", help="folder with the MNIST .npz files (default $PYRO_VAE_DATA)")
@@ -117,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="cpu, cuda or auto")
     g.add_argument("--patience", type=_patience, help="early-stopping patience in epochs (0: off)")
     g.add_argument("--num-threads", type=int)
+    g.add_argument("--max-minutes", type=float, help="stop training after the epoch that spends this budget")
+    g.add_argument("--ddp-timeout", type=float, help="seconds a process waits for the others (default 120)")
     g = t.add_argument_group("evaluation")
     g.add_argument("--eval-samples", type=int, help="importance samples for log p(x) (default 1000)")
     g.add_argument("--eval-split", choices=["train", "valid", "test"])
@@ -132,7 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    cfg = RunConfig.from_json(args.config) if args.config else RunConfig()
+    if args.config:
+        cfg = RunConfig.from_json(args.config)
+    elif args.resume:
+        cfg = RunConfig.from_json(args.out)
+    else:
+        cfg = RunConfig()
     for flag, (section, name) in TRAIN_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -140,14 +158,34 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
+def _without_nproc(argv: Sequence[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from pyro_vae.run import evaluate_run, train_run
+    from pyro_vae import distributed
+    from pyro_vae.run import evaluate_run, launched_by_torchrun, train_run
 
+    if args.command == "train" and args.nproc is not None and not launched_by_torchrun():
+        if args.nproc < 1:
+            print("pyro-vae: error: --nproc must be at least 1", file=sys.stderr)
+            return 2
+        if args.nproc > 1:
+            return distributed.launch(args.nproc, _without_nproc(argv))
     try:
         if args.command == "train":
-            train_run(config_from_args(args), args.out, progress=not args.no_progress)
+            train_run(config_from_args(args), args.out, progress=not args.no_progress, resume=args.resume)
         else:
             metrics = evaluate_run(
                 args.run_dir,
@@ -161,9 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"pyro-vae: training diverged: {e}", file=sys.stderr)
         return 1
+    except PeerFailure as e:
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, TypeError, RuntimeError) as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
     return 0
 
 

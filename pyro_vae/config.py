@@ -58,6 +58,8 @@ class TrainConfig:
     device: str = "cpu"
     patience: int | None = 50
     num_threads: int | None = None
+    max_minutes: float | None = None
+    ddp_timeout_s: float = 120.0
 
 
 @dataclass

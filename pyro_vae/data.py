@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 DATA_ENV = "PYRO_VAE_DATA"
 BINARIZED_MNIST_FILE = "binarized_mnist.npz"
@@ -89,27 +89,39 @@ def _keep_batch(batch):
 
 
 def make_loader(
-    data: Any, batch_size: int, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False
+    data: Any,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """A ``DataLoader`` over ``data``; a given ``DataLoader`` is returned unchanged."""
+    """A ``DataLoader`` over ``data``; a given ``DataLoader`` is returned unchanged.
+
+    Shuffling uses a ``DistributedSampler`` (also for one process): epoch ``e`` visits a
+    permutation seeded by ``seed + e`` (call ``loader.sampler.set_epoch(e)``), which makes
+    the order reproducible on resume, and makes N processes with batch ``b`` see, step by
+    step, the same data as one process with batch ``N * b``.
+    """
     if isinstance(data, DataLoader):
+        if world_size > 1:
+            raise ValueError(
+                "distributed training shards the data itself: pass a tensor, array or Dataset, not a DataLoader"
+            )
         return data
-    generator = torch.Generator().manual_seed(seed)
-    if isinstance(data, TensorBatches):
-        dataset = data
-    elif isinstance(data, Dataset):
-        return DataLoader(
-            data, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last
-        )
-    else:
-        dataset = TensorBatches(as_tensor(data))
+    own_batches = not isinstance(data, Dataset) or isinstance(data, TensorBatches)
+    dataset = data if isinstance(data, Dataset) else TensorBatches(as_tensor(data))
+    sampler = DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+    )
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
+        sampler=sampler,
         drop_last=drop_last,
-        collate_fn=_keep_batch,
+        collate_fn=_keep_batch if own_batches else None,
     )
 
 

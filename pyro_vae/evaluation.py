@@ -30,7 +30,8 @@ from pyro import poutine
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
-from pyro_vae.data import iter_batches
+from pyro_vae import distributed as dist_utils
+from pyro_vae.data import as_tensor, iter_batches
 from pyro_vae.model import VAE
 from pyro_vae.priors import FactorizedPrior
 
@@ -125,6 +126,11 @@ def evaluate(
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     vae._require_resolved()
+    ctx = dist_utils.current()
+    if ctx.world_size > 1:
+        # Each process scores a contiguous share with its own draws; results are gathered.
+        data = dist_utils.shard_rows(as_tensor(data), ctx)
+        seed = seed + ctx.rank
     if chunk_size is None:
         chunk_size = default_chunk_size(vae)
     if chunk_size < 1:
@@ -173,10 +179,22 @@ def evaluate(
             bar.update(n)
         bar.close()
     vae.train(was_training)
-    if not out["log_px"]:
-        raise ValueError("no data to evaluate: the data set is empty")
-    cat = {k: torch.cat(v).cpu() for k, v in out.items()}
+    if ctx.world_size > 1:
+        widths = {"kl_dim": vae.latent_dim, "loc": vae.latent_dim}
+        cat = {
+            k: dist_utils.gather_rows(
+                torch.cat(v) if v else torch.empty(0, *([widths[k]] if k in widths else []), device=device)
+            )
+            for k, v in out.items()
+        }
+    elif out["log_px"]:
+        cat = {k: torch.cat(v) for k, v in out.items()}
+    else:
+        cat = {"log_px": torch.empty(0)}
+    cat = {k: v.cpu() for k, v in cat.items()}
     n_points = cat["log_px"].numel()
+    if n_points == 0:
+        raise ValueError("no data to evaluate: the data set is empty")
     log_px = cat["log_px"]
     result: dict[str, Any] = {
         "log_likelihood": log_px.mean().item(),

@@ -133,3 +133,21 @@ class BetaSchedule:
 
     def to_dict(self) -> dict[str, float]:
         return {"end": self.end, "warmup_epochs": self.warmup_epochs, "start": self.start}
+
+
+class ELBOLoss(torch.nn.Module):
+    r"""The training objective of a VAE as a module: the negative ELBO per data point.
+
+    ``forward(x, beta)`` returns ``elbo.differentiable_loss(vae.model, vae.guide, x, beta)
+    / len(x)``. Being an ``nn.Module`` whose parameters are the VAE's, it is what
+    ``DistributedDataParallel`` wraps; dividing by the batch size makes the average of
+    the processes' gradients equal the gradient of one process holding all their data.
+    """
+
+    def __init__(self, vae: torch.nn.Module, elbo: pyro.infer.ELBO) -> None:
+        super().__init__()
+        self.vae = vae
+        self.elbo = elbo
+
+    def forward(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+        return self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, beta) / x.shape[0]

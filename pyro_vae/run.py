@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,13 @@ from typing import Any
 import torch
 
 from pyro_vae import data as data_module
+from pyro_vae import distributed as dist_utils
 from pyro_vae import likelihoods, plotting
 from pyro_vae.config import RunConfig
 from pyro_vae.evaluation import evaluate
 from pyro_vae.model import VAE
 from pyro_vae.objectives import BetaSchedule
-from pyro_vae.training import History, fit
+from pyro_vae.training import TRAINING_STATE_FILE, History, fit
 from pyro_vae.utils import atomic_write_text, seed_everything
 
 FIGURES = ("training_curves.png", "reconstructions.png", "samples.png", "latent_means.png")
@@ -101,21 +103,45 @@ def write_figures(
         fig.savefig(out / name, dpi=110)
 
 
-def train_run(cfg: RunConfig, out: str | Path, *, progress: bool = True, echo=print) -> dict[str, Any]:
-    """Train, evaluate and write a run directory; returns the metrics."""
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def train_run(
+    cfg: RunConfig, out: str | Path, *, progress: bool = True, resume: bool = False, echo=print
+) -> dict[str, Any]:
+    """Train, evaluate and write a run directory; returns the metrics.
+
+    Under ``torchrun`` every process trains its share with DDP and process 0 alone
+    prints and writes. ``resume=True`` continues the run in ``out`` from its last epoch.
+    """
     out = Path(out)
+    distributed = launched_by_torchrun()
+    ctx = dist_utils.setup(cfg.train.device, cfg.train.ddp_timeout_s) if distributed else dist_utils.SINGLE
+    if not ctx.is_main:
+        echo = _silent
     splits = load_data(cfg)
     echo(f"data    {splits.summary()}")
-    seed_everything(cfg.train.seed)  # the initial weights are part of the run
-    vae = build_vae(cfg, splits.num_features)
     t = cfg.train
-    if not vae.is_resolved:
-        name, reason = likelihoods.choose_likelihood(splits.train)
-        vae.resolve_likelihood(splits.train)
-        echo(f"model   likelihood 'auto' -> {name!r} ({reason})")
-    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        vae = VAE.load(out)
+        echo(f"resume  from {out}/{TRAINING_STATE_FILE}")
+    else:
+        seed_everything(t.seed)  # the initial weights are part of the run
+        vae = build_vae(cfg, splits.num_features)
+        if not vae.is_resolved:
+            name, reason = likelihoods.choose_likelihood(splits.train)
+            vae.resolve_likelihood(splits.train)
+            echo(f"model   likelihood 'auto' -> {name!r} ({reason})")
     extra = {"run": cfg.to_dict(), "preprocessing": splits.preprocessing.to_dict()}
-    vae.save(out, extra=extra)  # the run's settings are on disk before training starts
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            vae.save(out, extra=extra)  # the run's settings are on disk before training starts
+    if distributed:
+        echo(
+            f"ddp     {ctx.world_size} processes, {'nccl' if ctx.device.type == 'cuda' else 'gloo'}, batch {t.batch_size} each"
+        )
     echo(
         f"model   likelihood {vae.likelihood.name}, prior {vae.prior.name}, latent {vae.latent_dim}, "
         f"hidden {list(vae.hidden)}; loss {t.loss} x{t.num_particles}, beta {t.beta}"
@@ -138,11 +164,17 @@ def train_run(cfg: RunConfig, out: str | Path, *, progress: bool = True, echo=pr
         patience=t.patience,
         checkpoint_dir=out,
         num_threads=t.num_threads,
+        distributed=distributed,
+        resume=resume,
+        max_seconds=None if t.max_minutes is None else 60 * t.max_minutes,
+        timeout_s=t.ddp_timeout_s,
     )
     train_seconds = time.perf_counter() - start
+    metrics = evaluate_split(vae, splits, cfg, progress and ctx.is_main)  # sharded under DDP
+    if not ctx.is_main:
+        return metrics
     history.to_csv(out / "history.csv")
     vae.save(out, extra=extra)
-    metrics = evaluate_split(vae, splits, cfg, progress)
     metrics["training"] = {
         "epochs": len(history),
         "best_epoch": history.best_epoch,
@@ -161,6 +193,10 @@ def train_run(cfg: RunConfig, out: str | Path, *, progress: bool = True, echo=pr
     echo(summary_line(metrics, vae))
     echo(f"wrote   {out}/: config.json model.pt metrics.json history.csv {' '.join(FIGURES)}")
     return metrics
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
 
 
 def summary_line(m: dict[str, Any], vae: VAE) -> str:

@@ -1,12 +1,15 @@
-"""Training: a PyTorch loop over Pyro's ELBO.
+"""Training: a PyTorch loop over Pyro's ELBO, in one process or several (DDP).
 
-Each step evaluates ``elbo.differentiable_loss(vae.model, vae.guide, x, beta)``, the
-surrogate loss Pyro derives from the model and guide, and steps ``torch.optim.Adam`` on
-the VAE's parameters. Nothing about the loss is written here.
+Each step evaluates :class:`~pyro_vae.objectives.ELBOLoss`, which calls
+``elbo.differentiable_loss(vae.model, vae.guide, x, beta)``, the surrogate loss Pyro
+derives from the model and guide, and steps ``torch.optim.Adam`` on the VAE's
+parameters. Nothing about the loss is written here. With ``distributed=True`` the loss
+module is wrapped in ``DistributedDataParallel`` and every process trains on its shard.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -15,16 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from pyro_vae import distributed as dist_utils
 from pyro_vae.data import as_tensor, features_of, make_loader
+from pyro_vae.distributed import PeerFailure
 from pyro_vae.evaluation import validation_elbo
-from pyro_vae.model import VAE
-from pyro_vae.objectives import BetaSchedule, make_elbo
-from pyro_vae.utils import atomic_torch_save, resolve_device, seed_everything, set_threads
+from pyro_vae.model import VAE, WEIGHTS_FILE
+from pyro_vae.objectives import BetaSchedule, ELBOLoss, make_elbo
+from pyro_vae.utils import atomic_torch_save, resolve_device, set_threads
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +50,8 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class History:
     """Per-epoch records: ``train_loss`` (the objective per data point, -ELBO at beta=1),
-    ``valid_elbo`` (nats per data point, NaN without validation data), ``beta`` and
-    ``seconds`` (training time of the epoch)."""
+    ``valid_elbo`` (nats per data point, NaN without validation data), ``beta`` (at the
+    epoch's last step) and ``seconds`` (training time of the epoch)."""
 
     records: list[dict[str, float]] = field(default_factory=list)
     likelihood: str = ""
@@ -75,6 +82,15 @@ def _state_copy(vae: VAE) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in vae.state_dict().items()}
 
 
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of the sampling noise of one process in one epoch.
+
+    Derived, not drawn, so that processes differ, epochs differ, and a resumed run
+    draws what an uninterrupted one would have.
+    """
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+
+
 def fit(
     vae: VAE,
     train: Any,
@@ -92,6 +108,10 @@ def fit(
     patience: int | None = None,
     checkpoint_dir: str | Path | None = None,
     num_threads: int | None = None,
+    distributed: bool = False,
+    resume: bool = False,
+    max_seconds: float | None = None,
+    timeout_s: float = dist_utils.DEFAULT_TIMEOUT_S,
 ) -> History:
     """Train ``vae`` by stochastic variational inference.
 
@@ -99,7 +119,8 @@ def fit(
         vae: the model; a VAE with ``likelihood="auto"`` chooses it here from ``train``.
         train, valid: tensors, numpy arrays, torch ``Dataset`` s or ``DataLoader`` s
             (batches may be ``x`` or ``(x, label)``).
-        epochs, batch_size, lr: the Adam schedule.
+        epochs, batch_size, lr: the Adam schedule; ``epochs`` counts from the start of
+            training, also when resuming.
         loss: ``"elbo"``, ``"elbo_analytic"`` or ``"iwae"`` (see :mod:`pyro_vae.objectives`).
         num_particles: samples of ``z`` per data point and step.
         beta: KL weight, a number or a :class:`~pyro_vae.objectives.BetaSchedule` (or its
@@ -109,8 +130,15 @@ def fit(
         patience: stop after this many epochs without a better validation ELBO and keep
             the best weights (needs ``valid``).
         checkpoint_dir: after every epoch, the model (best weights so far when ``valid`` is
-            given) and the optimizer state are written there atomically.
-        num_threads: torch CPU threads (default: one per available core).
+            given) and the training state are written there atomically.
+        num_threads: torch CPU threads (default: the available cores, shared among the
+            processes of this machine).
+        distributed: train in every process of a ``torchrun`` launch with
+            ``DistributedDataParallel``; ``batch_size`` is per process, process 0 writes
+            the checkpoints.
+        resume: continue from the training state in ``checkpoint_dir``.
+        max_seconds: stop after the epoch in which this much training time has passed.
+        timeout_s: how long a process waits for the others before failing.
 
     Returns:
         the :class:`History`. If the loss becomes NaN or infinite, training stops with
@@ -125,17 +153,20 @@ def fit(
         _check_positive_int("patience", patience)
         if valid is None:
             raise ValueError("patience (early stopping) needs validation data: pass valid=...")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir to resume from")
     schedule = BetaSchedule.create(beta)
     elbo = make_elbo(loss, num_particles)
-    device = resolve_device(device)
-    set_threads(num_threads)
-    seed_everything(seed)
+    ctx = dist_utils.setup(device, timeout_s) if distributed else dist_utils.SINGLE
+    device = ctx.device if distributed else resolve_device(device)
+    set_threads(num_threads, processes=ctx.local_world_size)
+    torch.manual_seed(epoch_seed(seed, ctx.rank, 0))
 
     in_memory = not isinstance(train, (Dataset, DataLoader))
     if in_memory:
         train = as_tensor(train)
         vae.check_data(train, support=False)
-    loader = make_loader(train, batch_size, shuffle=True, seed=seed)
+    loader = make_loader(train, batch_size, shuffle=True, seed=seed, rank=ctx.rank, world_size=ctx.world_size)
     if not vae.is_resolved:
         vae.resolve_likelihood(train if in_memory else (features_of(b) for b in loader))
     if in_memory:
@@ -144,46 +175,71 @@ def fit(
         valid = as_tensor(valid)
         vae.check_data(valid)
     vae.to(device)
-    if not vae.fitted:
-        first = features_of(next(iter(loader))).to(device, torch.float32)
-        vae.prior.initialize(first)
+    if not vae.fitted and not resume:
+        vae.prior.initialize(features_of(next(iter(loader))).to(device, torch.float32))
 
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
     history = History(likelihood=vae.likelihood.name)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    best_value, best_state, stale, first_epoch = -math.inf, None, 0, 1
+    if resume:
+        first_epoch, best_value, best_state, stale = _restore(checkpoint_dir, vae, optimizer, history, device)
+
+    objective = ELBOLoss(vae, elbo)
+    if ctx.world_size > 1:
+        # The prior's parameters get no gradient while beta is 0 (the latent site is masked).
+        may_skip_prior = schedule.end == 0 or (schedule.start == 0 and schedule.warmup_epochs > 0)
+        objective = DistributedDataParallel(
+            objective,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=may_skip_prior,
+        )  # broadcasts process 0's weights, so every process starts from the same model
     try:
         steps_per_epoch = len(loader)
     except TypeError:  # an iterable-style dataset
         steps_per_epoch = None
-    best_value, best_state = -math.inf, None
     last_good = _state_copy(vae)
-    stale = 0
+    elapsed = 0.0
+    sync = dist_utils.collective if ctx.world_size > 1 else contextlib.nullcontext
 
-    bar = tqdm(total=epochs * steps_per_epoch if steps_per_epoch else None, disable=not progress, unit="step")
+    bar = tqdm(
+        total=(epochs - first_epoch + 1) * steps_per_epoch if steps_per_epoch else None,
+        disable=not progress or not ctx.is_main,
+        unit="step",
+    )
     vae.train()
     try:
         with pyro.validation_enabled(False):  # inputs are validated above, once
-            for epoch in range(1, epochs + 1):
+            for epoch in range(first_epoch, epochs + 1):
                 start = time.perf_counter()
+                if hasattr(loader.sampler, "set_epoch"):
+                    loader.sampler.set_epoch(epoch)
+                torch.manual_seed(epoch_seed(seed, ctx.rank, epoch))
                 total, count = 0.0, 0
                 b = schedule(epoch - 1)
                 for step, batch in enumerate(loader):
                     x = features_of(batch).to(device, torch.float32, non_blocking=True)
-                    if epoch == 1 and not in_memory:
+                    if epoch == first_epoch and not in_memory:
                         vae.check_data(x)
                     if steps_per_epoch:
                         b = schedule(epoch - 1 + step / steps_per_epoch)
-                    loss_value = elbo.differentiable_loss(vae.model, vae.guide, x, b)
+                    with sync():
+                        loss_value = objective(x, b)
                     value = loss_value.item()
+                    if ctx.world_size > 1:  # every process must take the same decision
+                        value = dist_utils.all_reduce_sum([value / ctx.world_size], device)[0]
                     if not math.isfinite(value):
                         raise _diverged(vae, last_good, history, epoch, step, value, lr, checkpoint_dir)
                     optimizer.zero_grad(set_to_none=True)
-                    loss_value.backward()
+                    with sync():  # DistributedDataParallel averages the gradients here
+                        loss_value.backward()
                     optimizer.step()
-                    total += value
+                    total += value * x.shape[0]
                     count += x.shape[0]
                     bar.update(1)
                 seconds = time.perf_counter() - start
+                elapsed += seconds
+                total, count = dist_utils.all_reduce_sum([total, count], device)
                 valid_elbo = math.nan
                 if valid is not None:
                     valid_elbo = validation_elbo(vae, valid, seed=seed)
@@ -198,8 +254,7 @@ def fit(
                 }
                 history.records.append(record)
                 last_good = _state_copy(vae)
-                improved = valid is not None and valid_elbo > best_value
-                if improved:
+                if valid is not None and valid_elbo > best_value:
                     best_value, best_state, stale = valid_elbo, last_good, 0
                     history.best_epoch = epoch
                 elif valid is not None:
@@ -210,11 +265,24 @@ def fit(
                     valid_elbo=f"{valid_elbo:.3f}",
                     beta=f"{b:.2f}",
                 )
-                if checkpoint_dir is not None:
-                    _write_checkpoint(checkpoint_dir, vae, best_state or last_good, optimizer, history)
+                if checkpoint_dir is not None and ctx.is_main:
+                    _write_checkpoint(
+                        checkpoint_dir, vae, best_state or last_good, optimizer, history, best_value, stale
+                    )
                 if patience is not None and stale >= patience:
                     history.stopped_early = True
                     break
+                if max_seconds is not None and elapsed >= max_seconds:
+                    logger.info(
+                        "stopping after epoch %d: the time budget of %.0f s is spent", epoch, max_seconds
+                    )
+                    break
+    except PeerFailure as e:
+        if checkpoint_dir is not None:
+            e.args = (
+                f"{e} The last checkpoint in {checkpoint_dir} is intact; continue with --resume (fit(..., resume=True)).",
+            )
+        raise
     finally:
         bar.close()
     if best_state is not None:
@@ -223,7 +291,7 @@ def fit(
     return history
 
 
-def _write_checkpoint(directory: Path, vae: VAE, model_state, optimizer, history: History) -> None:
+def _write_checkpoint(directory: Path, vae: VAE, model_state, optimizer, history, best_value, stale) -> None:
     vae.save(directory, state_dict=model_state)
     state = {
         "epoch": len(history),
@@ -231,8 +299,26 @@ def _write_checkpoint(directory: Path, vae: VAE, model_state, optimizer, history
         "optimizer": optimizer.state_dict(),
         "history": history.records,
         "best_epoch": history.best_epoch,
+        "best_value": best_value,
+        "stale_epochs": stale,
     }
     atomic_torch_save(state, directory / TRAINING_STATE_FILE)
+
+
+def _restore(directory: Path, vae: VAE, optimizer, history: History, device) -> tuple[int, float, Any, int]:
+    path = directory / TRAINING_STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: no {TRAINING_STATE_FILE} in {directory}")
+    state = torch.load(path, map_location=device, weights_only=True)
+    vae.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    history.records = list(state["history"])
+    history.best_epoch = state["best_epoch"]
+    best_state = None
+    if state["best_epoch"] is not None:
+        best_state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
+    logger.info("resuming after epoch %d from %s", state["epoch"], directory)
+    return state["epoch"] + 1, state["best_value"], best_state, state["stale_epochs"]
 
 
 def _diverged(vae, last_good, history, epoch, step, value, lr, checkpoint_dir) -> TrainingDiverged:
