@@ -183,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if args.nproc > 1:
             return distributed.launch(args.nproc, _without_nproc(argv))
+    ok = False
     try:
         if args.command == "train":
             train_run(config_from_args(args), args.out, progress=not args.no_progress, resume=args.resume)
@@ -196,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if args.output:
                 args.output.write_text(json.dumps(metrics, indent=2) + "\n")
+        ok = True
     except TrainingDiverged as e:
         print(f"pyro-vae: training diverged: {e}", file=sys.stderr)
         return 1
@@ -206,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
     finally:
-        distributed.shutdown()
+        distributed.shutdown(barrier=ok)  # after a failure the others may be gone
     return 0
 
 

@@ -139,6 +139,9 @@ def iter_batches(data: Any, batch_size: int) -> Iterator[torch.Tensor]:
 # --------------------------------------------------------------------------- preprocessing
 
 
+_OPEN_EPS = 2.0**-24  # the distance from 1 to the largest float32 below it
+
+
 @dataclass
 class Preprocessing:
     r"""Raw data to model space: optional uniform dequantization, then optional standardization.
@@ -173,7 +176,10 @@ class Preprocessing:
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         y = x.to(torch.float32)
         if self.levels is not None:
-            y = (y + torch.rand(y.shape, generator=generator)) / self.levels
+            # Kept strictly inside (0, 1): float32 rounding of (levels - 1 + u) / levels can
+            # give exactly 1, and u can be exactly 0; Beta-type likelihoods need the open interval.
+            u = torch.rand(y.shape, generator=generator, dtype=torch.float64)
+            y = ((y.double() + u) / self.levels).clamp(_OPEN_EPS, 1 - _OPEN_EPS).float()
         if self.mean is not None:
             y = (y - torch.tensor(self.mean)) / torch.tensor(self.std)
         return y

@@ -132,8 +132,13 @@ def shard_rows(x: torch.Tensor, ctx: Context) -> torch.Tensor:
     return torch.tensor_split(x, ctx.world_size)[ctx.rank]
 
 
-def shutdown() -> None:
+def shutdown(barrier: bool = True) -> None:
+    """Leave the process group; with ``barrier``, first wait until every process is done,
+    so that no process exits while another still talks to it."""
     if dist.is_available() and dist.is_initialized():
+        if barrier and dist.get_world_size() > 1:
+            with contextlib.suppress(RuntimeError):
+                dist.barrier()
         dist.destroy_process_group()
 
 

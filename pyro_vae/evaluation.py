@@ -12,10 +12,11 @@ a stochastic lower bound that converges to :math:`\log p(x)` as :math:`K \to \in
 
 Work is chunked over data points and samples so that at most ``chunk_size``
 (sample, data point) pairs pass through the networks at once. By default the chunk is
-sized so that the largest intermediate tensor holds about ``2**25`` numbers (128 MiB in
+sized so that the largest intermediate tensor holds about ``2**21`` numbers (8 MiB in
 float32), counting the decoder's output, the hidden layers and, for mixture priors, the
 per-component densities: memory stays bounded for K = 5000 on 10000 MNIST images,
-whatever K and the number of data points are.
+whatever K and the number of data points are. (Larger chunks are slower on CPU: each
+big temporary is then a fresh allocation from the kernel; ``benchmarks/eval_speed.py``.)
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ from pyro_vae.model import VAE
 from pyro_vae.priors import FactorizedPrior
 
 ACTIVE_UNIT_THRESHOLD = 0.01
-CHUNK_ELEMENTS = 2**25
+CHUNK_ELEMENTS = 2**21
+# Samples per point for the Monte Carlo KL per dimension where no closed form exists: the
+# marginals of a K-component prior cost K x latent_dim per sample, and this is a diagnostic.
+KL_PER_DIM_SAMPLES = 100
 
 
 def default_chunk_size(vae: VAE, elements: int = CHUNK_ELEMENTS) -> int:
@@ -44,7 +48,7 @@ def default_chunk_size(vae: VAE, elements: int = CHUNK_ELEMENTS) -> int:
     per_pair = max(
         vae.input_dim * vae.likelihood.num_params,
         max(vae.hidden, default=0),
-        getattr(vae.prior, "num_components", 1) * vae.latent_dim,
+        getattr(vae.prior, "num_components", 1),
     )
     return max(1, elements // per_pair)
 
@@ -63,7 +67,9 @@ def _log_weights(vae: VAE, x: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     return log_px_z, log_pz, log_q, z, normal.loc[0], normal.scale[0]
 
 
-def _kl(vae: VAE, loc: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _kl(
+    vae: VAE, loc: torch.Tensor, scale: torch.Tensor, per_dim: bool = True
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Closed-form KL per point and per dimension, where torch knows them (else None)."""
     q = dist.Normal(loc, scale)
     prior = vae.prior
@@ -71,13 +77,13 @@ def _kl(vae: VAE, loc: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor 
         total = kl_divergence(q.to_event(1), prior())
     except NotImplementedError:
         total = None
-    per_dim = None
-    if isinstance(prior, FactorizedPrior):
+    by_dim = None
+    if per_dim and isinstance(prior, FactorizedPrior):
         try:
-            per_dim = kl_divergence(q, prior.base())
+            by_dim = kl_divergence(q, prior.base())
         except NotImplementedError:
-            per_dim = None
-    return total, per_dim
+            by_dim = None
+    return total, by_dim
 
 
 def _rng_neutral(batches):
@@ -103,6 +109,7 @@ def evaluate(
     chunk_size: int | None = None,
     seed: int = 0,
     log_abs_det_jacobian: float = 0.0,
+    kl_per_dim: bool = True,
     progress: bool = False,
 ) -> dict[str, Any]:
     r"""Evaluate ``vae`` on ``data`` (tensor, array, ``Dataset`` or ``DataLoader``).
@@ -114,7 +121,9 @@ def evaluate(
     * ``elbo`` = ``reconstruction`` - ``kl``: :math:`\mathbb E_q \log p(x|z)` by Monte Carlo,
       the KL in closed form where one exists (else Monte Carlo);
     * ``kl_per_dim``: :math:`\mathrm{KL}(q(z_j|x)\,\|\,p(z_j))` per latent dimension, against the
-      prior's marginals (these sum to ``kl`` for factorised priors only);
+      prior's marginals (these sum to ``kl`` for factorised priors only); in closed form
+      where torch has it, else by Monte Carlo with at most 100 samples per point
+      (``kl_per_dim=False`` skips it);
     * ``active_units``: dimensions whose posterior mean varies over the data with
       variance above 0.01 (Burda et al., 2015);
     * ``bits_per_dim`` for continuous likelihoods: :math:`-(\log p(x) + J)/(D \ln 2)`,
@@ -138,6 +147,8 @@ def evaluate(
     device = next(vae.parameters()).device
     k_chunk = min(num_samples, chunk_size)
     n_chunk = max(1, chunk_size // k_chunk)
+    probe = torch.zeros(1, vae.latent_dim, device=device)
+    mc_kl_per_dim = kl_per_dim and _kl(vae, probe, probe + 1)[1] is None  # no closed form per dimension
     was_training = vae.training
     vae.eval()
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("log_px", "elbo", "recon", "kl", "kl_dim", "loc")}
@@ -156,7 +167,7 @@ def evaluate(
             lse = torch.full((n,), -math.inf, device=device)
             sum_recon = torch.zeros(n, device=device)
             sum_kl = torch.zeros(n, device=device)
-            sum_kl_dim = torch.zeros(n, vae.latent_dim, device=device)
+            sum_kl_dim, kl_dim_draws = torch.zeros(n, vae.latent_dim, device=device), 0
             remaining = num_samples
             while remaining > 0:
                 k = min(k_chunk, remaining)
@@ -165,16 +176,19 @@ def evaluate(
                 lse = torch.logaddexp(lse, torch.logsumexp(log_px_z + log_pz - log_q, 0))
                 sum_recon += log_px_z.sum(0)
                 sum_kl += (log_q - log_pz).sum(0)
-                log_q_dim = dist.Normal(loc, scale).log_prob(z)
-                sum_kl_dim += (log_q_dim - vae.prior.marginal_log_prob(z)).sum(0)
-            kl_total, kl_dim = _kl(vae, loc, scale)
+                if mc_kl_per_dim and kl_dim_draws < KL_PER_DIM_SAMPLES:
+                    z = z[: KL_PER_DIM_SAMPLES - kl_dim_draws]
+                    log_q_dim = dist.Normal(loc, scale).log_prob(z)
+                    sum_kl_dim += (log_q_dim - vae.prior.marginal_log_prob(z)).sum(0)
+                    kl_dim_draws += z.shape[0]
+            kl_total, kl_dim = _kl(vae, loc, scale, per_dim=kl_per_dim)
             recon = sum_recon / num_samples
             kl = kl_total if kl_total is not None else sum_kl / num_samples
             out["log_px"].append(lse - math.log(num_samples))
             out["recon"].append(recon)
             out["kl"].append(kl)
             out["elbo"].append(recon - kl)
-            out["kl_dim"].append(kl_dim if kl_dim is not None else sum_kl_dim / num_samples)
+            out["kl_dim"].append(kl_dim if kl_dim is not None else sum_kl_dim / max(kl_dim_draws, 1))
             out["loc"].append(loc)
             bar.update(n)
         bar.close()
@@ -203,7 +217,7 @@ def evaluate(
         "kl": cat["kl"].mean().item(),
         "reconstruction": cat["recon"].mean().item(),
         "active_units": active_units(cat["loc"]),
-        "kl_per_dim": cat["kl_dim"].mean(0).tolist(),
+        "kl_per_dim": cat["kl_dim"].mean(0).tolist() if kl_per_dim else None,
         "num_samples": num_samples,
         "num_points": n_points,
     }
@@ -227,4 +241,6 @@ def validation_elbo(
     vae: VAE, data: Any, *, num_samples: int = 1, seed: int = 0, batch_size: int = 1024
 ) -> float:
     """Mean ELBO per data point (the early-stopping criterion), cheap and reproducible."""
-    return evaluate(vae, data, num_samples, chunk_size=batch_size * num_samples, seed=seed)["elbo"]
+    return evaluate(vae, data, num_samples, chunk_size=batch_size * num_samples, seed=seed, kl_per_dim=False)[
+        "elbo"
+    ]

@@ -112,7 +112,7 @@ class Likelihood(nn.Module):
                 f"likelihood {self.name!r} scores data in {self.support.description}, but "
                 f"{bad.numel()} values lie outside it (for example {bad[0].item():.6g}). "
                 f"{reason.capitalize()}: use likelihood={suggestion!r} (or 'auto'), or transform "
-                f"the data (for example pyro_vae.data.Dequantize or Standardize)."
+                f"the data (pyro_vae.data.load_array(..., dequantize_levels=..., standardize=True))."
             )
 
     def spec(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.distributions import constraints
 from torch.nn import functional as F
 
 from pyro_vae.registry import Registry, spec_of
@@ -153,6 +154,48 @@ class StudentTPrior(FactorizedPrior):
     def base(self):
         o = self._origin
         return dist.StudentT(torch.full_like(o, self.df), o, torch.full_like(o, self.scale))
+
+
+class DiagonalGaussianMixture(dist.TorchDistribution):
+    r""":math:`p(z) = \sum_k w_k\,\mathcal N(z; m_k, \operatorname{diag} s_k^2)` with a fast density.
+
+    The same law as ``MixtureSameFamily(Categorical(logits), Normal(loc, scale).to_event(1))``,
+    but ``log_prob`` expands the squares,
+
+    .. math::
+        \sum_j \frac{(z_j - m_{kj})^2}{s_{kj}^2} = (z \odot z)\,P_k^\top - 2\,z\,(m_k \odot P_k)^\top
+        + \sum_j m_{kj}^2 P_{kj}, \qquad P_k = s_k^{-2},
+
+    into two matrix products instead of an ``(n, K, L)`` tensor: 500 components cost about
+    as much as one more linear layer. The products run in float64, so the cancellation in
+    the expansion stays far below float32 precision even for narrow components.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(
+        self, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, validate_args=None
+    ) -> None:
+        self.logits, self.loc, self.scale = logits, loc, scale
+        super().__init__(torch.Size(), loc.shape[-1:], validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        latent_dim = self.loc.shape[-1]
+        z = value.reshape(-1, latent_dim).double()
+        prec = self.scale.double().pow(-2)
+        loc = self.loc.double()
+        quad = (z * z) @ prec.T - 2 * z @ (loc * prec).T + (loc * loc * prec).sum(-1)
+        log_norm = -self.scale.double().log().sum(-1) - 0.5 * latent_dim * math.log(2 * math.pi)
+        log_w = torch.log_softmax(self.logits.double(), -1)
+        out = torch.logsumexp(log_w + log_norm - 0.5 * quad, dim=-1)
+        return out.to(value.dtype).reshape(value.shape[:-1])
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        with torch.no_grad():
+            k = dist.Categorical(logits=self.logits).sample(sample_shape)
+            return dist.Normal(self.loc[k], self.scale[k]).sample()
 
 
 class DiagonalGaussianMixturePrior(Prior):

@@ -165,7 +165,7 @@ def fit(
     in_memory = not isinstance(train, (Dataset, DataLoader))
     if in_memory:
         train = as_tensor(train)
-        vae.check_data(train, support=False)
+        vae.check_data(train, support=False, finite=False)  # the shape, before choosing a likelihood
     loader = make_loader(train, batch_size, shuffle=True, seed=seed, rank=ctx.rank, world_size=ctx.world_size)
     if not vae.is_resolved:
         vae.resolve_likelihood(train if in_memory else (features_of(b) for b in loader))

@@ -41,8 +41,43 @@ def train(vae, x, batch_size, distributed_run):
     vae.guide = fit_guide
 
 
+def data_for(likelihood: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(40, 6, generator=g)
+    if likelihood == "bernoulli":
+        return (u > 0.5).float()
+    if likelihood in ("poisson", "negative_binomial"):
+        return torch.floor(5 * u)
+    if likelihood in ("continuous_bernoulli", "beta"):
+        return 0.01 + 0.98 * u
+    return 3 * u - 1
+
+
+def every_choice(out: str) -> None:
+    """One short DDP run per likelihood and per prior; all processes must end identical."""
+    checked = []
+    runs = [(lik, "standard_normal") for lik in pyro_vae.likelihoods.names()]
+    runs += [("gaussian", prior) for prior in pyro_vae.priors.names()]
+    for likelihood, prior in runs:
+        torch.manual_seed(distributed.current().rank)  # different initial weights: DDP must sync them
+        vae = pyro_vae.VAE(6, 2, hidden=(8,), likelihood=likelihood, prior=prior)
+        x = data_for(likelihood)
+        pyro_vae.fit(vae, x, x[:10], epochs=2, batch_size=5, lr=1e-2, progress=False, distributed=True)
+        flat = torch.cat([p.detach().flatten() for p in vae.parameters()])
+        gathered = [torch.empty_like(flat) for _ in range(distributed.current().world_size)]
+        torch.distributed.all_gather(gathered, flat)
+        assert all(torch.equal(gathered[0], g) for g in gathered), (likelihood, prior)
+        checked.append(f"{likelihood}/{prior}")
+    if distributed.current().is_main:
+        torch.save({"checked": checked}, out)
+
+
 if __name__ == "__main__":
     out, prior = sys.argv[1], sys.argv[2]
+    if prior == "every_choice":
+        every_choice(out)
+        distributed.shutdown()
+        sys.exit(0)
     x, vae = make_problem(prior)
     train(vae, x, batch_size=8, distributed_run=True)
     result = pyro_vae.evaluate(vae, x, num_samples=400, seed=2)

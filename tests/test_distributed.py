@@ -52,6 +52,14 @@ def test_two_processes_follow_one_process_with_twice_the_batch(tmp_path, prior):
     torch.testing.assert_close(ddp["pointwise"], torch.cat(shares), rtol=1e-4, atol=1e-4)
 
 
+def test_every_likelihood_and_prior_trains_in_sync(tmp_path):
+    out = tmp_path / "checked.pt"
+    run([*TORCHRUN, "--nproc_per_node=2", str(ROOT / "tests" / "ddp_worker.py"), str(out), "every_choice"])
+    checked = torch.load(out, weights_only=True)["checked"]
+    expected = len(pyro_vae.likelihoods.names()) + len(pyro_vae.priors.names())
+    assert len(checked) == expected and "gaussian/vamp" in checked and "student_t/standard_normal" in checked
+
+
 def test_nproc_flag_trains_and_writes_one_run_directory(tmp_path):
     out = tmp_path / "run"
     args = ["--epochs", "3", "--hidden", "32", "--latent-dim", "2", "--eval-samples", "20", "--no-progress"]

@@ -386,3 +386,22 @@ def test_prior_instance_is_used_as_given():
     assert vae.prior is prior
     assert vae.prior.spec() == {"name": "normal", "options": {"scale": 3.0}}
     torch.testing.assert_close(vae.prior().base_dist.scale, torch.full((LATENT_DIM,), 3.0))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-2, 1e-3])
+def test_fast_mixture_density_matches_mixture_same_family_for_narrow_components(scale):
+    from pyro_vae.priors import DiagonalGaussianMixture
+
+    g = torch.Generator().manual_seed(0)
+    k, latent = 50, 8
+    logits, loc = torch.randn(k, generator=g), 3 * torch.randn(k, latent, generator=g)
+    sd = scale * (0.5 + torch.rand(k, latent, generator=g))
+    # points near components, where the expansion of the squares cancels most
+    z = loc[torch.randint(k, (64,), generator=g)] + scale * torch.randn(64, latent, generator=g)
+    fast = DiagonalGaussianMixture(logits, loc, sd).log_prob(z)
+    reference = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=logits.double()),
+        torch.distributions.Independent(torch.distributions.Normal(loc.double(), sd.double()), 1),
+    ).log_prob(z.double())
+    torch.testing.assert_close(fast.double(), reference, rtol=1e-5, atol=1e-4)
+    assert DiagonalGaussianMixture(logits, loc, sd).sample((3, 2)).shape == (3, 2, latent)

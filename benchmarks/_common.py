@@ -1,0 +1,403 @@
+"""Helpers shared by the benchmark scripts: machine description, results files, timing.
+
+Not a benchmark itself. Every script writes ``benchmarks/results/NAME.json`` (or
+``NAME_quick.json`` with ``--quick``, so a smoke run never overwrites full results) holding
+the exact command line, the machine and the date next to its figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCHMARKS_DIR / "results"
+REPO_ROOT = BENCHMARKS_DIR.parent
+DATA_ENV = "PYRO_VAE_DATA"
+THREADS = 2  # every benchmark runs torch with this many threads (the machine has 2 cores)
+
+
+# --------------------------------------------------------------------------- machine and provenance
+
+
+def _processor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "pyro_vae")
+        return {"commit": commit, "pyro_vae_modified_since_commit": bool(dirty)}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "pyro_vae_modified_since_commit": None}
+
+
+def machine_info() -> dict[str, Any]:
+    import pyro
+
+    import pyro_vae
+    from pyro_vae.utils import available_cpus
+
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
+    return {
+        "cpu_count": os.cpu_count(),
+        "available_cpus": available_cpus(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "pyro_vae": pyro_vae.__version__,
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "processor": _processor(),
+        "platform": platform.platform(),
+        "load_average_1_5_15_min": load,
+        "git": _git_state(),
+    }
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", f"benchmarks/{script}", *args])
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- results files
+
+
+def results_path(name: str, quick: bool, results_dir: str | Path | None = None) -> Path:
+    return Path(results_dir or RESULTS_DIR) / f"{name}{'_quick' if quick else ''}.json"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-ready: tensors and numpy scalars to numbers, non-finite floats to None."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _clean(value.tolist())
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (TypeError, ValueError):
+            return str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def write_results(
+    name: str, quick: bool, result: dict[str, Any], results_dir: str | Path | None = None
+) -> Path:
+    """Write ``result`` as JSON atomically (so an interrupted run leaves the last good file)."""
+    path = results_path(name, quick, results_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(result), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------- arguments and data
+
+
+def add_common_arguments(parser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get(DATA_ENV),
+        help=f"folder with binarized_mnist.npz and mnist.npz (default: ${DATA_ENV})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes, a few seconds; writes NAME_quick.json instead of NAME.json",
+    )
+    parser.add_argument(
+        "--results-dir",
+        default=None,
+        help=f"where NAME.json goes (default {RESULTS_DIR.relative_to(REPO_ROOT)})",
+    )
+
+
+def require_data_dir(data_dir: str | None, parser) -> str:
+    if not data_dir:
+        parser.error(f"no data directory: pass --data-dir or set {DATA_ENV}")
+    return data_dir
+
+
+def setup_threads() -> int:
+    from pyro_vae.utils import set_threads
+
+    return set_threads(THREADS)
+
+
+# --------------------------------------------------------------------------- statistics and timing
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else math.nan
+
+
+def summary(values: Sequence[float], digits: int = 4) -> dict[str, Any]:
+    """Median, min, max and all values (seconds, or whatever was measured)."""
+    return {
+        "median": round(median(values), digits + 2),
+        "min": round(min(values), digits + 2),
+        "max": round(max(values), digits + 2),
+        "n": len(values),
+        "values": [round(v, digits + 2) for v in values],
+    }
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes of the machine have spent busy so far (Linux /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    values = [int(v) for v in fields]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class ForeignLoad:
+    """How busy *other* processes kept the CPUs while a measurement ran.
+
+    ``fraction`` is (busy CPU time of the machine - this process's CPU time) / (wall time x
+    cores): 0 on an otherwise idle machine; 0.5 means other work took half the machine,
+    and timings taken then are not to be trusted.
+    """
+
+    def __init__(self) -> None:
+        self.foreign, self.wall = 0.0, 0.0
+        self.available = _busy_cpu_seconds() is not None
+
+    @contextlib.contextmanager
+    def measure(self):
+        busy0, own0, t0 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+        yield
+        busy1, own1, t1 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+        if busy0 is not None and busy1 is not None:
+            self.foreign += max(0.0, (busy1 - busy0) - (own1 - own0))
+        self.wall += t1 - t0
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.available or self.wall <= 0:
+            return None
+        return round(self.foreign / (self.wall * (os.cpu_count() or 1)), 3)
+
+
+def wait_for_quiet(
+    max_wait: float, threshold: float = 0.1, window: float = 2.0, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Wait (at most ``max_wait`` s) until other processes use less than ``threshold`` of the CPUs.
+
+    Two threads on a 2-core machine where another process keeps one core busy run many
+    times slower than alone (each parallel region waits for the preempted thread), so
+    timings taken then measure the neighbour, not the code. Returns what was seen.
+    """
+    start = time.perf_counter()
+    seen = None
+    if max_wait <= 0:
+        window = min(window, 0.5)  # just record the state
+    while True:
+        load = ForeignLoad()
+        with load.measure():
+            time.sleep(window)
+        seen = load.fraction
+        waited = time.perf_counter() - start
+        if seen is None or seen < threshold or waited >= max_wait:
+            break
+        log(f"  waiting for a quiet machine: other processes use {seen:.0%} of the CPUs ({waited:.0f} s)")
+    return {"waited_seconds": round(time.perf_counter() - start, 1), "foreign_cpu_fraction_at_start": seen}
+
+
+def interleave(
+    contenders: dict[str, Callable[[], float]],
+    repeats: int,
+    *,
+    warmup: int = 0,
+    load: ForeignLoad | None = None,
+) -> dict[str, list[float]]:
+    """Run ``contenders`` round-robin (A, B, C, B, C, A, ...), the order rotated every round.
+
+    Each callable returns the number it measured (usually seconds). Rotating the order
+    keeps slow drifts of a shared machine and "who runs first" effects from favouring one
+    contender; ``warmup`` rounds are run and discarded. ``load`` accumulates how busy
+    other processes kept the machine during the kept rounds.
+    """
+    names = list(contenders)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(warmup + repeats):
+        k = r % len(names)
+        keep = r >= warmup
+        with load.measure() if (load is not None and keep) else contextlib.nullcontext():
+            for name in names[k:] + names[:k]:
+                value = contenders[name]()
+                if keep:
+                    out[name].append(value)
+    return out
+
+
+# --------------------------------------------------------------------------- training under a time budget
+
+
+def fit_supports(name: str) -> bool:
+    import pyro_vae
+
+    return name in inspect.signature(pyro_vae.fit).parameters
+
+
+def fit_with_budget(
+    vae,
+    train,
+    valid,
+    *,
+    epochs: int,
+    max_seconds: float | None,
+    patience: int | None = None,
+    beta: Any = 1.0,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    **fit_kwargs: Any,
+) -> dict[str, Any]:
+    """Train with :func:`pyro_vae.fit` for at most ``epochs`` and about ``max_seconds``.
+
+    Uses ``fit(..., max_seconds=...)`` when the installed pyro_vae has it (one call, one
+    optimizer). Otherwise falls back to calling ``fit`` in chunks of epochs and checking
+    the clock in between; then Adam's moment estimates restart at every chunk (recorded as
+    ``optimizer_restarts``), the beta warm-up is continued exactly across chunks, early
+    stopping is tracked across chunks, and each chunk starts from the best weights of the
+    previous one.
+    """
+    import pyro_vae
+    from pyro_vae.objectives import BetaSchedule
+
+    schedule = BetaSchedule.create(beta)
+    start = time.perf_counter()
+    if max_seconds is None or fit_supports("max_seconds"):
+        kwargs = dict(fit_kwargs)
+        if max_seconds is not None:
+            kwargs["max_seconds"] = max_seconds
+        history = pyro_vae.fit(
+            vae, train, valid, epochs=epochs, patience=patience, beta=schedule, seed=seed, **kwargs
+        )
+        wall = time.perf_counter() - start
+        records = list(history.records)
+        stopped = (
+            "early_stopping"
+            if history.stopped_early
+            else ("time_budget" if len(records) < epochs else "epochs")
+        )
+        return {
+            "records": records,
+            "epochs_run": len(records),
+            "best_epoch": history.best_epoch,
+            "stopped_by": stopped,
+            "training_seconds": wall,
+            "budget_mechanism": "fit(max_seconds=...)" if max_seconds is not None else "none",
+            "optimizer_restarts": 0,
+        }
+
+    # Fallback: chunks of epochs.
+    records: list[dict[str, float]] = []
+    best_value, best_epoch, best_state, stale, restarts = -math.inf, None, None, 0, -1
+    stopped = "epochs"
+    epoch_seconds = None
+    while len(records) < epochs:
+        done = len(records)
+        remaining_time = max_seconds - (time.perf_counter() - start)
+        if remaining_time <= 0:
+            stopped = "time_budget"
+            break
+        if epoch_seconds is None:
+            chunk = 1
+        else:
+            chunk = max(1, min(epochs - done, int(remaining_time / epoch_seconds)))
+        if patience is not None:
+            chunk = min(chunk, max(1, patience - stale))
+        w = schedule.warmup_epochs
+        if w > 0 and done < w:
+            b0 = schedule(done)
+            sub = BetaSchedule(end=schedule.end, warmup_epochs=w - done, start=b0)
+        else:
+            sub = BetaSchedule(end=schedule(done))
+        t0 = time.perf_counter()
+        history = pyro_vae.fit(
+            vae, train, valid, epochs=chunk, beta=sub, seed=seed + done, patience=None, **fit_kwargs
+        )
+        restarts += 1
+        epoch_seconds = (time.perf_counter() - t0) / max(1, len(history.records))
+        improved = False
+        for r in history.records:
+            r = dict(r, epoch=done + r["epoch"])
+            records.append(r)
+            v = r["valid_elbo"]
+            if valid is not None and v == v and v > best_value:
+                best_value, best_epoch, stale, improved = v, r["epoch"], 0, True
+            elif valid is not None:
+                stale += 1
+        if improved:  # fit left the chunk's best weights in place: the best so far
+            best_state = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+        log(f"  epochs {done + 1}-{len(records)} done ({time.perf_counter() - start:.0f} s)")
+        if patience is not None and stale >= patience:
+            stopped = "early_stopping"
+            break
+    if best_state is not None:
+        vae.load_state_dict(best_state)
+    return {
+        "records": records,
+        "epochs_run": len(records),
+        "best_epoch": best_epoch,
+        "stopped_by": stopped,
+        "training_seconds": time.perf_counter() - start,
+        "budget_mechanism": "fit called in chunks (this pyro_vae.fit has no max_seconds)",
+        "optimizer_restarts": max(0, restarts),
+    }

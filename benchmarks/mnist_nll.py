@@ -1,0 +1,333 @@
+"""The static binarized MNIST log-likelihood benchmark: test NLL with 5000 importance samples.
+
+Reproduce (from the repository root; long: up to --max-minutes of training per configuration
+plus roughly 5-15 minutes of evaluation each on 2 cores):
+
+    PYRO_VAE_DATA=/path/to/data python benchmarks/mnist_nll.py                      # all configurations
+    PYRO_VAE_DATA=/path/to/data python benchmarks/mnist_nll.py --configs standard,vamp --max-minutes 120
+    PYRO_VAE_DATA=/path/to/data python benchmarks/mnist_nll.py --quick              # seconds, smoke test
+
+Protocol (Tomczak & Welling 2018 for the first three): one stochastic layer of 40 dimensions,
+two hidden layers of 300 ReLU units in the encoder and in the decoder, Bernoulli likelihood,
+Adam (lr 5e-4), batch 100, linear KL warm-up over the first 100 epochs, at most 2000 epochs,
+early stopping on the validation ELBO with a patience of 50 epochs (best weights kept),
+and test log p(x) estimated with K = 5000 importance samples on the 10000 test images
+(Larochelle & Murray's split, 50000/10000/10000). Configurations:
+
+* ``standard``: N(0, I) prior;
+* ``mixture``: a learned mixture of 500 diagonal Gaussians (as many components as the
+  VampPrior has pseudo-inputs, the "MoG" comparison of Tomczak & Welling);
+* ``vamp``: VampPrior with 500 pseudo-inputs (initialised at random training images);
+* ``iwae``: ``loss="iwae"`` with ``num_particles=50`` (Burda et al. 2015), N(0, I) prior, no
+  warm-up by default (``--iwae-warmup-epochs``).
+
+``--max-minutes`` bounds each configuration's training (the epoch in progress finishes);
+pyro_vae's ``fit(max_seconds=...)`` is used when it exists, otherwise fit is called in chunks
+of epochs and the restarts of Adam are recorded. Published numbers need long training: a
+configuration stopped by the budget, or before its warm-up ended, is flagged as such. Results
+are written after every configuration, merged into the existing results file (one entry per
+configuration, each with its own date and command), and every trained model is saved to
+``--out-dir`` (default ``benchmarks/results/mnist_nll_models``, not for git).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+import pyro  # noqa: E402
+
+import pyro_vae  # noqa: E402
+from pyro_vae.priors import MixturePrior, VampPrior  # noqa: E402
+
+NAME = "mnist_nll"
+CONFIGS = ("standard", "mixture", "vamp", "iwae")
+DEFAULT_OUT_DIR = _common.RESULTS_DIR / "mnist_nll_models"
+REFERENCES = {
+    "standard": {"log_likelihood": -88.56, "source": "Tomczak & Welling 2018, Table 1 (VAE, standard prior)"},
+    "vamp": {"log_likelihood": -85.57, "source": "Tomczak & Welling 2018, Table 1 (VAE, VampPrior)"},
+    "iwae": {
+        "log_likelihood": -87.10,
+        "source": "Burda et al. 2015, appendix (IWAE, k=50), as given in the brief",
+    },
+    "mixture": {"log_likelihood": None, "source": "no fixed reference: must beat the standard prior"},
+}
+TARGET_NLL = {"standard": 88.6, "vamp": 85.6, "iwae": 87.1}
+
+
+def build(config: str, components: int) -> tuple[pyro_vae.VAE, dict]:
+    """The VAE of one configuration and the fit options that go with it."""
+    prior: object = "standard_normal"
+    fit_options: dict = {"loss": "elbo", "num_particles": 1}
+    if config == "mixture":
+        prior = MixturePrior(num_components=components)
+    elif config == "vamp":
+        prior = VampPrior(num_components=components)
+    elif config == "iwae":
+        fit_options = {"loss": "iwae", "num_particles": 50}
+    vae = pyro_vae.VAE(784, 40, hidden=(300, 300), likelihood="bernoulli", prior=prior)
+    return vae, fit_options
+
+
+def target_check(config: str, nll: float, configs: dict) -> dict:
+    if config in TARGET_NLL:
+        t = TARGET_NLL[config]
+        return {
+            "target": f"NLL <= {t}",
+            "met": nll <= t,
+            "by_nats": round(t - nll, 3),
+            "note": "by_nats > 0: better than the target by that much; < 0: missed by that much",
+        }
+    standard = configs.get("standard", {}).get("test")
+    if standard is None:
+        return {"target": "NLL below the standard prior's", "met": None, "note": "no standard result yet"}
+    s = standard["nll"]
+    return {
+        "target": "NLL below the standard prior's",
+        "standard_nll": s,
+        "standard_date": configs["standard"]["run"]["date"],
+        "met": nll < s,
+        "by_nats": round(s - nll, 3),
+    }
+
+
+def run_config(config: str, args, splits, log) -> dict:
+    components = args.components
+    pyro.clear_param_store()
+    pyro.set_rng_seed(args.seed)
+    vae, fit_options = build(config, components)
+    warmup = args.iwae_warmup_epochs if config == "iwae" else args.warmup_epochs
+    beta = {"end": 1.0, "warmup_epochs": float(warmup)}
+    out_dir = Path(args.out_dir) / config
+    log(
+        f"[{config}] training: up to {args.epochs} epochs / {args.max_minutes} min, warm-up {warmup} epochs, "
+        f"{fit_options}, prior {vae.prior.spec()}"
+    )
+    fit_kwargs = dict(
+        batch_size=args.batch_size,
+        lr=args.lr,
+        progress=False,
+        num_threads=_common.THREADS,
+        checkpoint_dir=str(out_dir),
+        **fit_options,
+    )
+    training = _common.fit_with_budget(
+        vae,
+        splits.train,
+        splits.valid,
+        epochs=args.epochs,
+        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+        patience=args.patience,
+        beta=beta,
+        seed=args.seed,
+        log=log,
+        **fit_kwargs,
+    )
+    records = training.pop("records")
+    last_beta = records[-1]["beta"] if records else math.nan
+    log(
+        f"[{config}] {training['epochs_run']} epochs in {training['training_seconds']:.0f} s "
+        f"(best {training['best_epoch']}, stopped by {training['stopped_by']}); evaluating K={args.eval_samples}"
+    )
+    start = time.perf_counter()
+    metrics = pyro_vae.evaluate(vae, splits.test, num_samples=args.eval_samples, seed=args.seed)
+    eval_seconds = time.perf_counter() - start
+    valid_elbos = [r["valid_elbo"] for r in records]
+    entry = {
+        "run": {
+            "date": _common.now(),
+            "command": _common.command_line("mnist_nll.py", args.argv),
+            "quick": args.quick,
+        },
+        "settings": {
+            "prior": vae.prior.spec(),
+            "loss": fit_options["loss"],
+            "num_particles": fit_options["num_particles"],
+            "beta": beta,
+            "epochs_max": args.epochs,
+            "max_minutes": args.max_minutes,
+            "patience": args.patience,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "eval_samples": args.eval_samples,
+            "train_points": splits.train.shape[0],
+            "valid_points": splits.valid.shape[0],
+            "test_points": splits.test.shape[0],
+            "seed": args.seed,
+        },
+        "test": {
+            "nll": -metrics["log_likelihood"],
+            "nll_se": metrics["log_likelihood_se"],
+            "log_likelihood": metrics["log_likelihood"],
+            "elbo": metrics["elbo"],
+            "kl": metrics["kl"],
+            "reconstruction": metrics["reconstruction"],
+            "active_units": metrics["active_units"],
+        },
+        "training": {
+            **training,
+            "best_valid_elbo": max((v for v in valid_elbos if v == v), default=None),
+            "final_train_loss": records[-1]["train_loss"] if records else None,
+            "beta_at_end": last_beta,
+            "warmup_completed": bool(last_beta >= 1.0),
+            "converged_by_early_stopping": training["stopped_by"] == "early_stopping",
+        },
+        "evaluation_seconds": eval_seconds,
+        "reference": REFERENCES[config],
+        "model_dir": str(out_dir),
+    }
+    vae.save(out_dir, extra={"mnist_nll_benchmark": {k: entry[k] for k in ("run", "settings", "test")}})
+    log(
+        f"[{config}] test NLL {entry['test']['nll']:.2f} +- {entry['test']['nll_se']:.2f} nats, "
+        f"ELBO {entry['test']['elbo']:.2f}, KL {entry['test']['kl']:.2f}, active units "
+        f"{entry['test']['active_units']}, evaluation {eval_seconds:.0f} s"
+    )
+    return entry
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    _common.add_common_arguments(parser)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
+    parser.add_argument(
+        "--max-minutes", type=float, default=None, help="training budget per configuration (default 60)"
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default 2000)")
+    parser.add_argument(
+        "--patience", type=int, default=None, help="early-stopping patience in epochs (default 50)"
+    )
+    parser.add_argument("--warmup-epochs", type=float, default=None, help="linear KL warm-up (default 100)")
+    parser.add_argument(
+        "--iwae-warmup-epochs", type=float, default=0.0, help="KL warm-up for iwae (default 0)"
+    )
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--eval-samples", type=int, default=None, help="importance samples (default 5000)")
+    parser.add_argument(
+        "--components", type=int, default=None, help="mixture components / pseudo-inputs (500)"
+    )
+    parser.add_argument("--train-size", type=int, default=None, help="use the first N training images")
+    parser.add_argument("--test-size", type=int, default=None, help="evaluate on the first N test images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", default=None, help=f"trained models (default {DEFAULT_OUT_DIR})")
+    args = parser.parse_args(argv)
+    args.argv = argv
+    data_dir = _common.require_data_dir(args.data_dir, parser)
+    quick = args.quick
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = sorted(set(configs) - set(CONFIGS))
+    if unknown:
+        parser.error(f"unknown configurations {unknown}; choose from {', '.join(CONFIGS)}")
+
+    def pick(value, full, small):
+        return value if value is not None else (small if quick else full)
+
+    args.max_minutes = pick(args.max_minutes, 60.0, 0.1)
+    args.epochs = pick(args.epochs, 2000, 2)
+    args.patience = pick(args.patience, 50, 5)
+    args.warmup_epochs = pick(args.warmup_epochs, 100.0, 1.0)
+    args.eval_samples = pick(args.eval_samples, 5000, 20)
+    args.components = pick(args.components, 500, 10)
+    args.train_size = pick(args.train_size, None, 300)
+    args.test_size = pick(args.test_size, None, 20)
+    scratch = None
+    if args.out_dir is None:
+        if quick:  # smoke-run models are not kept
+            scratch = tempfile.TemporaryDirectory(prefix="mnist_nll_quick_")
+            args.out_dir = scratch.name
+        else:
+            args.out_dir = str(DEFAULT_OUT_DIR)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    threads = _common.setup_threads()
+    splits = pyro_vae.data.load_binarized_mnist(data_dir)
+    if args.train_size:
+        splits.train = splits.train[: args.train_size]
+        splits.valid = splits.valid[: max(100, args.train_size // 5)]
+    if args.test_size:
+        splits.test = splits.test[: args.test_size]
+
+    path = _common.results_path(NAME, quick, args.results_dir)
+    previous = {}
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text()).get("configs", {})
+        except (OSError, ValueError):
+            previous = {}
+    result = {
+        "benchmark": NAME,
+        "command": _common.command_line("mnist_nll.py", argv),
+        "date": _common.now(),
+        "machine": _common.machine_info(),
+        "quick": quick,
+        "protocol": "784-300-300-40 encoder, 40-300-300-784 Bernoulli decoder, Adam, early stopping on the "
+        "validation ELBO, KL warm-up, test log p(x) by importance sampling (pyro_vae.evaluate)",
+        "targets": {
+            "standard": "NLL <= 88.6",
+            "mixture": "NLL below standard",
+            "vamp": "NLL <= 85.6",
+            "iwae": "NLL <= 87.1",
+        },
+        "torch_threads": threads,
+        "configs": previous,
+    }
+    if quick:
+        result["note"] = "QUICK smoke run: tiny data and budgets, 10 prior components; numbers meaningless"
+    for config in configs:
+        try:
+            entry = run_config(config, args, splits, log)
+        except pyro_vae.TrainingDiverged as e:
+            entry = {"run": {"date": _common.now(), "command": result["command"]}, "error": str(e)}
+            log(f"[{config}] FAILED: {e}")
+        result["configs"][config] = entry
+        for name, e in result["configs"].items():
+            if "test" in e:
+                e["target_check"] = target_check(name, e["test"]["nll"], result["configs"])
+        _common.write_results(NAME, quick, result, args.results_dir)  # after every configuration
+    if scratch is not None:
+        scratch.cleanup()
+        for e in result["configs"].values():
+            e["model_dir"] = "(quick run: not kept)"
+        _common.write_results(NAME, quick, result, args.results_dir)
+    print_report(result)
+    log(f"wrote {path}")
+    return result
+
+
+def print_report(r: dict) -> None:
+    print()
+    print(f"Binarized MNIST test NLL (nats), {r['machine']['processor']}, {r['torch_threads']} threads")
+    print(
+        f"{'config':<9} {'NLL':>8} {'+-se':>6} {'-ELBO':>8} {'KL':>7} {'AU':>3} {'epochs':>6} {'best':>5} "
+        f"{'stop':>15} {'train s':>8} {'eval s':>7} {'reference':>9}  target"
+    )
+    for name, e in r["configs"].items():
+        if "test" not in e:
+            print(f"{name:<9} {e.get('error', 'no result')}")
+            continue
+        t, tr, ref, chk = e["test"], e["training"], e["reference"], e.get("target_check", {})
+        ref_nll = f"{-ref['log_likelihood']:.2f}" if ref.get("log_likelihood") is not None else "-"
+        met = {True: "met", False: "MISSED", None: "?"}[chk.get("met")]
+        by = f" ({chk['by_nats']:+.2f})" if "by_nats" in chk else ""
+        print(
+            f"{name:<9} {t['nll']:8.2f} {t['nll_se']:6.2f} {-t['elbo']:8.2f} {t['kl']:7.2f} {t['active_units']:3d} "
+            f"{tr['epochs_run']:6d} {str(tr['best_epoch']):>5} {tr['stopped_by']:>15} "
+            f"{tr['training_seconds']:8.0f} {e['evaluation_seconds']:7.0f} {ref_nll:>9}  {chk.get('target', '')}: "
+            f"{met}{by}{'' if tr['warmup_completed'] else ' [warm-up NOT completed]'}"
+        )
+    if r.get("note"):
+        print(r["note"])
+
+
+if __name__ == "__main__":
+    main()

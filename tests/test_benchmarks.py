@@ -1,0 +1,204 @@
+"""The benchmark scripts: each ``--quick`` run writes its JSON with the expected keys and finite figures.
+
+The scripts run in subprocesses (as a person runs them), writing to a temporary results
+directory so that the repository's ``benchmarks/results`` is left alone. The MNIST ones skip
+without ``PYRO_VAE_DATA``.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import _common  # noqa: E402
+
+
+def run_quick(script: str, data_dir: Path, results_dir: Path, *extra: str) -> tuple[dict, str]:
+    env = dict(os.environ, PYRO_VAE_DATA=str(data_dir))
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick", "--results-dir", str(results_dir), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    path = results_dir / f"{script.removesuffix('.py')}_quick.json"
+    assert path.is_file(), f"{script} wrote no {path.name}"
+    assert not (results_dir / f"{script.removesuffix('.py')}.json").exists(), (
+        "quick must not write full results"
+    )
+    return json.loads(path.read_text()), proc.stdout
+
+
+def value(d: dict, dotted: str):
+    for key in dotted.split("."):
+        assert isinstance(d, dict) and key in d, f"missing key {key!r} of {dotted!r}"
+        d = d[key]
+    return d
+
+
+def assert_finite(d: dict, *dotted: str, positive: bool = False) -> None:
+    for name in dotted:
+        v = value(d, name)
+        assert isinstance(v, (int, float)) and not isinstance(v, bool), f"{name} = {v!r} is not a number"
+        assert math.isfinite(v), f"{name} = {v} is not finite"
+        if positive:
+            assert v > 0, f"{name} = {v} is not positive"
+
+
+def assert_provenance(result: dict, script: str) -> None:
+    assert result["quick"] is True
+    assert result["command"].startswith(f"python benchmarks/{script}") and "--quick" in result["command"]
+    assert result["date"]
+    assert_finite(result, "machine.cpu_count", "machine.torch_threads", positive=True)
+    for key in ("torch", "processor"):
+        assert value(result, f"machine.{key}")
+
+
+# --------------------------------------------------------------------------- helpers (no data needed)
+
+
+def test_interleave_rotates_the_order_and_drops_warmup():
+    calls = []
+    out = _common.interleave(
+        {"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, repeats=3, warmup=1
+    )
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert out == {"a": [1.0, 1.0, 1.0], "b": [2.0, 2.0, 2.0]}
+
+
+def test_results_are_json_with_finite_numbers_or_null(tmp_path):
+    path = _common.write_results(
+        "x", True, {"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": 2}}, tmp_path
+    )
+    assert path == tmp_path / "x_quick.json"
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.5, None], "c": {"d": 2}}
+
+
+# --------------------------------------------------------------------------- the scripts' quick modes
+
+
+@pytest.mark.slow
+def test_speed_quick(shared_data_dir, tmp_path):
+    result, stdout = run_quick("speed.py", shared_data_dir, tmp_path)
+    assert_provenance(result, "speed.py")
+    assert "pyro_vae/plain" in stdout
+    for b in ("32", "128", "512"):
+        e = value(result, f"per_epoch.{b}")
+        assert_finite(
+            e,
+            "pyro_vae_fit_seconds.median",
+            "pyro_vae_epoch_loop_seconds.median",
+            "plain_seconds.median",
+            "ratio_pyro_vae_over_plain",
+            "paired_ratios_pyro_vae_over_plain.median",
+            positive=True,
+        )
+        for phase in ("data", "forward", "backward", "optimizer_step", "total"):
+            assert_finite(
+                result, f"step_breakdown_ms.{b}.pyro_vae.{phase}", f"step_breakdown_ms.{b}.plain.{phase}"
+            )
+    assert isinstance(value(result, "target.met"), bool)
+    assert value(result, "target.batch_size") == 128
+    assert isinstance(result["pythae"], str)
+    assert_finite(
+        result,
+        "pyro_forward_anatomy.pyro_tracing_overhead_ms",
+        "fixed_cost_batch_size_1.pyro_fixed_cost_per_step_ms",
+        "what_if.step_ms.plain",
+        "what_if.step_ms.Trace_ELBO",
+        "per_epoch_extras.validation_elbo_seconds_per_epoch",
+    )
+
+
+@pytest.mark.slow
+def test_eval_speed_quick(shared_data_dir, tmp_path):
+    result, _ = run_quick("eval_speed.py", shared_data_dir, tmp_path)
+    assert_provenance(result, "eval_speed.py")
+    assert_finite(
+        result,
+        "evaluation.seconds.median",
+        "evaluation.achieved_gflops",
+        "evaluation.flops.total",
+        "reference.torch_mm_gflops",
+        "reference.decoder_linears_gflops",
+        "reference.best_torch_mm_gflops",
+        "efficiency.achieved_over_best_torch_mm",
+        "full_run.seconds",
+        positive=True,
+    )
+    assert_finite(result, "evaluation.log_likelihood")
+    assert isinstance(value(result, "efficiency.met"), bool)
+    assert "EXTRAPOLATED" in value(result, "full_run.seconds_kind")
+    chunks = [k for k in result["memory_by_chunk_size"] if k.isdigit()]
+    assert len(chunks) == 2
+    for c in chunks:
+        assert_finite(result["memory_by_chunk_size"][c], "peak_increase_mib", "microseconds_per_pair")
+    # 20 points x 50 samples x (784*300 + ...) matmul work, counted exactly
+    shapes = [(40, 300), (300, 300), (300, 784)]
+    assert value(result, "evaluation.flops.decoder") == 2 * sum(i * o for i, o in shapes) * 20 * 50
+
+
+@pytest.mark.slow
+def test_likelihoods_quick(shared_data_dir, tmp_path):
+    if not (shared_data_dir / "mnist.npz").is_file():
+        pytest.skip("grayscale MNIST (mnist.npz) is not in PYRO_VAE_DATA")
+    result, stdout = run_quick("likelihoods.py", shared_data_dir, tmp_path)
+    assert_provenance(result, "likelihoods.py")
+    entries = result["likelihoods"]
+    assert set(entries) == {
+        "gaussian",
+        "gaussian_shared",
+        "continuous_bernoulli",
+        "beta",
+        "laplace",
+        "bernoulli",
+    }
+    for name, e in entries.items():
+        assert "error" not in e, f"{name}: {e.get('error')}"
+        assert_finite(
+            e, "test.bits_per_dim", "test.bits_per_dim_se", "test.elbo_bits_per_dim", "evaluation_seconds"
+        )
+        assert value(e, "training.epochs_run") >= 1
+        assert e["valid_density"] is (name != "bernoulli")
+    assert "not a valid density" in entries["bernoulli"]["note"]
+    assert "not a valid density" in stdout
+
+
+@pytest.mark.slow
+def test_mnist_nll_quick(shared_data_dir, tmp_path):
+    result, _ = run_quick("mnist_nll.py", shared_data_dir, tmp_path)
+    assert_provenance(result, "mnist_nll.py")
+    configs = result["configs"]
+    assert set(configs) == {"standard", "mixture", "vamp", "iwae"}
+    for name, e in configs.items():
+        assert "error" not in e, f"{name}: {e.get('error')}"
+        assert_finite(e, "test.nll", "test.nll_se", "test.elbo", "test.kl", "evaluation_seconds")
+        assert_finite(e, "training.training_seconds", positive=True)
+        assert isinstance(value(e, "test.active_units"), int)
+        assert value(e, "training.epochs_run") >= 1
+        assert isinstance(value(e, "target_check.met"), bool)
+        assert "source" in e["reference"]
+    assert configs["iwae"]["settings"]["num_particles"] == 50
+    assert configs["vamp"]["settings"]["prior"]["name"] == "vamp"
+    assert not any(tmp_path.glob("**/model.pt")), "quick runs keep no models"
+
+
+def test_ddp_scaling_quick(tmp_path):
+    result, out = run_quick("ddp_scaling.py", tmp_path, tmp_path)
+    rows = {(r["processes"], r["batch_per_process"]): r for r in result["rows"]}
+    assert set(rows) == {(1, 128), (2, 64), (2, 128)}
+    assert rows[(1, 128)]["speedup_vs_1_process"] == 1.0
+    for row in rows.values():
+        assert_finite(row, "images_per_second", "speedup_vs_1_process", positive=True)
+    assert "images/s" in out
