@@ -35,6 +35,7 @@ from pyro_vae import distributed as dist_utils
 from pyro_vae.data import as_tensor, iter_batches
 from pyro_vae.model import VAE
 from pyro_vae.priors import FactorizedPrior
+from pyro_vae.utils import positive_int
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 CHUNK_ELEMENTS = 2**21
@@ -132,8 +133,7 @@ def evaluate(
 
     and ``pointwise``: per-point tensors ``log_likelihood`` and ``elbo``.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    positive_int("num_samples", num_samples)
     vae._require_resolved()
     ctx = dist_utils.current()
     if ctx.world_size > 1:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_vae.registry import Registry, spec_of
+from pyro_vae.utils import positive
 
 REGISTRY: Registry[Likelihood] = Registry("likelihood")
 register = REGISTRY.register
@@ -134,26 +135,30 @@ def names() -> list[str]:
 # --------------------------------------------------------------------------- Gaussian
 
 
-@register("gaussian")
-class Gaussian(Likelihood):
-    r"""Heteroscedastic Gaussian :math:`x_d \sim \mathcal N(\mu_d(z), \sigma_d(z)^2)`.
+class LocationScale(Likelihood):
+    r"""Base for a location-scale ``family`` whose location and scale both come from the decoder.
 
-    The decoder outputs both the mean and the scale. The scale is
-    :math:`\operatorname{softplus}(h) + \sigma_{\min}`: without the floor, a feature that is
-    constant in the data lets :math:`\sigma \to 0` and the density grow without bound.
+    The scale is :math:`\operatorname{softplus}(h) + s_{\min}`: without the floor, a feature
+    that is constant in the data lets the scale go to 0 and the density grow without bound.
     """
 
     num_params = 2
+    family: ClassVar[type[dist.Distribution]]
 
     def __init__(self, min_scale: float = 1e-3) -> None:
         super().__init__()
-        if min_scale <= 0:
-            raise ValueError(f"min_scale must be positive, got {min_scale}")
-        self.min_scale = min_scale
+        self.min_scale = positive("min_scale", min_scale)
 
     def forward(self, params):
         loc, raw_scale = params.unbind(-2)
-        return dist.Normal(loc, F.softplus(raw_scale) + self.min_scale, validate_args=False)
+        return self.family(loc, F.softplus(raw_scale) + self.min_scale, validate_args=False)
+
+
+@register("gaussian")
+class Gaussian(LocationScale):
+    r"""Heteroscedastic Gaussian :math:`x_d \sim \mathcal N(\mu_d(z), \sigma_d(z)^2)`, :math:`\sigma \ge` ``min_scale``."""
+
+    family = dist.Normal
 
 
 @register("gaussian_shared")
@@ -165,8 +170,8 @@ class GaussianShared(Likelihood):
 
     def __init__(self, init_scale: float = 1.0, min_scale: float = 1e-3) -> None:
         super().__init__()
-        if not init_scale > min_scale > 0:
-            raise ValueError(f"need init_scale > min_scale > 0, got {init_scale}, {min_scale}")
+        if not init_scale > positive("min_scale", min_scale):
+            raise ValueError(f"init_scale must exceed min_scale, got {init_scale} <= {min_scale}")
         self.init_scale = init_scale
         self.min_scale = min_scale
 
@@ -205,9 +210,7 @@ class GaussianFixed(Likelihood):
 
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
-        if scale <= 0:
-            raise ValueError(f"scale must be positive, got {scale}")
-        self.scale = scale
+        self.scale = positive("scale", scale)
 
     def forward(self, params):
         loc = params.squeeze(-2)
@@ -269,9 +272,7 @@ class Beta(Likelihood):
 
     def __init__(self, min_concentration: float = 1e-2) -> None:
         super().__init__()
-        if min_concentration <= 0:
-            raise ValueError(f"min_concentration must be positive, got {min_concentration}")
-        self.min_concentration = min_concentration
+        self.min_concentration = positive("min_concentration", min_concentration)
 
     def forward(self, params):
         c1, c0 = (F.softplus(p) + self.min_concentration for p in params.unbind(-2))
@@ -282,20 +283,10 @@ class Beta(Likelihood):
 
 
 @register("laplace")
-class Laplace(Likelihood):
+class Laplace(LocationScale):
     r"""Laplace :math:`x_d \sim \mathrm{Laplace}(\mu_d(z), b_d(z))`: an L1 reconstruction with a learned scale."""
 
-    num_params = 2
-
-    def __init__(self, min_scale: float = 1e-3) -> None:
-        super().__init__()
-        if min_scale <= 0:
-            raise ValueError(f"min_scale must be positive, got {min_scale}")
-        self.min_scale = min_scale
-
-    def forward(self, params):
-        loc, raw_scale = params.unbind(-2)
-        return dist.Laplace(loc, F.softplus(raw_scale) + self.min_scale, validate_args=False)
+    family = dist.Laplace
 
 
 @register("student_t")
@@ -310,12 +301,8 @@ class StudentT(Likelihood):
 
     def __init__(self, df: float | None = None, min_scale: float = 1e-3) -> None:
         super().__init__()
-        if df is not None and df <= 0:
-            raise ValueError(f"df must be positive, got {df}")
-        if min_scale <= 0:
-            raise ValueError(f"min_scale must be positive, got {min_scale}")
-        self.df = df
-        self.min_scale = min_scale
+        self.df = None if df is None else positive("df", df)
+        self.min_scale = positive("min_scale", min_scale)
 
     def setup(self, input_dim):
         super().setup(input_dim)
@@ -348,9 +335,7 @@ class Poisson(Likelihood):
 
     def __init__(self, min_rate: float = 1e-6) -> None:
         super().__init__()
-        if not min_rate > 0:
-            raise ValueError(f"min_rate must be positive, got {min_rate}")
-        self.min_rate = min_rate
+        self.min_rate = positive("min_rate", min_rate)
 
     def forward(self, params):
         return dist.Poisson(F.softplus(params.squeeze(-2)) + self.min_rate, validate_args=False)
@@ -370,9 +355,7 @@ class NegativeBinomial(Likelihood):
 
     def __init__(self, min_total_count: float = 1e-3) -> None:
         super().__init__()
-        if not min_total_count > 0:
-            raise ValueError(f"min_total_count must be positive, got {min_total_count}")
-        self.min_total_count = min_total_count
+        self.min_total_count = positive("min_total_count", min_total_count)
 
     def forward(self, params):
         raw_count, logits = params.unbind(-2)

@@ -28,18 +28,13 @@ from pyro.nn import PyroModule
 
 from pyro_vae import likelihoods, priors
 from pyro_vae.networks import ACTIVATIONS, Decoder, GaussianEncoder
+from pyro_vae.utils import positive_int
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
 FORMAT_VERSION = 1
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def kl_weight(beta: float | torch.Tensor):
@@ -87,9 +82,9 @@ class VAE(PyroModule):
         encoder_min_scale: float = 1e-4,
     ) -> None:
         super().__init__()
-        self.input_dim = _positive_int("input_dim", input_dim)
-        self.latent_dim = _positive_int("latent_dim", latent_dim)
-        self.hidden = tuple(_positive_int("hidden layer width", int(h)) for h in hidden)
+        self.input_dim = positive_int("input_dim", input_dim)
+        self.latent_dim = positive_int("latent_dim", latent_dim)
+        self.hidden = tuple(positive_int("hidden layer width", int(h)) for h in hidden)
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         self.activation = activation
@@ -192,7 +187,7 @@ class VAE(PyroModule):
     @torch.no_grad()
     def sample(self, n: int, *, mean: bool = False) -> torch.Tensor:
         """``n`` draws of ``x`` from the model (``mean=True``: the decoder means at prior draws of ``z``)."""
-        _positive_int("n", n)
+        positive_int("n", n)
         z = self.prior().sample((n,))
         d = self.decode(z)
         return self.data_mean(d) if mean else d.sample()

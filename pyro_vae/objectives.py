@@ -26,6 +26,8 @@ import pyro.infer
 import torch
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 
+from pyro_vae.utils import positive_int
+
 # The model has one plate (the batch); vectorised particles go to the dimension left of it.
 MAX_PLATE_NESTING = 1
 
@@ -72,8 +74,7 @@ OBJECTIVES = ("elbo", "elbo_analytic", "iwae")
 
 def make_elbo(loss: str = "elbo", num_particles: int = 1) -> pyro.infer.ELBO:
     """The Pyro ELBO called ``loss`` with ``num_particles`` vectorised particles."""
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+    positive_int("num_particles", num_particles)
     vectorize = num_particles > 1
     common = dict(
         num_particles=num_particles, vectorize_particles=vectorize, max_plate_nesting=MAX_PLATE_NESTING

@@ -24,6 +24,7 @@ from torch.distributions import constraints
 from torch.nn import functional as F
 
 from pyro_vae.registry import Registry, spec_of
+from pyro_vae.utils import positive, positive_int
 
 REGISTRY: Registry[Prior] = Registry("prior")
 register = REGISTRY.register
@@ -82,12 +83,6 @@ class FactorizedPrior(Prior):
         return self.base().log_prob(z)
 
 
-def _positive(name: str, value: float) -> float:
-    if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return value
-
-
 @register("standard_normal")
 class StandardNormal(FactorizedPrior):
     r""":math:`z \sim \mathcal N(0, I)`."""
@@ -107,7 +102,7 @@ class ScaledNormal(FactorizedPrior):
 
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
-        self.scale = _positive("scale", scale)
+        self.scale = positive("scale", scale)
 
     def base(self):
         return dist.Normal(self._origin, torch.full_like(self._origin, self.scale))
@@ -119,7 +114,7 @@ class LearnedNormal(FactorizedPrior):
 
     def __init__(self, init_scale: float = 1.0) -> None:
         super().__init__()
-        self.init_scale = _positive("init_scale", init_scale)
+        self.init_scale = positive("init_scale", init_scale)
 
     def setup(self, latent_dim, input_dim, encoder):
         super().setup(latent_dim, input_dim, encoder)
@@ -136,7 +131,7 @@ class LaplacePrior(FactorizedPrior):
 
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
-        self.scale = _positive("scale", scale)
+        self.scale = positive("scale", scale)
 
     def base(self):
         return dist.Laplace(self._origin, torch.full_like(self._origin, self.scale))
@@ -148,8 +143,8 @@ class StudentTPrior(FactorizedPrior):
 
     def __init__(self, df: float = 3.0, scale: float = 1.0) -> None:
         super().__init__()
-        self.df = _positive("df", df)
-        self.scale = _positive("scale", scale)
+        self.df = positive("df", df)
+        self.scale = positive("scale", scale)
 
     def base(self):
         o = self._origin
@@ -220,20 +215,14 @@ class DiagonalGaussianMixturePrior(Prior):
         return torch.logsumexp(log_w + log_comp, dim=-2)
 
 
-def _components(num_components: int) -> int:
-    if not (isinstance(num_components, int) and num_components >= 1):
-        raise ValueError(f"num_components must be a positive integer, got {num_components!r}")
-    return num_components
-
-
 @register("mixture")
 class MixturePrior(DiagonalGaussianMixturePrior):
     """A learned mixture of ``num_components`` diagonal Gaussians (weights, means, scales)."""
 
     def __init__(self, num_components: int = 10, init_spread: float = 1.0) -> None:
         super().__init__()
-        self.num_components = _components(num_components)
-        self.init_spread = _positive("init_spread", init_spread)
+        self.num_components = positive_int("num_components", num_components)
+        self.init_spread = positive("init_spread", init_spread)
 
     def setup(self, latent_dim, input_dim, encoder):
         super().setup(latent_dim, input_dim, encoder)
@@ -259,7 +248,7 @@ class VampPrior(DiagonalGaussianMixturePrior):
 
     def __init__(self, num_components: int = 50, init_noise: float = 0.01) -> None:
         super().__init__()
-        self.num_components = _components(num_components)
+        self.num_components = positive_int("num_components", num_components)
         self.init_noise = init_noise
 
     def setup(self, latent_dim, input_dim, encoder):

@@ -31,7 +31,7 @@ from pyro_vae.distributed import PeerFailure
 from pyro_vae.evaluation import validation_elbo
 from pyro_vae.model import VAE, WEIGHTS_FILE
 from pyro_vae.objectives import BetaSchedule, ELBOLoss, make_elbo
-from pyro_vae.utils import atomic_torch_save, resolve_device, set_threads
+from pyro_vae.utils import atomic_torch_save, positive_int, resolve_device, set_threads
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +71,6 @@ class History:
             writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
             writer.writeheader()
             writer.writerows(self.records)
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _state_copy(vae: VAE) -> dict[str, torch.Tensor]:
@@ -145,12 +140,12 @@ def fit(
         :class:`TrainingDiverged`; the VAE is restored to the last good weights and the
         checkpoint files are left as they were after the last good epoch.
     """
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("batch_size", batch_size)
+    positive_int("epochs", epochs)
+    positive_int("batch_size", batch_size)
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if patience is not None:
-        _check_positive_int("patience", patience)
+        positive_int("patience", patience)
         if valid is None:
             raise ValueError("patience (early stopping) needs validation data: pass valid=...")
     if resume and checkpoint_dir is None:

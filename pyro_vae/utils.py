@@ -9,6 +9,20 @@ import pyro
 import torch
 
 
+def positive(name: str, value: float) -> float:
+    """``value`` if it is a positive number, else a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return value
+
+
+def positive_int(name: str, value: object) -> int:
+    """``value`` if it is an integer >= 1, else a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def available_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))

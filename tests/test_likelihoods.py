@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import pyro
 import pytest
 import torch
 import torch.distributions as td
@@ -17,14 +16,6 @@ from pyro_vae.likelihoods import choose_likelihood
 
 NAMES = likelihoods.names()
 INPUT_DIM = 5
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    pyro.set_rng_seed(0)
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
 
 
 def valid_data(support_name: str, shape: tuple[int, ...]) -> torch.Tensor:

@@ -22,14 +22,6 @@ INPUT_DIM = 5
 LATENT_DIM = 3
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    pyro.set_rng_seed(0)
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-
-
 def make_vae(prior, latent_dim: int = LATENT_DIM, **options) -> pyro_vae.VAE:
     if options:
         prior = priors.create(prior, **options)
