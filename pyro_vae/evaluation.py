@@ -111,6 +111,7 @@ def evaluate(
     seed: int = 0,
     log_abs_det_jacobian: float = 0.0,
     kl_per_dim: bool = True,
+    distributed: bool | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     r"""Evaluate ``vae`` on ``data`` (tensor, array, ``Dataset`` or ``DataLoader``).
@@ -132,10 +133,14 @@ def evaluate(
       images are scored per raw grey level);
 
     and ``pointwise``: per-point tensors ``log_likelihood`` and ``elbo``.
+
+    In a ``torchrun`` launch (an initialised process group) the data are split over the
+    processes and the results gathered, so *every* process must call ``evaluate``; pass
+    ``distributed=False`` to evaluate everything in the calling process alone.
     """
     positive_int("num_samples", num_samples)
     vae._require_resolved()
-    ctx = dist_utils.current()
+    ctx = dist_utils.current() if distributed is not False else dist_utils.SINGLE
     if ctx.world_size > 1:
         # Each process scores a contiguous share with its own draws; results are gathered.
         data = dist_utils.shard_rows(as_tensor(data), ctx)
@@ -193,7 +198,7 @@ def evaluate(
             bar.update(n)
         bar.close()
     vae.train(was_training)
-    if ctx.world_size > 1:
+    if ctx.world_size > 1:  # every process holds its share: gather them in rank order
         widths = {"kl_dim": vae.latent_dim, "loc": vae.latent_dim}
         cat = {
             k: dist_utils.gather_rows(

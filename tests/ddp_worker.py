@@ -82,11 +82,13 @@ if __name__ == "__main__":
     train(vae, x, batch_size=8, distributed_run=True)
     result = pyro_vae.evaluate(vae, x, num_samples=400, seed=2)
     if distributed.current().is_main:
+        alone = pyro_vae.evaluate(vae, x, num_samples=400, seed=2, distributed=False)  # no peers needed
         torch.save(
             {
                 "state": vae.state_dict(),
                 "pointwise": result["pointwise"]["log_likelihood"],
                 "n": result["num_points"],
+                "alone": alone["pointwise"]["log_likelihood"],
             },
             out,
         )

@@ -50,6 +50,9 @@ def test_two_processes_follow_one_process_with_twice_the_batch(tmp_path, prior):
     ]
     assert ddp["n"] == 96 and ddp["pointwise"].shape == (96,)
     torch.testing.assert_close(ddp["pointwise"], torch.cat(shares), rtol=1e-4, atol=1e-4)
+    # distributed=False evaluates everything in the calling process, as without torchrun.
+    alone = pyro_vae.evaluate(vae, x, num_samples=400, seed=2)["pointwise"]["log_likelihood"]
+    torch.testing.assert_close(ddp["alone"], alone, rtol=1e-4, atol=1e-4)
 
 
 def test_every_likelihood_and_prior_trains_in_sync(tmp_path):
