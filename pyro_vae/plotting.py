@@ -53,6 +53,11 @@ def plot_reconstructions(
 ) -> Figure:
     """Inputs beside their reconstructions: image grids, or a feature heat map for tables."""
     x, rec = x[:n].cpu().numpy(), reconstruction[:n].cpu().numpy()
+    if image_shape is None:
+        # Features of a table have their own scales: show both in the inputs' per-feature z-scores.
+        centre, spread = x.mean(0), x.std(0)
+        spread = np.where(spread > 0, spread, 1.0)
+        x, rec = (x - centre) / spread, (rec - centre) / spread
     fig = Figure(figsize=(9, 4.5), layout="constrained")
     axes = fig.subplots(1, 2)
     lo, hi = np.nanmin(x), np.nanmax(x)
@@ -64,7 +69,7 @@ def plot_reconstructions(
             im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=lo, vmax=hi)
             ax.set_xlabel("feature")
             ax.set_ylabel("data point")
-            fig.colorbar(im, ax=ax)
+            fig.colorbar(im, ax=ax, label="z-score of the inputs, per feature")
         ax.set_title(title)
     return fig
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -150,3 +151,35 @@ def test_binarized_mnist_run_on_the_shared_data(tmp_path, shared_data_dir):
     torch.testing.assert_close(
         torch.tensor(metrics["elbo"]), torch.tensor(metrics["log_likelihood"]), atol=10, rtol=0
     )
+
+
+def test_a_csv_table_with_standardization(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(300, 2, generator=g)
+    x = z @ torch.randn(2, 4, generator=g) * torch.tensor([1.0, 10.0, 100.0, 0.1]) + torch.tensor(
+        [0, 50, -20, 3]
+    )
+    table = tmp_path / "table.csv"
+    rows = ["a,b,c,d,label"] + [
+        ",".join(f"{v:.6g}" for v in r) + f",{int(zz > 0)}" for r, zz in zip(x.tolist(), z[:, 0])
+    ]
+    table.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--dataset",
+        "csv",
+        "--data-path",
+        str(table),
+        "--label-column",
+        "label",
+        "--standardize",
+    ]
+    assert main([*args, "--out", str(out), *FAST]) == 0
+    run = json.loads((out / "config.json").read_text())
+    assert run["model"]["likelihood"]["name"] == "gaussian" and len(run["preprocessing"]["std"]) == 4
+    metrics = json.loads((out / "metrics.json").read_text())
+    # bits/dim are per raw feature: the standardization's Jacobian is added back
+    jacobian = -sum(math.log(s) for s in run["preprocessing"]["std"])
+    expected = -(metrics["log_likelihood"] + jacobian) / (4 * math.log(2))
+    assert metrics["bits_per_dim"] == pytest.approx(expected)
