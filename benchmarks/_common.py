@@ -169,6 +169,36 @@ def setup_threads() -> int:
 # --------------------------------------------------------------------------- statistics and timing
 
 
+def log(msg: str) -> None:
+    """Print at once (benchmarks run long and their output is often redirected)."""
+    print(msg, flush=True)
+
+
+def quick_or_full(value: Any, full: Any, small: Any, quick: bool) -> Any:
+    """An option's value: as given, else the ``--quick`` default or the full-run one."""
+    return value if value is not None else (small if quick else full)
+
+
+def fill_defaults(args, defaults: dict[str, tuple[Any, Any]]) -> None:
+    """Set each option left unset to its ``(full, quick)`` default, by ``args.quick``."""
+    for name, (full, small) in defaults.items():
+        setattr(args, name, quick_or_full(getattr(args, name), full, small, args.quick))
+
+
+def choices_list(text: str, allowed: Sequence[str], what: str, parser) -> list[str]:
+    """A comma-separated list of names, each one of ``allowed`` (else a usage error)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(allowed))
+    if unknown:
+        parser.error(f"unknown {what} {unknown}; choose from {', '.join(allowed)}")
+    return names
+
+
+def wait_unless_quick(wait_idle: float | None, quick: bool) -> dict[str, Any]:
+    """Wait for a quiet machine (up to ``wait_idle`` s; default 300, none with ``--quick``)."""
+    return wait_for_quiet(quick_or_full(wait_idle, 300, 0, quick), log=log)
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else math.nan
 

@@ -44,6 +44,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
+
+log = _common.log
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
@@ -231,13 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     num_points = args.num_points or (20 if quick else FULL_POINTS)
     num_samples = args.num_samples or (50 if quick else FULL_SAMPLES)
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-
     threads = _common.setup_threads()
-    quiet = _common.wait_for_quiet(
-        args.wait_idle if args.wait_idle is not None else (0 if quick else 300), log=log
-    )
+    quiet = _common.wait_unless_quick(args.wait_idle, quick)
     started = time.perf_counter()
     from pyro_vae.evaluation import default_chunk_size
 

@@ -42,6 +42,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
+
+log = _common.log
 import pyro  # noqa: E402
 import torch  # noqa: E402
 
@@ -151,24 +153,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     data_dir = _common.require_data_dir(args.data_dir, parser)
     quick = args.quick
-    names = [n.strip() for n in args.likelihoods.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(LIKELIHOODS))
-    if unknown:
-        parser.error(f"unknown likelihoods {unknown}; choose from {', '.join(LIKELIHOODS)}")
-
-    def pick(value, full, small):
-        return value if value is not None else (small if quick else full)
-
-    args.epochs = pick(args.epochs, 200, 1)
-    args.max_minutes = pick(args.max_minutes, 20.0, 0.1)
-    args.train_size = pick(args.train_size, 50000, 300)
-    args.valid_size = pick(args.valid_size, 10000, 100)
-    args.test_size = pick(args.test_size, 10000, 20)
-    args.eval_samples = pick(args.eval_samples, 1000, 10)
-    args.patience = pick(args.patience, 20, 5)
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
+    names = _common.choices_list(args.likelihoods, LIKELIHOODS, "likelihoods", parser)
+    _common.fill_defaults(
+        args,
+        {
+            "epochs": (200, 1),
+            "max_minutes": (20.0, 0.1),
+            "train_size": (50000, 300),
+            "valid_size": (10000, 100),
+            "test_size": (10000, 20),
+            "eval_samples": (1000, 10),
+            "patience": (20, 5),
+        },
+    )
 
     threads = _common.setup_threads()
     splits = pyro_vae.data.load_mnist(data_dir, dequantize=True, seed=args.seed)

@@ -43,6 +43,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
+
+log = _common.log
 import pyro  # noqa: E402
 
 import pyro_vae  # noqa: E402
@@ -222,22 +224,20 @@ def main(argv: list[str] | None = None) -> dict:
     args.argv = argv
     data_dir = _common.require_data_dir(args.data_dir, parser)
     quick = args.quick
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = sorted(set(configs) - set(CONFIGS))
-    if unknown:
-        parser.error(f"unknown configurations {unknown}; choose from {', '.join(CONFIGS)}")
-
-    def pick(value, full, small):
-        return value if value is not None else (small if quick else full)
-
-    args.max_minutes = pick(args.max_minutes, 60.0, 0.1)
-    args.epochs = pick(args.epochs, 2000, 2)
-    args.patience = pick(args.patience, 50, 5)
-    args.warmup_epochs = pick(args.warmup_epochs, 100.0, 1.0)
-    args.eval_samples = pick(args.eval_samples, 5000, 20)
-    args.components = pick(args.components, 500, 10)
-    args.train_size = pick(args.train_size, None, 300)
-    args.test_size = pick(args.test_size, None, 20)
+    configs = _common.choices_list(args.configs, CONFIGS, "configurations", parser)
+    _common.fill_defaults(
+        args,
+        {
+            "max_minutes": (60.0, 0.1),
+            "epochs": (2000, 2),
+            "patience": (50, 5),
+            "warmup_epochs": (100.0, 1.0),
+            "eval_samples": (5000, 20),
+            "components": (500, 10),
+            "train_size": (None, 300),
+            "test_size": (None, 20),
+        },
+    )
     scratch = None
     if args.out_dir is None:
         if quick:  # smoke-run models are not kept
@@ -245,9 +245,6 @@ def main(argv: list[str] | None = None) -> dict:
             args.out_dir = scratch.name
         else:
             args.out_dir = str(DEFAULT_OUT_DIR)
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
 
     threads = _common.setup_threads()
     splits = pyro_vae.data.load_binarized_mnist(data_dir)

@@ -54,6 +54,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
+
+log = _common.log
 import pyro  # noqa: E402
 import torch  # noqa: E402
 from pyro import poutine  # noqa: E402
@@ -581,13 +583,8 @@ def main(argv: list[str] | None = None) -> dict:
     micro_rounds = 6 if quick else 300
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-
     threads = _common.setup_threads()
-    quiet = _common.wait_for_quiet(
-        args.wait_idle if args.wait_idle is not None else (0 if quick else 300), log=log
-    )
+    quiet = _common.wait_unless_quick(args.wait_idle, quick)
     started = time.perf_counter()
     splits = pyro_vae.data.load_binarized_mnist(data_dir)
     x = splits.train[:train_size].contiguous()

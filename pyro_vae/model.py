@@ -114,16 +114,18 @@ class VAE(PyroModule):
     def is_resolved(self) -> bool:
         return self.likelihood is not None
 
-    def resolve_likelihood(self, x: torch.Tensor) -> str:
+    def resolve_likelihood(self, x: torch.Tensor) -> tuple[str, str | None]:
         """Choose the likelihood for ``likelihood="auto"`` from the data's support.
 
-        A no-op for a VAE whose likelihood is already set. Returns the likelihood's name.
+        Returns the likelihood's name and why ``auto`` chose it; a VAE whose likelihood is
+        already set is left as it is, and the reason is ``None``.
         """
-        if self.likelihood is None:
-            name, reason = likelihoods.choose_likelihood(x)
-            logger.info("likelihood='auto' chose %r because %s", name, reason)
-            self._set_likelihood(likelihoods.create(name))
-        return self.likelihood.name
+        if self.likelihood is not None:
+            return self.likelihood.name, None
+        name, reason = likelihoods.choose_likelihood(x)
+        logger.info("likelihood='auto' chose %r because %s", name, reason)
+        self._set_likelihood(likelihoods.create(name))
+        return name, reason
 
     def _require_resolved(self) -> None:
         if self.likelihood is None:

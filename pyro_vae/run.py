@@ -129,9 +129,8 @@ def train_run(
     else:
         seed_everything(t.seed)  # the initial weights are part of the run
         vae = build_vae(cfg, splits.num_features)
-        if not vae.is_resolved:
-            name, reason = likelihoods.choose_likelihood(splits.train)
-            vae.resolve_likelihood(splits.train)
+        name, reason = vae.resolve_likelihood(splits.train)
+        if reason is not None:
             echo(f"model   likelihood 'auto' -> {name!r} ({reason})")
     extra = {"run": cfg.to_dict(), "preprocessing": splits.preprocessing.to_dict()}
     if ctx.is_main:

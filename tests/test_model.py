@@ -109,10 +109,13 @@ def test_auto_likelihood_resolves_from_data_and_requires_data_first():
         vae.decode(torch.zeros(1, 2))
     with pytest.raises(RuntimeError, match="has not seen data"):
         vae.save("/nonexistent-never-written")
-    assert vae.resolve_likelihood(binary_data()) == "bernoulli"
+    name, reason = vae.resolve_likelihood(binary_data())
+    assert name == "bernoulli" and "binary" in reason
     assert isinstance(vae.likelihood, likelihoods.Bernoulli)
     vae2 = VAE(3, 2, hidden=(8,))
-    assert vae2.resolve_likelihood(torch.tensor([[0.5, -1.0, 2.0]])) == "gaussian"
+    assert vae2.resolve_likelihood(torch.tensor([[0.5, -1.0, 2.0]]))[0] == "gaussian"
+    # an already chosen likelihood stays, whatever the data
+    assert vae2.resolve_likelihood(torch.zeros(1, 3)) == ("gaussian", None)
 
 
 @pytest.mark.parametrize(
