@@ -1,5 +1,3 @@
-import sys
+from pyro_vae.cli import console_main
 
-from pyro_vae.cli import main
-
-sys.exit(main())
+console_main()

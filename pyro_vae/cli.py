@@ -212,5 +212,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def console_main() -> None:
+    """Entry point of ``pyro-vae`` and ``python -m pyro_vae``.
+
+    A process started by torchrun ends through :func:`pyro_vae.distributed.exit_process`,
+    which skips interpreter finalisation (see there why).
+    """
+    code = main()
+    from pyro_vae import distributed
+    from pyro_vae.run import launched_by_torchrun
+
+    if launched_by_torchrun():
+        distributed.exit_process(code, barrier=False)  # main() already waited for the others
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -9,12 +9,14 @@ whose peer died stops with an error instead of waiting for ever.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -139,7 +141,21 @@ def shutdown(barrier: bool = True) -> None:
         if barrier and dist.get_world_size() > 1:
             with contextlib.suppress(RuntimeError):
                 dist.barrier()
+        gc.collect()  # frees DDP reducers caught in reference cycles while the group still exists
         dist.destroy_process_group()
+
+
+def exit_process(code: int = 0, barrier: bool = True) -> NoReturn:
+    """End a worker started by torchrun: leave the group, flush output, ``os._exit(code)``.
+
+    Skipping interpreter finalisation is deliberate: if Python tears down while gloo's
+    worker threads still hold tensors, the process can abort (SIGABRT) after its work is
+    done and torchrun reports the whole run as failed. Call it last in a training script.
+    """
+    shutdown(barrier=barrier)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def launch(nproc: int, argv: Sequence[str]) -> int:

@@ -76,8 +76,7 @@ if __name__ == "__main__":
     out, prior = sys.argv[1], sys.argv[2]
     if prior == "every_choice":
         every_choice(out)
-        distributed.shutdown()
-        sys.exit(0)
+        distributed.exit_process(0)
     x, vae = make_problem(prior)
     train(vae, x, batch_size=8, distributed_run=True)
     result = pyro_vae.evaluate(vae, x, num_samples=400, seed=2)
@@ -92,4 +91,4 @@ if __name__ == "__main__":
             },
             out,
         )
-    distributed.shutdown()
+    distributed.exit_process(0)
