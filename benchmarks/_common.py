@@ -29,7 +29,9 @@ BENCHMARKS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS_DIR / "results"
 REPO_ROOT = BENCHMARKS_DIR.parent
 DATA_ENV = "PYRO_VAE_DATA"
-THREADS = 2  # every benchmark runs torch with this many threads (the machine has 2 cores)
+# every benchmark runs torch with this many threads (the machine has 2 cores); PYRO_VAE_BENCH_THREADS=1
+# leaves a core free when a long run shares the machine with other work
+THREADS = int(os.environ.get("PYRO_VAE_BENCH_THREADS", "2"))
 
 
 # --------------------------------------------------------------------------- machine and provenance
@@ -87,7 +89,8 @@ def machine_info() -> dict[str, Any]:
 
 def command_line(script: str, argv: Sequence[str] | None) -> str:
     args = sys.argv[1:] if argv is None else list(argv)
-    return shlex.join(["python", f"benchmarks/{script}", *args])
+    env = [f"PYRO_VAE_BENCH_THREADS={THREADS}"] if "PYRO_VAE_BENCH_THREADS" in os.environ else []
+    return shlex.join([*env, "python", f"benchmarks/{script}", *args])
 
 
 def now() -> str:

@@ -148,6 +148,8 @@ def run_config(config: str, args, splits, log) -> dict:
             "date": _common.now(),
             "command": _common.command_line("mnist_nll.py", args.argv),
             "quick": args.quick,
+            "torch_threads": _common.THREADS,
+            "machine_load_average_1_5_15_min": _common.machine_info()["load_average_1_5_15_min"],
         },
         "settings": {
             "prior": vae.prior.spec(),
