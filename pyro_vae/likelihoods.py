@@ -100,6 +100,14 @@ class Likelihood(nn.Module):
         """``params`` has shape ``(..., num_params, input_dim)``; returns batch shape ``(..., input_dim)``."""
         raise NotImplementedError
 
+    def observation(self, params: torch.Tensor, x: torch.Tensor) -> dist.Distribution:
+        """The distribution of the observation site given the observed batch ``x``.
+
+        Almost every likelihood ignores ``x`` here; one whose parameters are fitted to the
+        batch in closed form (``gaussian_optimal``) uses it.
+        """
+        return self(params)
+
     def mean(self, d: dist.Distribution) -> torch.Tensor:
         """The reconstruction shown to people: the distribution's mean."""
         return d.mean
@@ -215,6 +223,65 @@ class GaussianFixed(Likelihood):
     def forward(self, params):
         loc = params.squeeze(-2)
         return dist.Normal(loc, torch.full_like(loc, self.scale), validate_args=False)
+
+
+@register("gaussian_optimal")
+class GaussianOptimal(Likelihood):
+    r"""The calibrated decoder of the sigma-VAE (Rybkin, Daniilidis and Levine, 2021).
+
+    One noise scale for all features, set in closed form to its maximum-likelihood value
+    for the current batch: for fixed :math:`\mu(z)`, the Gaussian log-likelihood
+    :math:`-\frac{1}{2\sigma^2}\sum_{n,d}(x_{nd}-\mu_{nd})^2 - ND\log\sigma` is largest at
+
+    .. math::
+        \sigma^{*2} = \frac{1}{ND}\sum_{n,d} (x_{nd} - \mu_{nd}(z_n))^2,
+
+    the batch's mean squared error. :math:`\sigma^*` enters the ELBO as a constant (no
+    gradient flows through it) and :math:`\log\sigma^*` is kept above ``min_log_scale``,
+    so a perfectly reconstructed batch cannot make the density infinite. In training mode
+    each batch sets :math:`\sigma^*` and updates a running average of :math:`\sigma^{*2}`
+    (``momentum``); in evaluation mode, and in :meth:`forward` (decoding, sampling), that
+    running value is the fixed noise level, so held-out log-likelihoods use a scale fitted
+    on training data, never on the test batch itself.
+    """
+
+    def __init__(self, min_log_scale: float = -6.0, momentum: float = 0.1) -> None:
+        super().__init__()
+        if not math.isfinite(min_log_scale):
+            raise ValueError(f"min_log_scale must be a finite number, got {min_log_scale}")
+        if not 0 < momentum <= 1:
+            raise ValueError(f"momentum must lie in (0, 1], got {momentum}")
+        self.min_log_scale = float(min_log_scale)
+        self.momentum = float(momentum)
+
+    def setup(self, input_dim):
+        super().setup(input_dim)
+        self.register_buffer("running_variance", torch.ones(()))
+
+    def _clamp(self, variance: torch.Tensor) -> torch.Tensor:
+        return variance.clamp_min(math.exp(2 * self.min_log_scale)).sqrt()
+
+    @property
+    def scale(self) -> torch.Tensor:
+        r"""The noise scale used outside training: the root of the running average of :math:`\sigma^{*2}`."""
+        return self._clamp(self.running_variance)
+
+    def batch_scale(self, loc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\sigma^*` for a batch: the root-mean-square error, floored, detached."""
+        return self._clamp((x - loc).detach().pow(2).mean())
+
+    def forward(self, params):
+        loc = params.squeeze(-2)
+        return dist.Normal(loc, self.scale.to(loc).expand(loc.shape), validate_args=False)
+
+    def observation(self, params, x):
+        if not self.training:
+            return self(params)
+        loc = params.squeeze(-2)
+        scale = self.batch_scale(loc, x)
+        with torch.no_grad():
+            self.running_variance.lerp_(scale.pow(2), self.momentum)
+        return dist.Normal(loc, scale.expand(loc.shape), validate_args=False)
 
 
 # --------------------------------------------------------------------------- data in [0, 1]

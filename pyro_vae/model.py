@@ -143,7 +143,7 @@ class VAE(PyroModule):
         with pyro.plate("data", x.shape[0], dim=-1):
             with kl_weight(beta):
                 z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.likelihood(self.decoder(z)).to_event(1), obs=x)
+            pyro.sample("x", self.likelihood.observation(self.decoder(z), x).to_event(1), obs=x)
 
     def guide(self, x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> None:
         r""":math:`q_\phi(z \mid x)`, with the latent site scaled by ``beta``."""

@@ -18,6 +18,7 @@ import math
 from typing import Any, ClassVar
 
 import pyro.distributions as dist
+import pyro.distributions.transforms as T
 import torch
 from torch import nn
 from torch.distributions import constraints
@@ -269,3 +270,127 @@ class VampPrior(DiagonalGaussianMixturePrior):
     def components(self):
         loc, scale = self._encoder(self.pseudo_inputs)
         return torch.zeros(self.num_components, device=loc.device, dtype=loc.dtype), loc, scale
+
+
+@register("flow")
+class FlowPrior(Prior):
+    r"""A normalizing-flow prior: :math:`z = f(u)`, :math:`u \sim \mathcal N(0, I)`, learned.
+
+    :math:`f` chains ``num_layers`` of Pyro's rational-quadratic spline coupling transforms
+    (:class:`pyro.distributions.transforms.SplineCoupling`, Durkan et al. 2019), reversing
+    the coordinates between layers so that every coordinate is transformed; with one latent
+    dimension the layers are element-wise splines. By the change of variables,
+
+    .. math::
+        \log p(z) = \log \mathcal N\big(f^{-1}(z); 0, I\big)
+                    + \log\Big|\det \frac{\partial f^{-1}(z)}{\partial z}\Big|,
+
+    which Pyro's ``TransformedDistribution`` evaluates in one parallel pass (coupling layers
+    invert as cheaply as they run forward). Outside ``[-bound, bound]`` each spline is the
+    identity. The flow's one-dimensional marginals have no closed form:
+    :meth:`marginal_log_prob` (used only to report KL per latent dimension) estimates them
+    with a Gaussian kernel density estimate on ``marginal_draws`` fixed draws of the flow
+    (within about 0.05 in L1 distance of the true marginal in the tests).
+    """
+
+    def __init__(
+        self,
+        num_layers: int = 2,
+        hidden: int = 64,
+        count_bins: int = 8,
+        bound: float = 5.0,
+        marginal_draws: int = 4096,
+    ) -> None:
+        super().__init__()
+        self.num_layers = positive_int("num_layers", num_layers)
+        self.hidden = positive_int("hidden", hidden)
+        self.count_bins = positive_int("count_bins", count_bins)
+        self.bound = positive("bound", bound)
+        self.marginal_draws = positive_int("marginal_draws", marginal_draws)
+
+    def setup(self, latent_dim, input_dim, encoder):
+        super().setup(latent_dim, input_dim, encoder)
+        if latent_dim == 1:
+            layers = [
+                T.Spline(1, count_bins=self.count_bins, bound=self.bound) for _ in range(self.num_layers)
+            ]
+        else:
+            layers = [
+                T.spline_coupling(
+                    latent_dim,
+                    hidden_dims=[self.hidden, self.hidden],
+                    count_bins=self.count_bins,
+                    bound=self.bound,
+                )
+                for _ in range(self.num_layers)
+            ]
+        self.layers = nn.ModuleList(layers)
+        self._start_at_identity()
+        # A buffer, so the permutation follows the module to another device.
+        self.register_buffer("_reverse", torch.arange(latent_dim - 1, -1, -1), persistent=False)
+
+    @torch.no_grad()
+    def _start_at_identity(self) -> None:
+        """Start from :math:`f \\approx \\mathrm{id}` (within 0.01 nats of the standard normal prior).
+
+        Pyro draws spline parameters at random, which makes the initial density spiky
+        (peaks of 50 and more in two dimensions): a poor prior to start a VAE from. Equal
+        bin widths and heights with unit knot slopes make each spline the identity; the
+        coupling networks' last layers start at zero weights, so they output those values
+        whatever the conditioning half, and still receive gradients.
+        """
+        k = self.count_bins
+        unit_slope = _inverse_softplus(1.0 - 1e-3)  # Pyro adds a minimum slope of 1e-3
+
+        def identity_values(d: int) -> torch.Tensor:
+            return torch.cat(
+                [torch.zeros(2 * d * k), torch.full((d * (k - 1),), unit_slope), torch.zeros(d * k)]
+            )
+
+        for layer in self.layers:
+            splines = [layer] if isinstance(layer, T.Spline) else [layer.lower_spline]
+            for spline in splines:
+                spline.unnormalized_widths.zero_()
+                spline.unnormalized_heights.zero_()
+                spline.unnormalized_derivatives.fill_(unit_slope)
+                spline.unnormalized_lambdas.zero_()
+            if not isinstance(layer, T.Spline):
+                last = layer.upper_spline.nn.layers[-1]
+                last.weight.zero_()
+                last.bias.copy_(identity_values(self.latent_dim - layer.split_dim))
+
+    def transforms(self) -> list[dist.transforms.Transform]:
+        """The chain :math:`f` from base noise to latent code."""
+        out: list[dist.transforms.Transform] = []
+        for layer in self.layers:
+            out.append(layer)
+            if self.latent_dim > 1:
+                out.append(T.Permute(self._reverse))
+        return out
+
+    def forward(self):
+        base = dist.Normal(self._origin, torch.ones_like(self._origin)).to_event(1)
+        return dist.TransformedDistribution(base, self.transforms())
+
+    @torch.no_grad()
+    def _marginal_draws(self) -> torch.Tensor:
+        # A private generator: reporting marginals must not move the global random stream.
+        g = torch.Generator().manual_seed(0)
+        z = torch.randn(self.marginal_draws, self.latent_dim, generator=g).to(self._origin)
+        for t in self.transforms():
+            z = t(z)
+        return z
+
+    def marginal_log_prob(self, z):
+        draws = self._marginal_draws()  # (M, L)
+        m = draws.shape[0]
+        # Half of Silverman's rule of thumb, per coordinate: a flow's marginals are often
+        # multimodal, which the full rule over-smooths.
+        bandwidth = 0.53 * draws.std(0).clamp_min(1e-6) * m ** (-0.2)
+        flat = z.reshape(-1, self.latent_dim)
+        rows = max(1, (1 << 22) // (m * self.latent_dim))
+        parts = []
+        for chunk in flat.split(rows):
+            log_k = dist.Normal(draws, bandwidth).log_prob(chunk.unsqueeze(-2))  # (rows, M, L)
+            parts.append(torch.logsumexp(log_k, dim=-2) - math.log(m))
+        return torch.cat(parts).reshape(z.shape)

@@ -114,6 +114,9 @@ def _expected(name: str, lik, params: torch.Tensor) -> td.Distribution:
     if name == "gaussian_fixed":
         loc = params[..., 0, :]
         return td.Normal(loc, torch.full_like(loc, lik.scale))
+    if name == "gaussian_optimal":  # outside training: the running noise level
+        loc = params[..., 0, :]
+        return td.Normal(loc, lik.running_variance.sqrt().expand_as(loc))
     if name == "bernoulli":
         # validate_args=False: with strict=False the data are grey levels.
         return td.Bernoulli(logits=params[..., 0, :], validate_args=False)
@@ -418,6 +421,7 @@ SPEC_OPTIONS = {
     "gaussian": {"min_scale": 0.02},
     "gaussian_shared": {"init_scale": 2.0, "min_scale": 0.01},
     "gaussian_fixed": {"scale": 0.3},
+    "gaussian_optimal": {"min_log_scale": -4.0, "momentum": 0.5},
     "bernoulli": {"strict": False},
     "beta": {"min_concentration": 0.1},
     "laplace": {"min_scale": 0.05},
@@ -456,6 +460,9 @@ def test_spec_round_trips(name, custom):
         ("gaussian_fixed", {"scale": -1.0}),
         ("gaussian_fixed", {"scale": 0.0}),
         ("gaussian_shared", {"min_scale": 0.0}),
+        ("gaussian_optimal", {"momentum": 0.0}),
+        ("gaussian_optimal", {"momentum": 1.5}),
+        ("gaussian_optimal", {"min_log_scale": float("inf")}),
         ("gaussian_shared", {"init_scale": 0.5, "min_scale": 1.0}),
         ("beta", {"min_concentration": 0.0}),
         ("laplace", {"min_scale": 0.0}),
@@ -550,3 +557,48 @@ def test_vae_check_data_rejects_outside_support():
     vae = pyro_vae.VAE(input_dim=3, latent_dim=2, hidden=(8,), likelihood="bernoulli")
     with pytest.raises(ValueError, match="continuous_bernoulli"):
         vae.check_data(torch.tensor([[0.0, 0.5, 1.0]]))
+
+
+# --------------------------------------------------------------------------- gaussian_optimal
+
+
+def test_gaussian_optimal_scale_is_the_batch_rmse_and_a_constant():
+    lik = make("gaussian_optimal")
+    lik.train()
+    loc = torch.randn(2, 8, INPUT_DIM, requires_grad=True)  # (particles, batch, D)
+    x = 3.0 * torch.randn(8, INPUT_DIM)
+    d = lik.observation(loc.unsqueeze(-2), x)
+    rmse = ((x - loc.detach()) ** 2).mean().sqrt()
+    torch.testing.assert_close(d.scale, rmse.expand(2, 8, INPUT_DIM))
+    # sigma* is held constant: the gradient is that of a fixed-sigma Gaussian.
+    d.log_prob(x).sum().backward()
+    torch.testing.assert_close(loc.grad, ((x - loc) / rmse**2).detach())
+    # ... and it is the maximum-likelihood scale: nudging it either way lowers the log-likelihood.
+    for factor in (0.9, 1.1):
+        other = td.Normal(loc.detach(), factor * rmse).log_prob(x).sum()
+        assert other < td.Normal(loc.detach(), rmse).log_prob(x).sum()
+
+
+def test_gaussian_optimal_floor_and_running_scale_for_evaluation():
+    lik = make("gaussian_optimal", min_log_scale=-3.0, momentum=0.5)
+    lik.train()
+    x = torch.randn(5, INPUT_DIM)
+    d = lik.observation(x.unsqueeze(-2), x)  # perfect reconstruction: sigma* = 0, floored
+    torch.testing.assert_close(d.scale, torch.full_like(x, math.exp(-3.0)))
+    lik.running_variance.fill_(1.0)
+    loc = torch.zeros(5, INPUT_DIM)
+    lik.observation(loc.unsqueeze(-2), 2.0 * torch.ones(5, INPUT_DIM))  # batch variance 4
+    torch.testing.assert_close(lik.running_variance, torch.tensor(2.5))  # 1 + 0.5 * (4 - 1)
+    # Outside training, the observed batch does not set the scale: the running value does.
+    lik.eval()
+    d = lik.observation(loc.unsqueeze(-2), 100.0 * torch.ones(5, INPUT_DIM))
+    torch.testing.assert_close(d.scale, torch.full_like(loc, math.sqrt(2.5)))
+    torch.testing.assert_close(lik.running_variance, torch.tensor(2.5))
+
+
+def test_gaussian_optimal_running_scale_is_saved_with_the_model(tmp_path):
+    vae = pyro_vae.VAE(INPUT_DIM, 2, hidden=(8,), likelihood="gaussian_optimal")
+    vae.likelihood.running_variance.fill_(0.37)
+    vae.save(tmp_path / "m")
+    again = pyro_vae.VAE.load(tmp_path / "m")
+    torch.testing.assert_close(again.likelihood.running_variance, torch.tensor(0.37))
