@@ -1,6 +1,7 @@
 """The examples run from a fresh install (short settings)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -9,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def load(path: Path):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -17,3 +19,19 @@ def test_quickstart_example_runs():
     metrics = load(ROOT / "examples" / "quickstart.py").main(epochs=3)
     assert metrics["num_points"] == 270 and metrics["elbo"] <= metrics["log_likelihood"] + 1.0
     assert 0 < metrics["bits_per_dim"] < 8
+
+
+def test_kl_weighting_example_writes_the_page_its_figures_and_results(tmp_path):
+    results = load(ROOT / "examples" / "kl_weighting.py").main(["--quick", "--out", str(tmp_path)])
+    page = (tmp_path / "kl_weighting.md").read_text()
+    for name in ("averaged_vs_summed.png", "warmup.png", "results.json"):
+        assert (tmp_path / "kl_weighting" / name).stat().st_size > 0, name
+        assert f"kl_weighting/{name}" in page, name
+    assert "nan" not in page.lower()
+    # The identities hold to float precision even in a smoke run.
+    assert max(r["abs_diff"] for r in results["beta"]["identity"]) < 1e-3
+    assert max(r["grad_relative_difference"] for r in results["lambda"]["rows"]) < 1e-4
+    assert results["averaging"]["identity"]["abs_diff"] < 1e-3
+    for t in results["priors"]["terms"]:
+        assert abs(t["difference"] - t["predicted_difference"]) < 1e-4
+    assert f"{results['lambda']['rows'][0]['sigma']:.4g}" in page
