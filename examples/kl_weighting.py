@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -620,18 +622,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--quick", action="store_true", help="tiny budgets; numbers meaningless")
     parser.add_argument("--out", type=Path, default=None, help="folder for the page (default docs/)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     args = parser.parse_args(argv)
     out = args.out or (ROOT / "docs")
     out.mkdir(parents=True, exist_ok=True)
     if not args.quick and args.out is None:
         log(f"writing {out / PAGE} and {out / FIGURES}/")
     budget = Budget.for_run(args.quick)
-    set_threads()
+    set_threads(args.threads)
     start = time.perf_counter()
     digits = pyro_vae.data.load_digits(dequantize=True)
     table_data = make_table(600 if args.quick else 3000)
     results: dict[str, Any] = {
-        "command": "python examples/kl_weighting.py" + (" --quick" if args.quick else ""),
+        "command": shlex.join(
+            ["python", "examples/kl_weighting.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{available_cpus()} CPU cores, torch {torch.__version__}",
         "budget": {**budget.__dict__, "hidden": list(budget.hidden)},
