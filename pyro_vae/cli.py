@@ -1,4 +1,4 @@
-"""Command line: ``pyro-vae train`` and ``pyro-vae evaluate``."""
+"""Command line: ``pyro-vae train``, ``pyro-vae evaluate`` and ``pyro-vae compare``."""
 
 from __future__ import annotations
 
@@ -74,6 +74,24 @@ def _json_object(text: str) -> dict:
     return value
 
 
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated prior names, got {text!r}")
+    return names
+
+
+def _scales(text: str) -> list[float]:
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [float(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--normal-scales takes comma-separated numbers like 0.5,2,5, got {text!r}"
+        ) from None
+
+
 def _patience(text: str) -> int | None:
     value = int(text)
     return None if value <= 0 else value
@@ -99,7 +117,47 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--nproc", type=int, help="train in N processes on this machine (DDP, launched with torchrun)"
     )
-    g = t.add_argument_group("data")
+    add_run_flags(t)
+
+    c = sub.add_parser(
+        "compare",
+        help="train the same VAE under every prior and compare them",
+        description="Train the same VAE (data, seed, networks, budget) under each prior; write "
+        "comparison.md/.csv/.json, figures and one run directory per prior.",
+    )
+    c.add_argument("--config", type=Path, help="a run config JSON (or a run directory) to start from")
+    c.add_argument(
+        "--out", type=Path, default=Path("runs/compare"), help="output directory (default runs/compare)"
+    )
+    c.add_argument(
+        "--priors",
+        type=_names,
+        help=f"comma-separated prior names (default: every registered prior: {','.join(priors.names())})",
+    )
+    c.add_argument(
+        "--normal-scales",
+        type=_scales,
+        help="scales at which the prior 'normal' runs, e.g. 0.5,2,5 (the default); 'none': its default scale",
+    )
+    c.add_argument(
+        "--quick", action="store_true", help="a smoke run: 10 epochs, hidden 64, 100 importance samples"
+    )
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_flags(c, with_prior=False)
+
+    e = sub.add_parser("evaluate", help="re-evaluate a saved run", description="Re-evaluate a saved run.")
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--num-samples", type=int)
+    e.add_argument("--split", choices=["train", "valid", "test"])
+    e.add_argument("--data-dir")
+    e.add_argument("--output", type=Path, help="also write the metrics as JSON here")
+    e.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def add_run_flags(parser: argparse.ArgumentParser, with_prior: bool = True) -> None:
+    """The data, model, training and evaluation flags of a run (``TRAIN_FLAGS``)."""
+    g = parser.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, help="default digits (bundled)")
     g.add_argument("--data-dir", help="folder with the MNIST .npz files (default $PYRO_VAE_DATA)")
     g.add_argument("--data-path", help="file for --dataset csv or npy")
@@ -108,15 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--dequantize", action=argparse.BooleanOptionalAction, help="uniform dequantization of grey levels"
     )
     g.add_argument("--standardize", action=argparse.BooleanOptionalAction, help="per-feature standardization")
-    g = t.add_argument_group("model")
+    g = parser.add_argument_group("model")
     g.add_argument("--latent-dim", type=int)
     g.add_argument("--hidden", type=_hidden, help="widths, e.g. 256,256; 'linear' for none")
     g.add_argument("--likelihood", choices=["auto", *likelihoods.names()])
     g.add_argument("--likelihood-options", type=_json_object, help="JSON, e.g. '{\"min_scale\": 0.01}'")
-    g.add_argument("--prior", choices=priors.names())
-    g.add_argument("--prior-options", type=_json_object, help="JSON, e.g. '{\"num_components\": 20}'")
+    if with_prior:
+        g.add_argument("--prior", choices=priors.names())
+        g.add_argument("--prior-options", type=_json_object, help="JSON, e.g. '{\"num_components\": 20}'")
     g.add_argument("--activation", choices=sorted(ACTIVATIONS))
-    g = t.add_argument_group("training")
+    g = parser.add_argument_group("training")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
@@ -130,29 +189,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-threads", type=int)
     g.add_argument("--max-minutes", type=float, help="stop training after the epoch that spends this budget")
     g.add_argument("--ddp-timeout", type=float, help="seconds a process waits for the others (default 120)")
-    g = t.add_argument_group("evaluation")
+    g = parser.add_argument_group("evaluation")
     g.add_argument("--eval-samples", type=int, help="importance samples for log p(x) (default 1000)")
     g.add_argument("--eval-split", choices=["train", "valid", "test"])
 
-    e = sub.add_parser("evaluate", help="re-evaluate a saved run", description="Re-evaluate a saved run.")
-    e.add_argument("run_dir", type=Path)
-    e.add_argument("--num-samples", type=int)
-    e.add_argument("--split", choices=["train", "valid", "test"])
-    e.add_argument("--data-dir")
-    e.add_argument("--output", type=Path, help="also write the metrics as JSON here")
-    e.add_argument("--no-progress", action="store_true")
-    return parser
-
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run config of ``train`` or ``compare``: a config file or the defaults, then the flags."""
     if args.config:
         cfg = RunConfig.from_json(args.config)
-    elif args.resume:
+    elif getattr(args, "resume", False):
         cfg = RunConfig.from_json(args.out)
+    elif args.command == "compare":
+        from pyro_vae.compare import default_config
+
+        cfg = default_config()
     else:
         cfg = RunConfig()
+    if getattr(args, "quick", False):
+        from pyro_vae.compare import make_quick
+
+        make_quick(cfg)
     for flag, (section, name) in TRAIN_FLAGS.items():
-        value = getattr(args, flag)
+        value = getattr(args, flag, None)  # compare has no --prior flags
         if value is not None:
             setattr(getattr(cfg, section), name, value)
     return cfg
@@ -187,6 +246,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             train_run(config_from_args(args), args.out, progress=not args.no_progress, resume=args.resume)
+        elif args.command == "compare":
+            if launched_by_torchrun():
+                raise ValueError(
+                    "compare trains the priors one after another in one process: run it without torchrun"
+                )
+            failed = _compare(args)
+            ok = True
+            return 1 if failed else 0
         else:
             metrics = evaluate_run(
                 args.run_dir,
@@ -210,6 +277,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         distributed.shutdown(barrier=ok)  # after a failure the others may be gone
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Run ``pyro-vae compare``; returns how many priors failed (the others are reported all the same)."""
+    from pyro_vae.compare import compare_priors
+
+    result = compare_priors(
+        config_from_args(args),
+        args.priors,
+        args.out,
+        normal_scales=args.normal_scales,
+        progress=not args.no_progress,
+    )
+    for r in result.failed:
+        print(f"pyro-vae: prior {r.entry.label} failed: {r.error}", file=sys.stderr)
+    return len(result.failed)
 
 
 def console_main() -> None:

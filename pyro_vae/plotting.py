@@ -82,8 +82,7 @@ def plot_samples(
     if image_shape is not None:
         fig = Figure(figsize=(5, 5), layout="constrained")
         ax = fig.subplots()
-        ax.imshow(_grid(s, image_shape, rows=int(np.sqrt(len(s)))), cmap="gray")
-        ax.axis("off")
+        draw_image_grid(ax, s, image_shape)
         ax.set_title("samples from the model (decoder mean at z ~ prior)")
         return fig
     k = min(6, s.shape[1])
@@ -99,23 +98,41 @@ def plot_samples(
     return fig
 
 
-def plot_latent(means: torch.Tensor, labels: torch.Tensor | None = None) -> Figure:
-    """Posterior means in 2-D (the first two principal components when latent_dim > 2)."""
-    m = means.cpu().numpy()
-    title = "posterior means"
+def project_2d(means: torch.Tensor) -> tuple[np.ndarray, str]:
+    """Codes as 2-D points, with a note on how they were drawn ("" when they are 2-D already).
+
+    More than two dimensions: the first two principal components; one: a line at height 0.
+    """
+    m = means.detach().cpu().numpy()
     if m.shape[1] > 2:
         centred = m - m.mean(0)
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        m = centred @ vt[:2].T
-        title += " (first two principal components)"
-    elif m.shape[1] == 1:
-        m = np.column_stack([m[:, 0], np.zeros(len(m))])
+        return centred @ vt[:2].T, "first two principal components"
+    if m.shape[1] == 1:
+        return np.column_stack([m[:, 0], np.zeros(len(m))]), "one dimension"
+    return m, ""
+
+
+def draw_image_grid(ax, images: np.ndarray, image_shape: Sequence[int]) -> None:
+    """Images ``(n, h * w)`` as one square-ish grey-level grid on ``ax``."""
+    ax.imshow(_grid(images, image_shape, rows=int(np.sqrt(len(images)))), cmap="gray")
+    ax.axis("off")
+
+
+def draw_latent(ax, points: np.ndarray, labels: torch.Tensor | None = None, size: float = 6):
+    """A scatter of 2-D codes, coloured by label when there are labels; returns the artist."""
+    if labels is None:
+        return ax.scatter(points[:, 0], points[:, 1], s=size)
+    return ax.scatter(points[:, 0], points[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=size)
+
+
+def plot_latent(means: torch.Tensor, labels: torch.Tensor | None = None) -> Figure:
+    """Posterior means in 2-D (the first two principal components when latent_dim > 2)."""
+    points, note = project_2d(means)
     fig = Figure(figsize=(5.5, 5), layout="constrained")
     ax = fig.subplots()
+    sc = draw_latent(ax, points, labels)
     if labels is not None:
-        sc = ax.scatter(m[:, 0], m[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=6)
         fig.colorbar(sc, ax=ax, label="label")
-    else:
-        ax.scatter(m[:, 0], m[:, 1], s=6)
-    ax.set_title(title)
+    ax.set_title("posterior means" + (f" ({note})" if note else ""))
     return fig

@@ -35,3 +35,14 @@ def test_kl_weighting_example_writes_the_page_its_figures_and_results(tmp_path):
     for t in results["priors"]["terms"]:
         assert abs(t["difference"] - t["predicted_difference"]) < 1e-4
     assert f"{results['lambda']['rows'][0]['sigma']:.4g}" in page
+
+
+def test_compare_priors_example_runs_quick(tmp_path):
+    out = tmp_path / "compare"
+    argv = ["--quick", "--out", str(out), "--priors", "standard_normal,vamp,normal", "--normal-scales", "2"]
+    argv += ["--num-threads", "1"]
+    result = load(ROOT / "examples" / "compare_priors.py").main(argv)
+    assert [r.entry.label for r in result.results] == ["standard_normal", "vamp", "normal(scale=2)"]
+    assert not result.failed and (out / "comparison.md").is_file() and (out / "samples.png").is_file()
+    for row in result.rows:
+        assert row["epochs"] == 10 and row["elbo"] <= row["log_likelihood"] + 0.5

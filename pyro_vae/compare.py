@@ -1,0 +1,740 @@
+r"""Prior comparison: the same VAE trained under each prior, side by side.
+
+:func:`compare_priors` trains one run per prior with :func:`~pyro_vae.run.train_run`
+(same data split, seed, networks, likelihood and training budget; only ``model.prior``
+differs), keeps every run under ``OUT/runs/<name>/`` (each repeatable from its
+``config.json``) and writes to ``OUT``:
+
+* ``comparison.md``, ``comparison.csv``, ``comparison.json``: one row per prior with the
+  importance-sampled log p(x), ELBO, KL, reconstruction, active units and training time
+  (the JSON adds the seed, the budget and the base config);
+* ``samples.png``: decoder means at prior draws, one panel per prior;
+* ``latent_means.png``: posterior means of the test set coloured by label;
+* ``kl_per_dim.png``: KL per latent dimension, per prior;
+* ``prior_vs_aggregate_posterior.png`` (2-D latents only): the prior's log density beside
+  that of the aggregate posterior :math:`\frac1N\sum_n q(z \mid x_n)`, on one grid.
+
+A prior whose run fails (for example :class:`~pyro_vae.training.TrainingDiverged`) gets a
+row with its error and the others go on. The tables are rewritten after every prior, so
+an interrupted comparison keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro.distributions as dist
+import torch
+from matplotlib.figure import Figure
+
+from pyro_vae import plotting
+from pyro_vae import priors as prior_registry
+from pyro_vae.config import RunConfig
+from pyro_vae.data import DataSplits
+from pyro_vae.model import VAE
+from pyro_vae.objectives import BetaSchedule, make_elbo
+from pyro_vae.run import build_vae, load_data, train_run
+from pyro_vae.training import fit
+from pyro_vae.utils import atomic_write_text, positive, positive_int
+
+DEFAULT_NORMAL_SCALES = (0.5, 2.0, 5.0)
+TABLES = ("comparison.md", "comparison.csv", "comparison.json")
+FIGURES = ("samples.png", "latent_means.png", "kl_per_dim.png", "prior_vs_aggregate_posterior.png")
+COLUMNS = (
+    "prior",
+    "name",
+    "options",
+    "log_likelihood",
+    "log_likelihood_se",
+    "elbo",
+    "kl",
+    "reconstruction",
+    "gap",
+    "active_units",
+    "latent_dim",
+    "bits_per_dim",
+    "epochs",
+    "best_epoch",
+    "stopped_early",
+    "train_seconds",
+    "run_seconds",
+    "run_dir",
+    "error",
+)
+GRID_POINTS = 120  # per axis of the density figure
+LOG_DENSITY_RANGE = 10.0  # nats of log density that the density figure's colours span
+
+
+def default_config(quick: bool = False) -> RunConfig:
+    """The comparison's defaults: bundled digits, a 2-D latent, a budget of a few minutes for all priors.
+
+    A 2-D latent shows the codes without projection and allows the density figure.
+    ``quick=True`` is a smoke run (see :func:`make_quick`).
+    """
+    cfg = RunConfig()
+    cfg.model.latent_dim = 2
+    cfg.train.epochs = 200
+    cfg.train.patience = 50
+    return make_quick(cfg) if quick else cfg
+
+
+def make_quick(cfg: RunConfig) -> RunConfig:
+    """Shrink ``cfg`` in place to a smoke run of a second or two per prior on digits."""
+    cfg.model.hidden = [64]
+    cfg.train.epochs = 10
+    cfg.train.patience = None
+    cfg.eval.num_samples = 100
+    return cfg
+
+
+@dataclass(frozen=True)
+class PriorEntry:
+    """One column of the comparison: a prior spec, its label in tables and its run directory name."""
+
+    label: str
+    slug: str
+    spec: dict[str, Any]
+
+
+def _format_value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _entry(name: str, options: dict[str, Any]) -> PriorEntry:
+    if not options:
+        return PriorEntry(name, name, {"name": name, "options": {}})
+    label = f"{name}({', '.join(f'{k}={_format_value(v)}' for k, v in options.items())})"
+    slug = name + "_" + "_".join(f"{k}{_format_value(v)}" for k, v in options.items())
+    return PriorEntry(label, re.sub(r"[^A-Za-z0-9._-]+", "-", slug), {"name": name, "options": dict(options)})
+
+
+def resolve_priors(
+    priors: Sequence[str | dict[str, Any]] | None = None, normal_scales: Sequence[float] | None = None
+) -> list[PriorEntry]:
+    """The priors to compare, validated; the bare name ``normal`` becomes one entry per scale.
+
+    ``priors`` holds registered names or ``{"name", "options"}`` specs (default: every
+    registered prior). ``normal_scales`` defaults to :data:`DEFAULT_NORMAL_SCALES`; an
+    empty list runs ``normal`` with its default options.
+    """
+    names = prior_registry.names()
+    if priors is None:
+        priors = names
+    if isinstance(priors, str):
+        raise TypeError("priors must be a list of prior names or specs, not one string")
+    if len(priors) == 0:
+        raise ValueError(f"no priors to compare; choose from: {', '.join(names)}")
+    scales = DEFAULT_NORMAL_SCALES if normal_scales is None else tuple(normal_scales)
+    for s in scales:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not (s > 0 and math.isfinite(s)):
+            raise ValueError(f"normal scales must be positive finite numbers, got {s!r}")
+    if len(set(scales)) != len(scales):
+        raise ValueError(f"normal scales listed twice: {list(scales)}")
+    if normal_scales and "normal" not in priors:
+        raise ValueError("normal scales were given but 'normal' is not among the priors to compare")
+    entries: list[PriorEntry] = []
+    for item in priors:
+        if isinstance(item, str):
+            prior_registry.REGISTRY.get(item)  # an unknown name lists the registered ones
+            if item == "normal" and scales:
+                entries += [_entry("normal", {"scale": float(s)}) for s in scales]
+            else:
+                entries.append(_entry(item, {}))
+        elif isinstance(item, dict):
+            spec = prior_registry.create(item).spec()  # validates the name and the options
+            entries.append(_entry(spec["name"], item.get("options", {})))
+        else:
+            raise TypeError(f"a prior must be a name or a {{'name', 'options'}} dict, got {item!r}")
+    for e in entries:
+        try:
+            prior_registry.create(e.spec)  # bad option values fail here, before any training
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"prior {e.label}: {err}") from None
+    seen: set[str] = set()
+    for e in entries:
+        if e.slug in seen:
+            raise ValueError(f"prior {e.label} is listed twice")
+        seen.add(e.slug)
+    return entries
+
+
+@dataclass
+class PriorResult:
+    """One prior's run: its metrics (``None`` if it failed) or its error."""
+
+    entry: PriorEntry
+    run_dir: Path
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+    wall_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def row(self, latent_dim: int) -> dict[str, Any]:
+        m = self.metrics or {}
+        training = m.get("training", {})
+        row = {
+            "prior": self.entry.label,
+            "name": self.entry.spec["name"],
+            "options": self.entry.spec["options"],
+            "log_likelihood": m.get("log_likelihood"),
+            "log_likelihood_se": m.get("log_likelihood_se"),
+            "elbo": m.get("elbo"),
+            "kl": m.get("kl"),
+            "reconstruction": m.get("reconstruction"),
+            "gap": m["log_likelihood"] - m["elbo"] if m else None,
+            "active_units": m.get("active_units"),
+            "latent_dim": latent_dim,
+            "bits_per_dim": m.get("bits_per_dim"),
+            "epochs": training.get("epochs"),
+            "best_epoch": training.get("best_epoch"),
+            "stopped_early": training.get("stopped_early"),
+            "train_seconds": training.get("seconds"),
+            "run_seconds": self.wall_seconds,  # training, evaluation and the run's figures
+            "run_dir": str(self.run_dir),
+            "error": self.error,
+        }
+        # JSON has no NaN: a missing number is null in JSON and empty in CSV.
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
+@dataclass
+class ComparisonResult:
+    """What :func:`compare_priors` did: per-prior results and the files it wrote."""
+
+    out_dir: Path
+    config: RunConfig
+    results: list[PriorResult]
+    summary: dict[str, Any]
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [r.row(self.config.model.latent_dim) for r in self.results]
+
+    @property
+    def failed(self) -> list[PriorResult]:
+        return [r for r in self.results if not r.ok]
+
+    def markdown(self) -> str:
+        return comparison_markdown(self.rows, self.summary, self.summary.get("figures", []))
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    pass
+
+
+def _check_shared_settings(cfg: RunConfig, splits: DataSplits, first: PriorEntry) -> str:
+    """Fail before the first run on settings every run shares; returns the likelihood's name and why."""
+    t, e = cfg.train, cfg.eval
+    positive_int("epochs", t.epochs)
+    positive_int("batch_size", t.batch_size)
+    positive("lr", t.lr)
+    if t.patience is not None:
+        positive_int("patience", t.patience)
+    make_elbo(t.loss, t.num_particles)
+    BetaSchedule(end=t.beta, warmup_epochs=t.warmup_epochs)
+    positive_int("eval num_samples", e.num_samples)
+    splits.split(e.split)
+    probe = copy.deepcopy(cfg)
+    probe.model.prior, probe.model.prior_options = first.spec["name"], first.spec["options"]
+    vae = build_vae(probe, splits.num_features)  # latent size, widths, likelihood, activation
+    name, reason = vae.resolve_likelihood(splits.train)
+    vae.check_data(splits.train)
+    # One throw-away step: the first training in a process pays one-off start-up costs
+    # (about a second), which would otherwise count against the first prior's training time.
+    fit(
+        vae,
+        splits.train[: min(64, len(splits.train))],
+        epochs=1,
+        batch_size=64,
+        loss=t.loss,
+        num_particles=t.num_particles,
+        device=t.device,
+        progress=False,
+        num_threads=t.num_threads,
+    )
+    return name + (f" (auto: {reason})" if reason else "")
+
+
+def compare_priors(
+    base_config: RunConfig,
+    priors: Sequence[str | dict[str, Any]] | None = None,
+    out_dir: str | Path = "runs/compare",
+    *,
+    normal_scales: Sequence[float] | None = None,
+    progress: bool = True,
+    echo: Callable[..., None] = print,
+) -> ComparisonResult:
+    """Train ``base_config`` once per prior and write the comparison's tables and figures to ``out_dir``.
+
+    Args:
+        base_config: data, networks, likelihood, training budget, seed and evaluation shared by
+            every run; its ``model.prior`` and ``model.prior_options`` are replaced per run.
+        priors: registered names or ``{"name", "options"}`` specs (default: every
+            registered prior, so newly registered ones join automatically).
+        out_dir: where ``comparison.{md,csv,json}``, the figures and ``runs/<prior>/`` go.
+            A rerun replaces the run directories of the priors it trains.
+        normal_scales: the scales at which the bare name ``normal`` runs (default 0.5, 2, 5).
+        progress: progress bars while training and evaluating.
+        echo: receives one line per prior and the final table.
+
+    Returns:
+        a :class:`ComparisonResult`; failed priors are in ``result.failed`` with their errors.
+    """
+    start = time.perf_counter()
+    entries = resolve_priors(priors, normal_scales)
+    out = Path(out_dir)
+    splits = load_data(base_config)
+    likelihood = _check_shared_settings(base_config, splits, entries[0])
+    summary = _summary(base_config, splits, likelihood, entries)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(exist_ok=True)
+    t = base_config.train
+    echo(f"compare {len(entries)} priors on {splits.summary()}")
+    echo(
+        f"        likelihood {likelihood}; latent {base_config.model.latent_dim}, hidden "
+        f"{list(base_config.model.hidden)}; seed {t.seed}; {_budget_text(base_config)}"
+    )
+    result = ComparisonResult(out, base_config, [], summary)
+    views: list[_Views | None] = []
+    width = max(len(e.label) for e in entries)
+    for i, entry in enumerate(entries, 1):
+        cfg = copy.deepcopy(base_config)
+        cfg.model.prior, cfg.model.prior_options = entry.spec["name"], dict(entry.spec["options"])
+        run_dir = out / "runs" / entry.slug
+        if run_dir.is_dir():
+            shutil.rmtree(run_dir)  # no stale metrics or figures from an earlier comparison
+        pr = PriorResult(entry, run_dir)
+        t0 = time.perf_counter()
+        try:
+            pr.metrics = train_run(cfg, run_dir, progress=progress, echo=_silent)
+        except Exception as err:  # one prior's failure must not cost the others
+            pr.error = f"{type(err).__name__}: {err}"
+        pr.wall_seconds = time.perf_counter() - t0
+        result.results.append(pr)
+        view = None
+        if pr.ok:
+            try:
+                view = _views(run_dir, splits, cfg.train.seed, pr.metrics.get("kl_per_dim"))
+            except Exception as err:  # keep the metrics even if a figure cannot be drawn
+                pr.error = f"figures: {type(err).__name__}: {err}"
+        views.append(view)
+        echo(
+            f"[{i}/{len(entries)}] {entry.label:<{width}}  {_progress_text(pr, base_config.model.latent_dim)}"
+        )
+        _write_tables(result)
+    figures = _write_figures(out, result, views, splits)
+    result.files = [*TABLES, *figures]
+    result.seconds = time.perf_counter() - start
+    summary.update(complete=True, total_seconds=result.seconds, figures=figures)
+    _write_tables(result)
+    echo("")
+    echo(_markdown_table(result.rows, summary))
+    echo(f"wrote   {out}/: {' '.join(result.files)} runs/ ({result.seconds:.0f} s in all)")
+    return result
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _budget_text(cfg: RunConfig) -> str:
+    t = cfg.train
+    text = f"at most {t.epochs} epoch" + ("s" if t.epochs != 1 else "")
+    text += f" (early stopping, patience {t.patience})" if t.patience else ""
+    text += f", {t.max_minutes:g} min each" if t.max_minutes is not None else ""
+    text += f", batch {t.batch_size}, lr {t.lr:g}, loss {t.loss}"
+    text += f" x{t.num_particles}" if t.num_particles != 1 else ""
+    text += f", beta {t.beta:g}" if t.beta != 1 or t.warmup_epochs else ""
+    text += f" (warm-up {t.warmup_epochs:g} epochs)" if t.warmup_epochs else ""
+    return text + f"; {cfg.eval.split} log p(x) with K={cfg.eval.num_samples}"
+
+
+def _progress_text(pr: PriorResult, latent_dim: int) -> str:
+    if pr.metrics is None:
+        return f"failed after {pr.wall_seconds:.1f} s: {pr.error}"
+    m, tr = pr.metrics, pr.metrics["training"]
+    text = (
+        f"log p(x) {m['log_likelihood']:8.2f}  ELBO {m['elbo']:8.2f}  KL {m['kl']:6.2f}  "
+        f"active {m['active_units']}/{latent_dim}  {tr['epochs']} epochs, {tr['seconds']:.1f} s"
+    )
+    return text + (f"  ({pr.error})" if pr.error else "")
+
+
+def _summary(
+    cfg: RunConfig, splits: DataSplits, likelihood: str, entries: list[PriorEntry]
+) -> dict[str, Any]:
+    from pyro_vae import __version__
+
+    t = cfg.train
+    return {
+        "title": f"Prior comparison on {splits.name}",
+        "data": splits.summary(),
+        "dataset": cfg.data.dataset,
+        "data_seed": cfg.data.seed,
+        "seed": t.seed,
+        "likelihood": likelihood,
+        "networks": {
+            "latent_dim": cfg.model.latent_dim,
+            "hidden": list(cfg.model.hidden),
+            "activation": cfg.model.activation,
+        },
+        "budget": {
+            "epochs": t.epochs,
+            "patience": t.patience,
+            "max_minutes": t.max_minutes,
+            "batch_size": t.batch_size,
+            "lr": t.lr,
+            "loss": t.loss,
+            "num_particles": t.num_particles,
+            "beta": t.beta,
+            "warmup_epochs": t.warmup_epochs,
+            "description": _budget_text(cfg),
+        },
+        "evaluation": {"split": cfg.eval.split, "num_samples": cfg.eval.num_samples},
+        "priors": [e.spec for e in entries],
+        "base_config": cfg.to_dict(),
+        "pyro_vae_version": __version__,
+        "complete": False,
+    }
+
+
+# Markdown columns: (header, row key, format); a format of None means the cell is text.
+_MD_COLUMNS = (
+    ("prior", "prior", None),
+    ("log p(x)", "log_likelihood", "{:.2f}"),
+    ("± s.e.", "log_likelihood_se", "{:.2f}"),
+    ("ELBO", "elbo", "{:.2f}"),
+    ("KL", "kl", "{:.2f}"),
+    ("reconstruction", "reconstruction", "{:.2f}"),
+    ("log p(x) − ELBO", "gap", "{:.2f}"),
+    ("active units", "active_units", None),
+    ("bits/dim", "bits_per_dim", "{:.3f}"),
+    ("epochs", "epochs", None),
+    ("best epoch", "best_epoch", None),
+    ("training s", "train_seconds", "{:.1f}"),
+)
+
+
+def _md_cell(row: dict[str, Any], key: str, fmt: str | None) -> str:
+    v = row[key]
+    if v is None:
+        return "—"
+    if key == "active_units":
+        return f"{v}/{row['latent_dim']}"
+    return fmt.format(v) if fmt else str(v).replace("|", "\\|")
+
+
+def _markdown_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    columns = [c for c in _MD_COLUMNS if c[1] != "bits_per_dim" or any(r["bits_per_dim"] for r in rows)]
+    with_errors = any(r["error"] for r in rows)
+    split = summary["evaluation"]["split"]
+    headers = [f"{split} {h}" if k == "log_likelihood" else h for h, k, _ in columns]
+    lines = ["| " + " | ".join(headers + ["error"] * with_errors) + " |"]
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(columns) - 1) + ["---"] * with_errors) + "|")
+    scored = [r["log_likelihood"] for r in rows if r["log_likelihood"] is not None]
+    best = max(scored) if scored else None
+    for r in rows:
+        cells = [_md_cell(r, k, f) for _, k, f in columns]
+        if best is not None and r["log_likelihood"] == best:
+            cells[1] = f"**{cells[1]}**"
+        if with_errors:
+            # the first sentence is enough here; the CSV and JSON keep the whole message
+            cells.append((r["error"] or "").split(". ")[0].replace("|", "\\|").replace("\n", " "))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], figures: Sequence[str]) -> str:
+    """``comparison.md``: the settings, the table (best log p(x) in bold) and the figures."""
+    n = summary["evaluation"]["num_samples"]
+    nets = summary["networks"]
+    text = [
+        f"# {summary['title']}",
+        "",
+        f"Data: {summary['data']} (split seed {summary['data_seed']}). Likelihood {summary['likelihood']}; "
+        f"latent {nets['latent_dim']}, hidden {nets['hidden']}, {nets['activation']}; seed {summary['seed']}; "
+        f"{summary['budget']['description']}.",
+        "",
+        f"Nats per data point. log p(x) is importance sampled with K = {n} (± its standard error over "
+        "data points); ELBO = reconstruction − KL; log p(x) − ELBO estimates the posterior gap "
+        "KL(q(z|x) ‖ p(z|x)). Active units: latent dimensions whose posterior mean varies over "
+        "the data with variance above 0.01.",
+        "",
+        _markdown_table(rows, summary),
+        "",
+    ]
+    if not summary.get("complete"):
+        text += ["*Incomplete: the comparison is still running or was interrupted.*", ""]
+    for name in figures:
+        text += [f"![{name[:-4].replace('_', ' ')}]({name})", ""]
+    return "\n".join(text)
+
+
+def _csv_value(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True)
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def _write_tables(result: ComparisonResult) -> None:
+    rows, out = result.rows, result.out_dir
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _csv_value(r[k]) for k in COLUMNS} for r in rows)
+    atomic_write_text(out / "comparison.csv", buffer.getvalue())
+    payload = {**result.summary, "rows": rows}
+    atomic_write_text(out / "comparison.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    figures = result.summary.get("figures", [])
+    atomic_write_text(out / "comparison.md", comparison_markdown(rows, result.summary, figures))
+
+
+# --------------------------------------------------------------------------- figures
+
+
+@dataclass
+class _Views:
+    """What the figures need from one trained model (the model itself is not kept)."""
+
+    samples: np.ndarray
+    loc: torch.Tensor
+    scale: torch.Tensor
+    kl_per_dim: list[float] | None
+    density: tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]] | None
+
+
+def aggregate_posterior_log_prob(loc: torch.Tensor, scale: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log \frac1N \sum_n \mathcal N(z; \mu_n, \operatorname{diag}\sigma_n^2)` for each row of ``z``.
+
+    ``loc`` and ``scale`` are the posteriors of ``N`` data points, ``(N, L)``; ``z`` is ``(G, L)``.
+    Chunked over ``z`` so that no intermediate exceeds about ``2**22`` numbers.
+    """
+    n, latent_dim = loc.shape
+    chunk = max(1, 2**22 // (n * latent_dim))
+    q = dist.Normal(loc.double(), scale.double())
+    out = [torch.logsumexp(q.log_prob(zc.double()[:, None, :]).sum(-1), 1) for zc in z.split(chunk)]
+    return (torch.cat(out) - math.log(n)).to(z.dtype)
+
+
+def _density_grid(vae: VAE, loc: torch.Tensor, scale: torch.Tensor, seed: int):
+    """Prior and aggregate-posterior log densities on one grid that covers the bulk of both."""
+    g = torch.Generator().manual_seed(seed)
+    reps = max(1, 4000 // loc.shape[0])
+    posterior_draws = (loc + scale * torch.randn(reps, *loc.shape, generator=g)).reshape(-1, 2)
+    prior = vae.prior()
+    try:
+        torch.manual_seed(seed)
+        draws = torch.cat([posterior_draws, prior.sample((4000,)).reshape(-1, 2)])
+    except NotImplementedError:  # a prior without a sampler: the grid follows the posterior alone
+        draws = posterior_draws
+    lo, hi = torch.quantile(draws.double(), torch.tensor([0.005, 0.995], dtype=torch.float64), dim=0)
+    pad = 0.1 * (hi - lo) + 1e-3
+    lo, hi = (lo - pad).tolist(), (hi + pad).tolist()
+    axes = [torch.linspace(lo[d], hi[d], GRID_POINTS) for d in range(2)]
+    z1, z2 = torch.meshgrid(axes[0], axes[1], indexing="xy")  # rows follow z2, columns z1
+    grid = torch.stack([z1.reshape(-1), z2.reshape(-1)], -1)
+    log_prior = prior.log_prob(grid).reshape(GRID_POINTS, GRID_POINTS).numpy()
+    log_aggregate = aggregate_posterior_log_prob(loc, scale, grid).reshape(GRID_POINTS, GRID_POINTS).numpy()
+    return log_prior, log_aggregate, (lo[0], hi[0], lo[1], hi[1])
+
+
+@torch.no_grad()
+def _views(run_dir: Path, splits: DataSplits, seed: int, kl_per_dim: list[float] | None) -> _Views:
+    vae = VAE.load(run_dir)
+    vae.eval()
+    x, _ = splits.split("test")
+    torch.manual_seed(seed)
+    samples = splits.preprocessing.inverse(vae.sample(64 if splits.image_shape else 2000, mean=True))
+    loc, scale = vae.encode(x)
+    density = _density_grid(vae, loc, scale, seed) if vae.latent_dim == 2 else None
+    return _Views(samples.numpy(), loc, scale, kl_per_dim, density)
+
+
+def _panels(n: int, width: float, height: float, max_cols: int = 5):
+    cols = min(n, max_cols)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+    for ax in axes[n:]:
+        ax.axis("off")
+    return fig, axes[:n]
+
+
+def _failed_panel(ax, label: str) -> None:
+    ax.set_title(label, fontsize=9)
+    ax.text(0.5, 0.5, "failed\n(the error is in the table)", ha="center", va="center", fontsize=8)
+    ax.axis("off")
+
+
+def plot_sample_panels(
+    labels: Sequence[str], samples: Sequence[np.ndarray | None], splits: DataSplits
+) -> Figure:
+    """Model samples, one panel per prior: image grids, or the first two features against the data."""
+    fig, axes = _panels(len(labels), 2.6, 2.8)
+    data = splits.preprocessing.inverse(splits.test).numpy()
+    for ax, label, s in zip(axes, labels, samples):
+        if s is None:
+            _failed_panel(ax, label)
+            continue
+        if splits.image_shape is not None:
+            plotting.draw_image_grid(ax, s, splits.image_shape)
+        elif s.shape[1] >= 2:
+            ax.scatter(data[:, 0], data[:, 1], s=3, color="0.7", label="test data")
+            ax.scatter(s[:, 0], s[:, 1], s=3, alpha=0.5, label="model")
+            ax.set_xlabel("feature 0")
+            ax.set_ylabel("feature 1")
+        else:
+            ax.hist(data[:, 0], bins=30, density=True, alpha=0.5, label="test data")
+            ax.hist(s[:, 0], bins=30, density=True, alpha=0.5, label="model")
+        ax.set_title(label, fontsize=9)
+    if splits.image_shape is None:
+        axes[0].legend(fontsize=7)
+    fig.suptitle("samples from each model (decoder mean at z ~ prior)")
+    return fig
+
+
+def plot_latent_panels(
+    labels: Sequence[str], means: Sequence[torch.Tensor | None], classes: torch.Tensor | None
+) -> Figure:
+    """Posterior means of the test set, one panel per prior, coloured by class label."""
+    fig, axes = _panels(len(labels), 2.8, 2.6)
+    note, artist = "", None
+    for ax, label, m in zip(axes, labels, means):
+        if m is None:
+            _failed_panel(ax, label)
+            continue
+        points, note = plotting.project_2d(m)
+        artist = plotting.draw_latent(ax, points, classes, size=3)
+        ax.set_title(label, fontsize=9)
+        if note == "first two principal components":
+            ax.set_xlabel("PC 1", fontsize=8)
+            ax.set_ylabel("PC 2", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if classes is not None and artist is not None:
+        fig.colorbar(artist, ax=list(axes), label="label", shrink=0.8)
+    fig.suptitle("posterior means of the test set" + (f" ({note})" if note else ""))
+    return fig
+
+
+def plot_kl_per_dim(labels: Sequence[str], kl: Sequence[Sequence[float] | None]) -> Figure:
+    """Mean KL(q(z_j|x) || p(z_j)) per latent dimension: grouped bars, or lines for many dimensions."""
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.subplots()
+    shown = [(label, np.asarray(k, dtype=float)) for label, k in zip(labels, kl) if k is not None]
+    latent_dim = len(shown[0][1]) if shown else 0
+    colours = [f"C{i}" for i in range(10)] if len(shown) <= 10 else _many_colours(len(shown))
+    dims = np.arange(latent_dim)
+    if latent_dim <= 10:
+        width = 0.8 / max(len(shown), 1)
+        for i, (label, k) in enumerate(shown):
+            ax.bar(dims + (i - (len(shown) - 1) / 2) * width, k, width, label=label, color=colours[i])
+    else:
+        for i, (label, k) in enumerate(shown):
+            ax.plot(dims, k, marker="o", ms=3, label=label, color=colours[i])
+    ax.set_xticks(dims if latent_dim <= 20 else dims[:: math.ceil(latent_dim / 20)])
+    ax.set_xlabel("latent dimension j")
+    ax.set_ylabel("nats per data point")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(
+        "KL(q(z_j|x) ‖ p(z_j)) per dimension, test mean\n(against the prior's marginals: for non-factorised "
+        "priors these need not add up to the KL)",
+        fontsize=9,
+    )
+    return fig
+
+
+def _many_colours(n: int) -> list:
+    """``n`` distinct colours for more series than the default cycle has."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return [cmap(i % 20) for i in range(n)]
+
+
+def plot_prior_vs_aggregate(labels: Sequence[str], log_densities: Sequence[tuple | None]) -> Figure:
+    """Per prior (one row): the prior's log density and the aggregate posterior's on the same grid.
+
+    Log densities on one colour scale per row, :data:`LOG_DENSITY_RANGE` nats deep: on a linear
+    scale the aggregate posterior of a few hundred narrow posteriors is a handful of peaks.
+    """
+    n = len(labels)
+    fig = Figure(figsize=(7.8, 3.0 * n), layout="constrained")
+    axes = fig.subplots(n, 2, squeeze=False)
+    for (ax_p, ax_q), label, d in zip(axes, labels, log_densities):
+        if d is None:
+            _failed_panel(ax_p, label)
+            ax_q.axis("off")
+            continue
+        log_prior, log_aggregate, extent = d
+        finite = np.concatenate([v[np.isfinite(v)] for v in (log_prior, log_aggregate)])
+        top = float(finite.max()) if finite.size else 0.0
+        for ax, values, title in (
+            (ax_p, log_prior, f"{label}: prior log p(z)"),
+            (ax_q, log_aggregate, "aggregate posterior log (1/N) Σ q(z|x_n)"),
+        ):
+            im = ax.imshow(
+                values,
+                origin="lower",
+                extent=extent,
+                aspect="auto",
+                cmap="viridis",
+                vmin=top - LOG_DENSITY_RANGE,
+                vmax=top,
+            )
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("z1", fontsize=8)
+            ax.set_ylabel("z2", fontsize=8)
+            ax.tick_params(labelsize=7)
+        fig.colorbar(im, ax=[ax_p, ax_q], shrink=0.9, label="log density").ax.tick_params(labelsize=7)
+        if np.isfinite(log_prior).all():
+            # The prior's contours (1%, 10% and 50% of its peak) over the aggregate posterior.
+            levels = log_prior.max() + np.log([0.01, 0.1, 0.5])
+            ax_q.contour(
+                log_prior, levels=levels, extent=extent, colors="white", linewidths=0.6, linestyles="solid"
+            )
+    fig.suptitle("prior beside the aggregate posterior of the test set (white: the prior's contours)")
+    return fig
+
+
+def _save_figure(fig: Figure, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=100, format="png")
+    os.replace(tmp, path)
+
+
+def _write_figures(
+    out: Path, result: ComparisonResult, views: list[_Views | None], splits: DataSplits
+) -> list[str]:
+    labels = [r.entry.label for r in result.results]
+    _, classes = splits.split("test")
+    figures = {
+        "samples.png": plot_sample_panels(labels, [v.samples if v else None for v in views], splits),
+        "latent_means.png": plot_latent_panels(labels, [v.loc if v else None for v in views], classes),
+        "kl_per_dim.png": plot_kl_per_dim(labels, [v.kl_per_dim if v else None for v in views]),
+    }
+    if result.config.model.latent_dim == 2:
+        figures["prior_vs_aggregate_posterior.png"] = plot_prior_vs_aggregate(
+            labels, [v.density if v else None for v in views]
+        )
+    for name, fig in figures.items():
+        _save_figure(fig, out / name)
+    return list(figures)

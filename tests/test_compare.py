@@ -1,0 +1,193 @@
+"""`pyro-vae compare` and `pyro_vae.compare`: one VAE per prior, the tables and the figures."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from pyro_vae import priors
+from pyro_vae.cli import main
+from pyro_vae.compare import (
+    COLUMNS,
+    FIGURES,
+    TABLES,
+    aggregate_posterior_log_prob,
+    compare_priors,
+    default_config,
+    plot_latent_panels,
+    resolve_priors,
+)
+from pyro_vae.config import RunConfig
+from pyro_vae.training import History, TrainingDiverged
+
+TINY = ["--epochs", "2", "--hidden", "16", "--eval-samples", "20", "--num-threads", "1", "--no-progress"]
+
+
+def tiny_config() -> RunConfig:
+    cfg = default_config()
+    cfg.model.hidden = [16]
+    cfg.train.epochs, cfg.train.patience, cfg.train.num_threads = 3, None, 1
+    cfg.eval.num_samples = 50
+    return cfg
+
+
+def markdown_rows(text: str) -> list[dict[str, str]]:
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split(" | ")]
+    return [
+        dict(zip(header, (c.strip().strip("*") for c in line.strip("|").split(" | ")))) for line in lines[1:]
+    ]
+
+
+def check_outputs(out, rows_expected: int) -> tuple[list[dict], dict]:
+    """Every file is there, and the CSV, JSON and Markdown tables say the same."""
+    for name in (*TABLES, *FIGURES):
+        assert (out / name).is_file(), name
+    for name in FIGURES:
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((out / "comparison.json").read_text())
+    rows = report["rows"]
+    assert report["complete"] and len(rows) == rows_expected
+    with (out / "comparison.csv").open() as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [r["prior"] for r in csv_rows] == [r["prior"] for r in rows]
+    assert list(csv_rows[0]) == list(COLUMNS)
+    md_rows = markdown_rows((out / "comparison.md").read_text())
+    assert [r["prior"] for r in md_rows] == [r["prior"] for r in rows]
+    md_columns = {
+        "test log p(x)": "log_likelihood",
+        "ELBO": "elbo",
+        "KL": "kl",
+        "reconstruction": "reconstruction",
+    }
+    for row, c, m in zip(rows, csv_rows, md_rows):
+        for key in ("log_likelihood", "elbo", "kl", "reconstruction", "train_seconds"):
+            if row[key] is None:
+                assert c[key] == ""
+            else:
+                assert float(c[key]) == row[key]
+        for header, key in md_columns.items():
+            if row[key] is None:
+                assert m[header] == "—"
+            else:
+                assert float(m[header]) == pytest.approx(row[key], abs=0.0051)
+        if row["error"] is None:
+            assert m["active units"] == f"{row['active_units']}/{row['latent_dim']}"
+            # the importance-sampled bound is above the ELBO, up to Monte Carlo error
+            assert row["elbo"] <= row["log_likelihood"] + 0.2
+            assert row["reconstruction"] - row["kl"] == pytest.approx(row["elbo"], abs=1e-4)
+            assert (out / "runs" / row["run_dir"].split("/")[-1] / "metrics.json").is_file()
+    return rows, report
+
+
+def test_compare_writes_every_table_and_figure_and_survives_a_failing_prior(tmp_path, monkeypatch, capsys):
+    import pyro_vae.compare as compare
+
+    real_train_run = compare.train_run
+
+    def train_run(cfg, out, **kwargs):
+        if cfg.model.prior == "laplace":
+            raise TrainingDiverged("the loss became nan at epoch 1, step 0; training stopped.", History())
+        return real_train_run(cfg, out, **kwargs)
+
+    monkeypatch.setattr(compare, "train_run", train_run)
+    cfg = tiny_config()
+    out = tmp_path / "cmp"
+    result = compare_priors(
+        cfg, ["standard_normal", "laplace", "mixture", "normal"], out, normal_scales=[2], progress=False
+    )
+    printed = capsys.readouterr().out
+    assert printed.count("] ") >= 4 and "failed" in printed and "| mixture |" in printed
+
+    rows, report = check_outputs(out, 4)
+    assert [r["prior"] for r in rows] == ["standard_normal", "laplace", "mixture", "normal(scale=2)"]
+    assert [r.entry.label for r in result.failed] == ["laplace"]
+    failed = rows[1]
+    assert failed["error"].startswith("TrainingDiverged") and failed["log_likelihood"] is None
+    assert "TrainingDiverged" in (out / "comparison.md").read_text()
+    assert (out / "comparison.md").read_text() == result.markdown()
+    # the same budget, seed and networks for every prior, recorded with the table
+    assert report["seed"] == 0 and report["budget"]["epochs"] == 3 and report["networks"]["hidden"] == [16]
+    assert report["evaluation"] == {"split": "test", "num_samples": 50}
+    assert {r["epochs"] for r in rows if r["error"] is None} == {3}
+    # each run directory repeats its run: the base config with only the prior changed
+    run = RunConfig.from_json(out / "runs" / "normal_scale2")
+    assert run.model.prior == "normal" and run.model.prior_options == {"scale": 2.0}
+    run.model.prior, run.model.prior_options = cfg.model.prior, cfg.model.prior_options
+    assert run.to_dict() == cfg.to_dict()
+    saved = json.loads((out / "runs" / "mixture" / "config.json").read_text())
+    assert saved["model"]["prior"]["name"] == "mixture" and saved["model"]["latent_dim"] == 2
+
+
+def test_cli_compares_every_registered_prior(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    names = priors.names()
+    expected = len(names) - 1 + 3  # 'normal' runs at its three default scales
+    rows, report = check_outputs(out, expected)
+    assert {r["name"] for r in rows} == set(names)
+    assert [r["options"]["scale"] for r in rows if r["name"] == "normal"] == [0.5, 2.0, 5.0]
+    assert len({p.name for p in (out / "runs").iterdir()}) == expected
+    assert all(f"[{i}/{expected}]" in printed for i in range(1, expected + 1))
+    assert report["budget"]["epochs"] == 2 and report["base_config"]["model"]["latent_dim"] == 2
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--priors", "standard_normal,gaussian_mixture"], "Choose one of: " + ", ".join(priors.names())),
+        (["--priors", "normal", "--normal-scales", "0.5,-1"], "must be positive"),
+        (["--priors", "mixture", "--normal-scales", "2"], "'normal' is not among the priors"),
+        (["--priors", "mixture,mixture"], "listed twice"),
+        (["--epochs", "0"], "epochs must be a positive integer"),
+    ],
+)
+def test_cli_rejects_bad_input_before_training(tmp_path, capsys, args, match):
+    assert main(["compare", "--out", str(tmp_path / "cmp"), "--no-progress", *args]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "cmp" / "runs").exists()
+
+
+def test_resolve_priors_expands_normal_and_takes_specs():
+    entries = resolve_priors(["normal", {"name": "mixture", "options": {"num_components": 3}}], [0.5, 5])
+    assert [e.label for e in entries] == ["normal(scale=0.5)", "normal(scale=5)", "mixture(num_components=3)"]
+    assert [e.slug for e in entries] == ["normal_scale0.5", "normal_scale5", "mixture_num_components3"]
+    assert [e.label for e in resolve_priors(["normal"], [])] == ["normal"]
+    assert [e.spec["name"] for e in resolve_priors()] == sorted(
+        [n for n in priors.names() if n != "normal"] + ["normal"] * 3
+    )
+    with pytest.raises(ValueError, match="num_components"):
+        resolve_priors([{"name": "mixture", "options": {"num_components": 0}}])
+    with pytest.raises(ValueError, match="no priors"):
+        resolve_priors([])
+
+
+def test_aggregate_posterior_is_the_mixture_of_the_posteriors():
+    loc = torch.tensor([[0.0, 1.0], [2.0, -1.0]])
+    scale = torch.tensor([[1.0, 0.5], [0.3, 2.0]])
+    z = torch.randn(7, 2)
+    expected = torch.logsumexp(
+        torch.stack([torch.distributions.Normal(m, s).log_prob(z).sum(-1) for m, s in zip(loc, scale)]), 0
+    ) - math.log(2)
+    torch.testing.assert_close(aggregate_posterior_log_prob(loc, scale, z), expected)
+    # a density: it integrates to one over a grid that covers it
+    axis = torch.linspace(-8, 10, 301)
+    grid = torch.cartesian_prod(axis, axis)
+    mass = aggregate_posterior_log_prob(loc, scale, grid).exp().sum() * (axis[1] - axis[0]) ** 2
+    assert mass.item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_latent_of_more_than_two_dimensions_is_shown_in_principal_components(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", "--out", str(out), *TINY, "--latent-dim", "3", "--priors", "standard_normal"]
+    assert main(args) == 0
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["figures"] == ["samples.png", "latent_means.png", "kl_per_dim.png"]
+    assert not (out / "prior_vs_aggregate_posterior.png").exists()
+    assert "prior_vs_aggregate_posterior" not in (out / "comparison.md").read_text()
+    assert len(report["rows"][0]["options"]) == 0 and report["networks"]["latent_dim"] == 3
+    fig = plot_latent_panels(["a", "b"], [torch.randn(50, 3), None], torch.arange(50) % 10)
+    assert "first two principal components" in fig._suptitle.get_text()
