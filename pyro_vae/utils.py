@@ -34,12 +34,19 @@ def set_threads(num_threads: int | None = None, processes: int = 1) -> int:
     """Use at most one torch thread per available core and process.
 
     More threads than cores (common in containers, where torch counts the host's cores)
-    slows small models down many times over.
+    slows small models down many times over. Without ``num_threads``, a positive integer in
+    ``OMP_NUM_THREADS`` is honoured (a machine shared with other work), else the cores are
+    shared among ``processes``.
     """
-    n = num_threads or max(1, available_cpus() // processes)
+    n = num_threads or _omp_threads() or max(1, available_cpus() // processes)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def _omp_threads() -> int | None:
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def seed_everything(seed: int) -> None:
