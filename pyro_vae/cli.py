@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -232,6 +233,7 @@ def _without_nproc(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from pyro_vae import distributed
     from pyro_vae.run import evaluate_run, launched_by_torchrun, train_run
@@ -289,6 +291,7 @@ def _compare(args: argparse.Namespace) -> int:
         args.out,
         normal_scales=args.normal_scales,
         progress=not args.no_progress,
+        command=shlex.join(["pyro-vae", *args.argv]),
     )
     for r in result.failed:
         print(f"pyro-vae: prior {r.entry.label} failed: {r.error}", file=sys.stderr)

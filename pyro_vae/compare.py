@@ -48,7 +48,7 @@ from pyro_vae.model import VAE
 from pyro_vae.objectives import BetaSchedule, make_elbo
 from pyro_vae.run import build_vae, load_data, train_run
 from pyro_vae.training import fit
-from pyro_vae.utils import atomic_write_text, positive, positive_int
+from pyro_vae.utils import atomic_write_text, available_cpus, positive, positive_int
 
 DEFAULT_NORMAL_SCALES = (0.5, 2.0, 5.0)
 TABLES = ("comparison.md", "comparison.csv", "comparison.json")
@@ -281,6 +281,7 @@ def compare_priors(
     normal_scales: Sequence[float] | None = None,
     progress: bool = True,
     echo: Callable[..., None] = print,
+    command: str | None = None,
 ) -> ComparisonResult:
     """Train ``base_config`` once per prior and write the comparison's tables and figures to ``out_dir``.
 
@@ -294,6 +295,7 @@ def compare_priors(
         normal_scales: the scales at which the bare name ``normal`` runs (default 0.5, 2, 5).
         progress: progress bars while training and evaluating.
         echo: receives one line per prior and the final table.
+        command: the command line that ran the comparison, recorded in the tables.
 
     Returns:
         a :class:`ComparisonResult`; failed priors are in ``result.failed`` with their errors.
@@ -304,6 +306,7 @@ def compare_priors(
     splits = load_data(base_config)
     likelihood = _check_shared_settings(base_config, splits, entries[0])
     summary = _summary(base_config, splits, likelihood, entries)
+    summary["command"] = command
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(exist_ok=True)
     t = base_config.train
@@ -411,6 +414,8 @@ def _summary(
         "priors": [e.spec for e in entries],
         "base_config": cfg.to_dict(),
         "pyro_vae_version": __version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{available_cpus()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "complete": False,
     }
 
@@ -468,6 +473,11 @@ def comparison_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], fig
     text = [
         f"# {summary['title']}",
         "",
+        *(
+            [f"Produced by `{summary['command']}` ({summary['date']}, {summary['machine']}).", ""]
+            if summary.get("command")
+            else []
+        ),
         f"Data: {summary['data']} (split seed {summary['data_seed']}). Likelihood {summary['likelihood']}; "
         f"latent {nets['latent_dim']}, hidden {nets['hidden']}, {nets['activation']}; seed {summary['seed']}; "
         f"{summary['budget']['description']}.",

@@ -133,6 +133,9 @@ def test_cli_compares_every_registered_prior(tmp_path, capsys):
     assert len({p.name for p in (out / "runs").iterdir()}) == expected
     assert all(f"[{i}/{expected}]" in printed for i in range(1, expected + 1))
     assert report["budget"]["epochs"] == 2 and report["base_config"]["model"]["latent_dim"] == 2
+    # The tables say which command produced them.
+    assert report["command"].startswith("pyro-vae compare --out ")
+    assert f"Produced by `{report['command']}`" in (out / "comparison.md").read_text()
 
 
 @pytest.mark.parametrize(
