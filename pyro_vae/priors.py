@@ -189,9 +189,12 @@ class DiagonalGaussianMixture(dist.TorchDistribution):
         return out.to(value.dtype).reshape(value.shape[:-1])
 
     def sample(self, sample_shape=()) -> torch.Tensor:
+        # Only the density needs to be fast (it runs every step); draws are torch's own.
+        mixture = dist.MixtureSameFamily(
+            dist.Categorical(logits=self.logits), dist.Normal(self.loc, self.scale).to_event(1)
+        )
         with torch.no_grad():
-            k = dist.Categorical(logits=self.logits).sample(sample_shape)
-            return dist.Normal(self.loc[k], self.scale[k]).sample()
+            return mixture.sample(sample_shape)
 
 
 class DiagonalGaussianMixturePrior(Prior):
@@ -206,8 +209,7 @@ class DiagonalGaussianMixturePrior(Prior):
         raise NotImplementedError
 
     def forward(self):
-        logits, loc, scale = self.components()
-        return dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1))
+        return DiagonalGaussianMixture(*self.components())
 
     def marginal_log_prob(self, z):
         logits, loc, scale = self.components()
