@@ -502,7 +502,8 @@ def write_page(r: dict[str, Any], out: Path, command: str) -> None:
     losers = [x for x in learned3 if x["log_px"] <= best_fixed["log_px"]]
     verdict3 = (
         (
-            ", ".join(f"`{x['likelihood']}` ({fmt(x['log_px'])})" for x in winners) + " beat"
+            ", ".join(f"`{x['likelihood']}` ({fmt(x['log_px'])})" for x in winners)
+            + (" beat" if len(winners) > 1 else " beats")
             if winners
             else "No learned sigma beats"
         )
@@ -513,7 +514,7 @@ def write_page(r: dict[str, Any], out: Path, command: str) -> None:
                 f"`{x['likelihood']}` ({fmt(x['log_px'])}, {fmt(best_fixed['log_px'] - x['log_px'])} nats short)"
                 for x in losers
             )
-            + " does not"
+            + (" do not" if len(losers) > 1 else " does not")
             if losers
             else ""
         )
