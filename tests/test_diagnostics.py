@@ -176,15 +176,11 @@ def test_inference_data_rejects_bad_input():
         diagnostics.to_inference_data(vae, torch.randn(5, D + 1), 10)
 
 
-def test_posterior_predictive_draws_are_capped_for_large_data():
+def test_posterior_predictive_draws_are_capped_for_large_data(monkeypatch):
     vae = fa_vae()
     x = draw(vae, 40)
-    small_cap = diagnostics.amortized.PREDICTIVE_ELEMENTS
-    try:
-        diagnostics.amortized.PREDICTIVE_ELEMENTS = 40 * D * 3  # room for 3 draws per point
-        idata = diagnostics.to_inference_data(vae, x, 50)
-    finally:
-        diagnostics.amortized.PREDICTIVE_ELEMENTS = small_cap
+    monkeypatch.setattr(diagnostics.amortized, "PREDICTIVE_ELEMENTS", 40 * D * 3)  # 3 draws per point
+    idata = diagnostics.to_inference_data(vae, x, 50)
     assert idata.posterior_predictive.sizes["draw"] == 3
     assert idata.posterior.sizes["draw"] == 50
 
@@ -208,8 +204,9 @@ def test_khat_is_small_when_the_guide_is_the_exact_posterior_or_wider(q_factor):
 @pytest.mark.parametrize("q_factor", [0.9, 0.7, 0.5])
 def test_khat_tracks_the_pareto_shape_of_a_too_narrow_guide(q_factor):
     """With L = 2 and q's scale f times the posterior's, the weights are Pareto with shape
-    1 - f^2 (module docstring). Measured: median k-hat over 100 points at K = 1000 is within
-    0.04 of it for f = 0.9, 0.7, 0.5 (seeds 0, 1); its standard error is about 0.02."""
+    1 - f^2 (module docstring), whatever the decoder. Measured over six seeds of the draws:
+    the median k-hat over 100 points at K = 1000 is within 0.065 of it for f = 0.9, 0.7, 0.5
+    (a little high for light tails, low for heavy ones, as the finite-K estimate is)."""
     vae = fa_vae(q_factor)
     result = diagnostics.psis_diagnostic(vae, draw(vae, 100), 1000)
     assert np.median(result.khat) == pytest.approx(1 - q_factor**2, abs=0.08)
