@@ -14,9 +14,19 @@ __all__ = [
     "History",
     "TrainingDiverged",
     "data",
+    "diagnostics",
     "evaluate",
     "fit",
     "likelihoods",
     "make_elbo",
     "priors",
 ]
+
+
+def __getattr__(name: str):
+    # pyro_vae.diagnostics needs ArviZ, which takes seconds to import: loaded on first use.
+    if name == "diagnostics":
+        import importlib
+
+        return importlib.import_module("pyro_vae.diagnostics")
+    raise AttributeError(f"module 'pyro_vae' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Command line: ``pyro-vae train``, ``pyro-vae evaluate`` and ``pyro-vae compare``."""
+"""Command line: ``pyro-vae train``, ``evaluate``, ``compare`` and ``diagnose``."""
 
 from __future__ import annotations
 
@@ -153,6 +153,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir")
     e.add_argument("--output", type=Path, help="also write the metrics as JSON here")
     e.add_argument("--no-progress", action="store_true")
+
+    d = sub.add_parser(
+        "diagnose",
+        help="ArviZ diagnostics of a saved run's amortized posterior",
+        description="PSIS k-hat of the importance weights, NUTS posteriors of single points against "
+        "q(z|x), posterior predictive checks (docs/diagnostics.md).",
+    )
+    d.add_argument("run_dir", type=Path)
+    d.add_argument("--num-samples", type=int, default=1000, help="draws from q(z|x) per point (default 1000)")
+    d.add_argument(
+        "--num-points", type=int, default=200, help="N points of the split, drawn at random (default 200)"
+    )
+    d.add_argument(
+        "--nuts-points", type=int, default=2, help="points (largest k-hat) sampled by NUTS (default 2)"
+    )
+    d.add_argument("--nuts-chains", type=int, default=2)
+    d.add_argument("--nuts-warmup", type=int, default=500)
+    d.add_argument("--nuts-draws", type=int, default=500)
+    d.add_argument("--is-samples", type=int, default=10000, help="draws for the NUTS points' log p(x)")
+    d.add_argument("--split", choices=["train", "valid", "test"])
+    d.add_argument("--data-dir")
+    d.add_argument("--out", type=Path, help="output directory (default: the run directory)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -256,6 +280,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             failed = _compare(args)
             ok = True
             return 1 if failed else 0
+        elif args.command == "diagnose":
+            from pyro_vae.diagnostics import diagnose_run
+
+            diagnose_run(
+                args.run_dir,
+                num_samples=args.num_samples,
+                num_points=args.num_points,
+                nuts_points=args.nuts_points,
+                nuts_chains=args.nuts_chains,
+                nuts_warmup=args.nuts_warmup,
+                nuts_draws=args.nuts_draws,
+                num_is_samples=args.is_samples,
+                split=args.split,
+                data_dir=args.data_dir,
+                out=args.out,
+                seed=args.seed,
+                progress=not args.no_progress,
+            )
         else:
             metrics = evaluate_run(
                 args.run_dir,

@@ -21,7 +21,9 @@ big temporary is then a fresh allocation from the kernel; ``benchmarks/eval_spee
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import pyro
@@ -101,6 +103,51 @@ def _rng_neutral(batches):
         yield x
 
 
+def chunk_plan(num_samples: int, chunk_size: int) -> tuple[int, int]:
+    """(draws, points) per chunk: at most ``chunk_size`` (sample, data point) pairs at once."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    k_chunk = min(num_samples, chunk_size)
+    return k_chunk, max(1, chunk_size // k_chunk)
+
+
+def point_batches(vae: VAE, data: Any, points: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """Checked, non-empty batches of ``points`` data points on ``device``, in order."""
+    for x in _rng_neutral(iter_batches(data, points)):
+        if x.shape[0] == 0:
+            continue
+        x = x.to(device)
+        vae.check_data(x)
+        yield x
+
+
+def weight_chunks(
+    vae: VAE, x: torch.Tensor, num_samples: int, draws: int
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """:func:`_log_weights` for ``num_samples`` draws per point of ``x``, ``draws`` at a time."""
+    remaining = num_samples
+    while remaining > 0:
+        k = min(draws, remaining)
+        remaining -= k
+        yield _log_weights(vae, x, k)
+
+
+@contextlib.contextmanager
+def sampling(vae: VAE, seed: int, device: torch.device) -> Iterator[None]:
+    """Draws seeded by ``seed`` in eval mode, leaving the global random streams and the mode alone."""
+    was_training = vae.training
+    vae.eval()
+    try:
+        with (
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+            pyro.validation_enabled(False),
+        ):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        vae.train(was_training)
+
+
 @torch.no_grad()
 def evaluate(
     vae: VAE,
@@ -145,39 +192,20 @@ def evaluate(
         # Each process scores a contiguous share with its own draws; results are gathered.
         data = dist_utils.shard_rows(as_tensor(data), ctx)
         seed = seed + ctx.rank
-    if chunk_size is None:
-        chunk_size = default_chunk_size(vae)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    k_chunk, n_chunk = chunk_plan(num_samples, default_chunk_size(vae) if chunk_size is None else chunk_size)
     device = next(vae.parameters()).device
-    k_chunk = min(num_samples, chunk_size)
-    n_chunk = max(1, chunk_size // k_chunk)
     probe = torch.zeros(1, vae.latent_dim, device=device)
     mc_kl_per_dim = kl_per_dim and _kl(vae, probe, probe + 1)[1] is None  # no closed form per dimension
-    was_training = vae.training
-    vae.eval()
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("log_px", "elbo", "recon", "kl", "kl_dim", "loc")}
-    with (
-        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-        pyro.validation_enabled(False),
-    ):
-        torch.manual_seed(seed)
+    with sampling(vae, seed, device):
         bar = tqdm(desc="evaluating", unit="pt", disable=not progress, leave=False)
-        for x in _rng_neutral(iter_batches(data, n_chunk)):
-            if x.shape[0] == 0:
-                continue
-            x = x.to(device)
-            vae.check_data(x)
+        for x in point_batches(vae, data, n_chunk, device):
             n = x.shape[0]
             lse = torch.full((n,), -math.inf, device=device)
             sum_recon = torch.zeros(n, device=device)
             sum_kl = torch.zeros(n, device=device)
             sum_kl_dim, kl_dim_draws = torch.zeros(n, vae.latent_dim, device=device), 0
-            remaining = num_samples
-            while remaining > 0:
-                k = min(k_chunk, remaining)
-                remaining -= k
-                log_px_z, log_pz, log_q, z, loc, scale = _log_weights(vae, x, k)
+            for log_px_z, log_pz, log_q, z, loc, scale in weight_chunks(vae, x, num_samples, k_chunk):
                 lse = torch.logaddexp(lse, torch.logsumexp(log_px_z + log_pz - log_q, 0))
                 sum_recon += log_px_z.sum(0)
                 sum_kl += (log_q - log_pz).sum(0)
@@ -197,7 +225,6 @@ def evaluate(
             out["loc"].append(loc)
             bar.update(n)
         bar.close()
-    vae.train(was_training)
     if ctx.world_size > 1:  # every process holds its share: gather them in rank order
         widths = {"kl_dim": vae.latent_dim, "loc": vae.latent_dim}
         cat = {

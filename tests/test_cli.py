@@ -183,3 +183,47 @@ def test_a_csv_table_with_standardization(tmp_path):
     jacobian = -sum(math.log(s) for s in run["preprocessing"]["std"])
     expected = -(metrics["log_likelihood"] + jacobian) / (4 * math.log(2))
     assert metrics["bits_per_dim"] == pytest.approx(expected)
+
+
+def test_diagnose_writes_every_file_and_rejects_bad_input(tmp_path, capsys):
+    import arviz as az
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *FAST]) == 0
+    before = {p.name for p in run.iterdir()}
+    out = tmp_path / "diagnostics"
+    args = [
+        "diagnose", str(run), "--num-samples", "60", "--num-points", "12", "--nuts-points", "1",
+        "--nuts-warmup", "50", "--nuts-draws", "30", "--is-samples", "200", "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "k-hat > 0.7" in printed and "r-hat" in printed and "log p(x) - ELBO" in printed
+    expected = {"diagnostics.nc", "nuts.nc", "diagnostics.json", "khat.png", "nuts_overlay.png", "ppc.png"}
+    assert {p.name for p in out.iterdir()} == expected  # and no temporary files left behind
+    assert {p.name for p in run.iterdir()} == before
+    for name in ("khat.png", "nuts_overlay.png", "ppc.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((out / "diagnostics.json").read_text())
+    assert report["num_points"] == 12 and report["psis"]["num_samples"] == 60
+    assert set(report["psis"]["share_khat_above"]) == {"0.5", "0.7", "1.0"}
+    # NUTS ran on the point with the largest k-hat
+    (point,) = report["nuts"]["points"]
+    assert point["index"] == report["psis"]["worst"][0]["index"]
+    assert point["r_hat_max"] > 0 and point["ess_bulk_min"] > 0 and point["stuck_chains"] == 0
+    assert math.isfinite(point["amortization_gap"])
+    assert {"inference_data_s", "psis_s", "nuts_s", "nuts_per_point_s", "write_s"} <= set(report["timings"])
+    idata = az.from_netcdf(str(out / "diagnostics.nc"))
+    assert idata.posterior["z"].shape == (1, 60, 12, 2) and "label" in idata.posterior.coords
+    assert az.from_netcdf(str(out / "nuts.nc")).posterior["z"].shape == (2, 30, 1, 2)
+
+    for bad, match in [
+        ([str(tmp_path / "nothing")], "does not exist"),
+        ([str(tmp_path)], "not a run directory"),
+        ([str(run), "--num-samples", "1"], "--num-samples (K) must be an integer >= 2"),
+        ([str(run), "--num-points", "3", "--nuts-points", "5"], "cannot exceed"),
+    ]:
+        assert main(["diagnose", *bad, "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+        assert match in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # checked before anything is written

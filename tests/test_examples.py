@@ -46,3 +46,19 @@ def test_compare_priors_example_runs_quick(tmp_path):
     assert not result.failed and (out / "comparison.md").is_file() and (out / "samples.png").is_file()
     for row in result.rows:
         assert row["epochs"] == 10 and row["elbo"] <= row["log_likelihood"] + 0.5
+
+
+def test_arviz_diagnostics_example_runs(tmp_path):
+    import numpy as np
+
+    result = load(ROOT / "examples" / "arviz_diagnostics.py").main(quick=True, out=tmp_path)
+    assert {"diagnostics.nc", "khat.png", "nuts_overlay.png", "ppc.png"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    idata, psis, nuts = result["idata"], result["psis"], result["nuts"]
+    assert idata.posterior["z"].shape == (1, 200, 30, 2) and "label" in idata.posterior.coords
+    assert psis.khat.shape == (30,) and 0 <= psis.share_above(0.7) <= 1
+    # evaluate and the PSIS diagnostic saw the same draws
+    assert abs(np.mean(psis.log_px_is) - result["metrics"]["log_likelihood"]) < 1e-4
+    assert nuts.index[0] == psis.worst(1)[0]["index"]
+    assert np.isfinite(nuts.r_hat).all() and np.isfinite(nuts.amortization_gap).all()
