@@ -209,6 +209,19 @@ def summary_line(m: dict[str, Any], vae: VAE) -> str:
     return line
 
 
+def load_run(
+    run_dir: str | Path, *, split: str | None = None, data_dir: str | None = None
+) -> tuple[RunConfig, VAE, data_module.DataSplits]:
+    """A saved run's config (``split`` and ``data_dir`` overridden when given), model and data."""
+    run_dir = Path(run_dir)
+    cfg = RunConfig.from_json(run_dir)
+    if split is not None:
+        cfg.eval.split = split
+    if data_dir is not None:
+        cfg.data.data_dir = data_dir
+    return cfg, VAE.load(run_dir), load_data(cfg)
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -219,16 +232,9 @@ def evaluate_run(
     echo=print,
 ) -> dict[str, Any]:
     """Re-evaluate a saved run on its data (optionally another split or K)."""
-    run_dir = Path(run_dir)
-    cfg = RunConfig.from_json(run_dir)
+    cfg, vae, splits = load_run(run_dir, split=split, data_dir=data_dir)
     if num_samples is not None:
         cfg.eval.num_samples = num_samples
-    if split is not None:
-        cfg.eval.split = split
-    if data_dir is not None:
-        cfg.data.data_dir = data_dir
-    vae = VAE.load(run_dir)
-    splits = load_data(cfg)
     metrics = evaluate_split(vae, splits, cfg, progress)
     echo(summary_line(metrics, vae))
     return metrics

@@ -11,11 +11,10 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from pyro_vae.config import RunConfig
 from pyro_vae.diagnostics.amortized import _worst_first, psis_from_inference_data, to_inference_data
 from pyro_vae.diagnostics.nuts import DEFAULT_IS_SAMPLES, nuts_posterior
 from pyro_vae.diagnostics.plots import plot_ppc
-from pyro_vae.model import CONFIG_FILE, VAE, WEIGHTS_FILE
+from pyro_vae.model import CONFIG_FILE, WEIGHTS_FILE
 from pyro_vae.utils import atomic_write_text
 
 DIAGNOSTICS_FILE = "diagnostics.nc"
@@ -74,7 +73,7 @@ def diagnose_run(
     trustworthy. The data split is reloaded as ``pyro-vae evaluate`` does. Returns the
     report (the content of ``diagnostics.json``).
     """
-    from pyro_vae.run import load_data
+    from pyro_vae.run import load_run
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -93,13 +92,7 @@ def diagnose_run(
     _check_int("--is-samples", num_is_samples, 1)
     if nuts_points > num_points:
         raise ValueError(f"--nuts-points ({nuts_points}) cannot exceed --num-points ({num_points})")
-    cfg = RunConfig.from_json(run_dir)
-    if split is not None:
-        cfg.eval.split = split
-    if data_dir is not None:
-        cfg.data.data_dir = data_dir
-    vae = VAE.load(run_dir)
-    splits = load_data(cfg)
+    cfg, vae, splits = load_run(run_dir, split=split, data_dir=data_dir)
     out = run_dir if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     x, labels = splits.split(cfg.eval.split)
