@@ -37,7 +37,7 @@ from pyro import poutine
 
 import pyro_vae
 from pyro_vae import VAE, evaluate, fit
-from pyro_vae.plotting import _grid
+from pyro_vae.plotting import draw_image_grid
 from pyro_vae.utils import atomic_write_text, available_cpus, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -323,9 +323,8 @@ def section_averaging(digits, budget: Budget, out: Path) -> dict[str, Any]:
     shown = digits.test[:16]
     panels = [("inputs", shown)] + [(label, m.reconstruct(shown).detach()) for label, (m, _) in runs.items()]
     for ax, (title, imgs) in zip(axes, panels):
-        ax.imshow(_grid(imgs.numpy(), digits.image_shape, rows=4), cmap="gray", vmin=0, vmax=1)
+        draw_image_grid(ax, imgs.numpy(), digits.image_shape, vmin=0, vmax=1)  # one scale: blur shows as grey
         ax.set_title(title, fontsize=9)
-        ax.axis("off")
     figure = save_figure(fig, out, "averaged_vs_summed.png")
     return {
         "num_features": d,

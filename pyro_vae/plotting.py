@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,9 +114,9 @@ def project_2d(means: torch.Tensor) -> tuple[np.ndarray, str]:
     return m, ""
 
 
-def draw_image_grid(ax, images: np.ndarray, image_shape: Sequence[int]) -> None:
-    """Images ``(n, h * w)`` as one square-ish grey-level grid on ``ax``."""
-    ax.imshow(_grid(images, image_shape, rows=int(np.sqrt(len(images)))), cmap="gray")
+def draw_image_grid(ax, images: np.ndarray, image_shape: Sequence[int], **imshow: Any) -> None:
+    """Images ``(n, h * w)`` as one square-ish grey-level grid on ``ax`` (``imshow``: e.g. vmin, vmax)."""
+    ax.imshow(_grid(images, image_shape, rows=int(np.sqrt(len(images)))), cmap="gray", **imshow)
     ax.axis("off")
 
 
