@@ -7,15 +7,18 @@ Reproduce (from the repository root, about 5 minutes on 2 cores):
 
 The same networks (784-300-300-40 Gaussian encoder, 40-300-300-784 Bernoulli decoder, as built
 by ``pyro_vae.VAE(784, 40, hidden=(300, 300), likelihood="bernoulli")``) are trained for one
-epoch at a time, three ways, at batch sizes 32, 128 and 512:
+epoch at a time, four ways, at batch sizes 32, 128 and 512:
 
 * ``pyro_vae``: ``pyro_vae.fit(vae, x, epochs=1, batch_size=b, progress=False)``, the wall
   time of the call (its own per-epoch loop time, without the call's set-up, is reported too);
 * ``plain``: a hand-written PyTorch loop over the same modules (``vae.encoder``,
   ``vae.decoder``): Bernoulli BCE-with-logits summed plus the analytic Gaussian KL, per data
-  point, the same ``torch.optim.Adam`` (lr 1e-3, created per epoch as fit does), the same
-  batch order as fit's loader (index slicing of the in-memory tensor), no validation: the
-  lower bound on the cost of one epoch;
+  point, the same optimizer as fit (``pyro_vae.training.make_optimizer``: Adam with torch's
+  fused kernel, lr 1e-3, created per epoch as fit does), the same batch order as fit's loader
+  (index slicing of the in-memory tensor), no validation: the lower bound on the cost of one
+  epoch, and the denominator of the target ratio;
+* ``plain_default_adam``: the same loop with ``torch.optim.Adam(params, lr=1e-3)`` (torch's
+  default, non-fused implementation), i.e. the loop as people usually write it;
 * ``pythae``: pythae's ``BaseTrainer.train_step`` (one epoch) on a pythae ``VAE`` with the same
   layer sizes (BCE on sigmoid outputs), when ``import pythae`` works; otherwise recorded as
   not installed. pythae may pin another torch; never install it into the project's
@@ -28,7 +31,8 @@ epoch at a time, three ways, at batch sizes 32, 128 and 512:
 Contenders run interleaved (round-robin, order rotated every round, one discarded warm-up
 round), repeated ``--repeats`` times; the figures are medians, and the ratios are computed
 from medians taken in the same run (the per-round paired ratios are reported as well).
-The target is pyro_vae/plain <= 1.10 at batch 128.
+The target is pyro_vae/plain <= 1.10 at batch 128, with the same optimizer on both sides;
+pyro_vae/plain_default_adam is reported beside it.
 
 A per-step breakdown (data, forward, ``.item()``, ``zero_grad``, backward, Adam step; pyro_vae
 and plain steps alternating) shows where the overhead goes, with the pieces of the Pyro
@@ -73,6 +77,17 @@ TARGET_BATCH, TARGET_RATIO = 128, 1.10
 FULL_EPOCH = 50000  # binarized MNIST's training split
 
 
+def fit_optimizer(params) -> torch.optim.Optimizer:
+    """The optimizer fit uses (``training.make_optimizer``: fused Adam), so ``plain`` is like for like."""
+    make = getattr(pyro_vae.training, "make_optimizer", None)
+    return make(params, LR) if make is not None else torch.optim.Adam(params, lr=LR)
+
+
+def default_adam(params) -> torch.optim.Optimizer:
+    """``torch.optim.Adam`` with its defaults: the optimizer of a loop as usually written."""
+    return torch.optim.Adam(params, lr=LR)
+
+
 def build_vae(seed: int = 0) -> pyro_vae.VAE:
     torch.manual_seed(seed)
     return pyro_vae.VAE(INPUT_DIM, LATENT_DIM, hidden=HIDDEN, likelihood="bernoulli")
@@ -109,12 +124,12 @@ def fit_batch_order(n: int, batch_size: int, seed: int) -> torch.Tensor:
     return torch.cat([features_of(b)[:, 0] for b in loader]).long()
 
 
-def plain_epoch(vae: pyro_vae.VAE, x: torch.Tensor, batch_size: int, seed: int) -> float:
+def plain_epoch(vae: pyro_vae.VAE, x: torch.Tensor, batch_size: int, seed: int, make_optimizer=None) -> float:
     order = fit_batch_order(x.shape[0], batch_size, seed)
     torch.manual_seed(seed)
     encoder, decoder = vae.encoder, vae.decoder
     start = time.perf_counter()
-    optimizer = torch.optim.Adam(vae.parameters(), lr=LR)
+    optimizer = (make_optimizer or fit_optimizer)(vae.parameters())
     total = 0.0
     for i in range(0, x.shape[0], batch_size):
         xb = x[order[i : i + batch_size]]
@@ -215,9 +230,9 @@ def pythae_epoch(trainer, epoch: int) -> float:
 def time_epochs(x: torch.Tensor, batch_sizes, repeats: int, use_pythae: bool, log) -> dict:
     results = {}
     for b in batch_sizes:
-        vae_p, vae_q = build_vae(0), build_vae(0)
+        vae_p, vae_q, vae_d = build_vae(0), build_vae(0), build_vae(0)
         loop_seconds: list[float] = []
-        counter = {"pyro_vae": 0, "plain": 0, "pythae": 0}
+        counter = {"pyro_vae": 0, "plain": 0, "plain_default_adam": 0, "pythae": 0}
 
         def run_pyro(b=b, vae_p=vae_p, loop_seconds=loop_seconds, counter=counter):
             counter["pyro_vae"] += 1
@@ -229,7 +244,11 @@ def time_epochs(x: torch.Tensor, batch_sizes, repeats: int, use_pythae: bool, lo
             counter["plain"] += 1
             return plain_epoch(vae_q, x, b, seed=counter["plain"])
 
-        contenders = {"pyro_vae": run_pyro, "plain": run_plain}
+        def run_plain_default(b=b, vae_d=vae_d, counter=counter):
+            counter["plain_default_adam"] += 1
+            return plain_epoch(vae_d, x, b, seed=counter["plain_default_adam"], make_optimizer=default_adam)
+
+        contenders = {"pyro_vae": run_pyro, "plain": run_plain, "plain_default_adam": run_plain_default}
         workdir = None
         if use_pythae:
             workdir = tempfile.TemporaryDirectory(prefix="pythae-speed-")
@@ -252,10 +271,14 @@ def time_epochs(x: torch.Tensor, batch_sizes, repeats: int, use_pythae: bool, lo
             "pyro_vae_fit_seconds": _common.summary(times["pyro_vae"]),
             "pyro_vae_epoch_loop_seconds": _common.summary(loop_seconds),
             "plain_seconds": _common.summary(times["plain"]),
+            "plain_default_adam_seconds": _common.summary(times["plain_default_adam"]),
         }
         med = {k: _common.median(v) for k, v in times.items()}
         entry["pyro_vae_fit_setup_seconds"] = round(med["pyro_vae"] - _common.median(loop_seconds), 4)
         entry["ratio_pyro_vae_over_plain"] = round(med["pyro_vae"] / med["plain"], 4)
+        entry["ratio_pyro_vae_over_plain_default_adam"] = round(
+            med["pyro_vae"] / med["plain_default_adam"], 4
+        )
         entry["ratio_pyro_vae_loop_over_plain"] = round(_common.median(loop_seconds) / med["plain"], 4)
         entry["paired_ratios_pyro_vae_over_plain"] = _common.summary(
             [p / q for p, q in zip(times["pyro_vae"], times["plain"])]
@@ -289,8 +312,8 @@ def step_breakdown(x: torch.Tensor, batch_size: int, steps: int, warmup: int = 2
     """Median milliseconds of each phase of a training step, pyro_vae and plain steps alternating."""
     vae_p, vae_q = build_vae(0), build_vae(0)
     objective = pyro_objective(vae_p)
-    opt_p = torch.optim.Adam(vae_p.parameters(), lr=LR)
-    opt_q = torch.optim.Adam(vae_q.parameters(), lr=LR)
+    opt_p = fit_optimizer(vae_p.parameters())
+    opt_q = fit_optimizer(vae_q.parameters())
     loader = make_loader(x, batch_size, shuffle=True, seed=0)
     state = {"it": iter(loader)}
     order = fit_batch_order(x.shape[0], batch_size, 0)
@@ -473,7 +496,7 @@ def alternatives(x: torch.Tensor, batch_size: int, rounds: int, log) -> dict:
         steps[name] = step_fn(
             vae,
             lambda vae=vae, elbo=elbo: elbo.differentiable_loss(vae.model, vae.guide, xb, 1.0),
-            torch.optim.Adam(vae.parameters(), lr=LR),
+            fit_optimizer(vae.parameters()),
         )
     notes = {}
     try:
@@ -493,7 +516,7 @@ def alternatives(x: torch.Tensor, batch_size: int, rounds: int, log) -> dict:
         steps["JitTrace_ELBO (pyro.module in model and guide)"] = step_fn(
             vae_j,
             lambda: jit.differentiable_loss(model, guide, xb),
-            torch.optim.Adam(vae_j.parameters(), lr=LR),
+            fit_optimizer(vae_j.parameters()),
         )
     except Exception as e:  # noqa: BLE001 - a what-if; record why it could not run
         notes["JitTrace_ELBO"] = f"failed: {type(e).__name__}: {str(e)[:200]}"
@@ -501,7 +524,7 @@ def alternatives(x: torch.Tensor, batch_size: int, rounds: int, log) -> dict:
     steps["plain"] = step_fn(
         vae_q,
         lambda: plain_loss(vae_q.encoder, vae_q.decoder, xb),
-        torch.optim.Adam(vae_q.parameters(), lr=LR),
+        fit_optimizer(vae_q.parameters()),
     )
     vae_a = build_vae(0)
     plain_loss(vae_a.encoder, vae_a.decoder, xb).backward()
@@ -610,8 +633,9 @@ def main(argv: list[str] | None = None) -> dict:
             "interleaving": "round-robin, order rotated each round",
             "pyro_vae_timing": "wall time of fit(vae, x, epochs=1, batch_size=b, progress=False) "
             "(set-up included); the epoch loop alone is fit's history 'seconds'",
-            "plain_timing": "one epoch of a hand-written loop (BCE-with-logits + analytic KL, same Adam, "
-            "same batch order as fit), optimizer created inside the timed region as in fit",
+            "plain_timing": "one epoch of a hand-written loop (BCE-with-logits + analytic KL, fit's optimizer, "
+            "same batch order as fit), optimizer created inside the timed region as in fit; "
+            "plain_default_adam: the same loop with torch.optim.Adam's default implementation",
         },
         "pythae": version
         if version
@@ -685,14 +709,21 @@ def print_report(r: dict) -> None:
         f"{r['machine']['torch_threads']} threads, {r['machine']['processor']}, torch {r['machine']['torch']}"
     )
     print(f"pythae: {r['pythae']}")
-    header = f"{'batch':>6} {'pyro_vae fit':>13} {'(loop only)':>12} {'plain':>9} {'pythae':>9} {'pyro/plain':>11} {'paired':>8} {'busy':>5}"
-    print(header + "   (median s per epoch; busy: other processes' CPU share)")
+    header = (
+        f"{'batch':>6} {'pyro_vae fit':>13} {'(loop only)':>12} {'plain':>9} {'plain(Adam)':>12} {'pythae':>9} "
+        f"{'pyro/plain':>11} {'paired':>8} {'pyro/plain(Adam)':>17} {'busy':>5}"
+    )
+    print(
+        header
+        + "   (median s per epoch; plain(Adam): torch's default Adam; busy: other processes' CPU share)"
+    )
     for b, e in r["per_epoch"].items():
         pythae = f"{e['pythae_seconds']['median']:9.3f}" if "pythae_seconds" in e else f"{'-':>9}"
         print(
             f"{b:>6} {e['pyro_vae_fit_seconds']['median']:13.3f} {e['pyro_vae_epoch_loop_seconds']['median']:12.3f} "
-            f"{e['plain_seconds']['median']:9.3f} {pythae} {e['ratio_pyro_vae_over_plain']:11.3f} "
-            f"{e['paired_ratios_pyro_vae_over_plain']['median']:8.3f} {e['foreign_cpu_fraction']}"
+            f"{e['plain_seconds']['median']:9.3f} {e['plain_default_adam_seconds']['median']:12.3f} {pythae} "
+            f"{e['ratio_pyro_vae_over_plain']:11.3f} {e['paired_ratios_pyro_vae_over_plain']['median']:8.3f} "
+            f"{e['ratio_pyro_vae_over_plain_default_adam']:17.3f} {e['foreign_cpu_fraction']}"
         )
     busy = [e["foreign_cpu_fraction"] for e in r["per_epoch"].values() if e["foreign_cpu_fraction"]]
     if busy and max(busy) > 0.1:

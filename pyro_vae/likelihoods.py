@@ -287,6 +287,25 @@ class GaussianOptimal(Likelihood):
 # --------------------------------------------------------------------------- data in [0, 1]
 
 
+class BernoulliLogits(dist.Bernoulli):
+    r"""Pyro's Bernoulli with ``log_prob`` written as :math:`x\,\ell - \operatorname{softplus}(\ell)`.
+
+    That is :math:`\log \sigma(\ell)^x (1-\sigma(\ell))^{1-x}`, the value torch computes
+    with its fused ``binary_cross_entropy_with_logits`` kernel. On CPU that kernel is about
+    3x slower than ``softplus`` plus one multiply-add, most of all when one data point is
+    broadcast against K posterior draws (importance-sampled evaluation), where it is as
+    costly as the whole decoder (``benchmarks/eval_speed.py``).
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.logits
+        if torch.is_grad_enabled():
+            return value * logits - F.softplus(logits)
+        return torch.addcmul(F.softplus(logits).neg_(), value, logits)  # no temporaries without autograd
+
+
 @register("bernoulli")
 class Bernoulli(Likelihood):
     r"""Bernoulli with logits from the decoder, for binary data.
@@ -309,7 +328,7 @@ class Bernoulli(Likelihood):
             self.discrete = False
 
     def forward(self, params):
-        return dist.Bernoulli(logits=params.squeeze(-2), validate_args=False)
+        return BernoulliLogits(logits=params.squeeze(-2), validate_args=False)
 
 
 @register("continuous_bernoulli")

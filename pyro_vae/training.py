@@ -77,6 +77,21 @@ def _state_copy(vae: VAE) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in vae.state_dict().items()}
 
 
+def make_optimizer(params, lr: float) -> torch.optim.Adam:
+    """The Adam optimizer ``fit`` steps: torch's fused kernel where the device has one.
+
+    The fused kernel makes the same update (to float32 rounding) in one pass over all the
+    parameters instead of a loop of per-tensor operations: about 3x faster per step on CPU
+    for the 0.7M parameters of an MNIST VAE (``benchmarks/speed.py``). Devices without it
+    get the default implementation.
+    """
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
+        return torch.optim.Adam(params, lr=lr)
+
+
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     """The seed of the sampling noise of one process in one epoch.
 
@@ -173,7 +188,7 @@ def fit(
     if not vae.fitted and not resume:
         vae.prior.initialize(features_of(next(iter(loader))).to(device, torch.float32))
 
-    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    optimizer = make_optimizer(vae.parameters(), lr)
     history = History(likelihood=vae.likelihood.name)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     best_value, best_state, stale, first_epoch = -math.inf, None, 0, 1

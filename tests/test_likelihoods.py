@@ -171,6 +171,28 @@ def test_log_prob_matches_torch(name, options):
     torch.testing.assert_close(got.mean, expected.mean)
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no_grad"])
+def test_bernoulli_log_prob_equals_torch_cross_entropy(grad):
+    """x*l - softplus(l) (both code paths) against torch's Bernoulli, broadcast as in evaluation."""
+    logits = torch.cat(
+        [torch.randn(7, 3, 50) * 6, torch.tensor([-80.0, -20, -1e-3, 0, 1e-3, 20, 80]).expand(7, 3, 7)], -1
+    )
+    logits = logits.double().requires_grad_(grad)
+    x = (torch.rand(3, 57) < 0.4).double()  # one row per point, broadcast over 7 draws
+    for value in (x, torch.rand(3, 57, dtype=torch.float64)):  # binary, and grey levels (strict=False)
+        with torch.set_grad_enabled(grad):
+            got = likelihoods.BernoulliLogits(logits=logits, validate_args=False).log_prob(value)
+        expected = td.Bernoulli(logits=logits, validate_args=False).log_prob(value)
+        assert got.shape == expected.shape == (7, 3, 57)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=3e-9)  # softplus(l) = l above l = 20
+        if grad:
+            (g,) = torch.autograd.grad(got.sum(), logits)
+            (e,) = torch.autograd.grad(expected.sum(), logits)
+            torch.testing.assert_close(g, e)
+    expanded = likelihoods.BernoulliLogits(logits=logits[0].detach()).expand((7, 3, 57))
+    assert type(expanded) is likelihoods.BernoulliLogits  # the plates' expand keeps the fast log_prob
+
+
 def test_gaussian_shared_starts_at_init_scale_and_is_per_feature():
     lik = make("gaussian_shared", init_scale=0.7)
     assert lik.raw_scale.shape == (INPUT_DIM,)

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_vae import VAE, BetaSchedule, TrainingDiverged, fit
 from pyro_vae.evaluation import validation_elbo
-from pyro_vae.training import TRAINING_STATE_FILE
+from pyro_vae.training import TRAINING_STATE_FILE, make_optimizer
 from tests.conftest import binary_data
 
 
@@ -163,3 +163,22 @@ def test_learned_and_heavy_tailed_priors_train(prior):
 def test_progress_bar_is_shown(capsys):
     fit(small_vae(), binary_data(40), epochs=2, batch_size=20, progress=True)
     assert "step" in capsys.readouterr().err
+
+
+def test_fit_optimizer_is_fused_adam_with_the_default_update():
+    torch.manual_seed(0)
+    a = torch.nn.Linear(20, 5)
+    b = torch.nn.Linear(20, 5)
+    b.load_state_dict(a.state_dict())
+    fused = make_optimizer(a.parameters(), 1e-2)
+    plain = torch.optim.Adam(b.parameters(), lr=1e-2)
+    assert fused.param_groups[0]["fused"] is True
+    x = torch.randn(64, 20)
+    for _ in range(20):
+        for net, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(a.weight, torch.nn.Linear(20, 5).weight)
