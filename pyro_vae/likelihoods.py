@@ -303,7 +303,7 @@ class BernoulliLogits(dist.Bernoulli):
         logits = self.logits
         if torch.is_grad_enabled():
             return value * logits - F.softplus(logits)
-        return torch.addcmul(F.softplus(logits).neg_(), value, logits)  # no temporaries without autograd
+        return F.softplus(logits).neg_().addcmul_(value, logits)  # in place: no temporaries without autograd
 
 
 @register("bernoulli")
