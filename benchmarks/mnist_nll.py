@@ -22,6 +22,9 @@ and test log p(x) estimated with K = 5000 importance samples on the 10000 test i
   warm-up by default (``--iwae-warmup-epochs``).
 
 ``--max-minutes`` bounds each configuration's training (the epoch in progress finishes);
+``--resume`` continues a configuration from the checkpoint a previous run left in ``--out-dir``
+(weights, Adam state, early-stopping counters, epoch count), so a long training can be run in
+slices; each slice is recorded under ``training.slices``.
 pyro_vae's ``fit(max_seconds=...)`` is used when it exists, otherwise fit is called in chunks
 of epochs and the restarts of Adam are recorded. Published numbers need long training: a
 configuration stopped by the budget, or before its warm-up ended, is flagged as such. Results
@@ -49,6 +52,7 @@ import pyro  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae.priors import MixturePrior, VampPrior  # noqa: E402
+from pyro_vae.training import TRAINING_STATE_FILE  # noqa: E402
 
 NAME = "mnist_nll"
 CONFIGS = ("standard", "mixture", "vamp", "iwae")
@@ -101,7 +105,8 @@ def target_check(config: str, nll: float, configs: dict) -> dict:
     }
 
 
-def run_config(config: str, args, splits, log) -> dict:
+def run_config(config: str, args, splits, log, previous: dict | None = None) -> dict:
+    """Train and evaluate one configuration; ``previous`` is its last results entry (for --resume)."""
     components = args.components
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
@@ -109,6 +114,9 @@ def run_config(config: str, args, splits, log) -> dict:
     warmup = args.iwae_warmup_epochs if config == "iwae" else args.warmup_epochs
     beta = {"end": 1.0, "warmup_epochs": float(warmup)}
     out_dir = Path(args.out_dir) / config
+    resume = bool(args.resume) and (out_dir / TRAINING_STATE_FILE).is_file()
+    if args.resume and not resume:
+        log(f"[{config}] --resume: no {TRAINING_STATE_FILE} in {out_dir}; starting afresh")
     log(
         f"[{config}] training: up to {args.epochs} epochs / {args.max_minutes} min, warm-up {warmup} epochs, "
         f"{fit_options}, prior {vae.prior.spec()}"
@@ -119,6 +127,7 @@ def run_config(config: str, args, splits, log) -> dict:
         progress=False,
         num_threads=_common.THREADS,
         checkpoint_dir=str(out_dir),
+        resume=resume,
         **fit_options,
     )
     training = _common.fit_with_budget(
@@ -134,6 +143,19 @@ def run_config(config: str, args, splits, log) -> dict:
         **fit_kwargs,
     )
     records = training.pop("records")
+    earlier = _earlier_slices(previous) if resume else []
+    training["resumed"] = resume
+    if resume:
+        training["resumed_after_epoch"] = sum(e["epochs_run_in_slice"] for e in earlier)
+    this_slice = {
+        "date": _common.now(),
+        "command": _common.command_line("mnist_nll.py", args.argv),
+        "torch_threads": _common.THREADS,
+        "epochs_run_in_slice": training["epochs_run"] - training.get("resumed_after_epoch", 0),
+        "training_seconds": training["training_seconds"],
+    }
+    training["slices"] = [*earlier, this_slice]
+    training["training_seconds_all_slices"] = sum(e["training_seconds"] for e in training["slices"])
     last_beta = records[-1]["beta"] if records else math.nan
     log(
         f"[{config}] {training['epochs_run']} epochs in {training['training_seconds']:.0f} s "
@@ -197,6 +219,25 @@ def run_config(config: str, args, splits, log) -> dict:
     return entry
 
 
+def _earlier_slices(previous: dict | None) -> list[dict]:
+    """The training slices recorded in a configuration's previous results entry."""
+    training = (previous or {}).get("training", {})
+    if "slices" in training:
+        return list(training["slices"])
+    if "epochs_run" not in training:
+        return []
+    run = previous.get("run", {})
+    return [
+        {
+            "date": run.get("date"),
+            "command": run.get("command"),
+            "torch_threads": run.get("torch_threads"),
+            "epochs_run_in_slice": training["epochs_run"],
+            "training_seconds": training["training_seconds"],
+        }
+    ]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     _common.add_common_arguments(parser)
@@ -222,6 +263,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--test-size", type=int, default=None, help="evaluate on the first N test images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=None, help=f"trained models (default {DEFAULT_OUT_DIR})")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each configuration from its checkpoint in --out-dir; --max-minutes is this slice's budget",
+    )
     args = parser.parse_args(argv)
     args.argv = argv
     data_dir = _common.require_data_dir(args.data_dir, parser)
@@ -284,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["note"] = "QUICK smoke run: tiny data and budgets, 10 prior components; numbers meaningless"
     for config in configs:
         try:
-            entry = run_config(config, args, splits, log)
+            entry = run_config(config, args, splits, log, previous.get(config))
         except pyro_vae.TrainingDiverged as e:
             entry = {"run": {"date": _common.now(), "command": result["command"]}, "error": str(e)}
             log(f"[{config}] FAILED: {e}")

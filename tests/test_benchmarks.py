@@ -100,7 +100,9 @@ def test_speed_quick(shared_data_dir, tmp_path):
             "pyro_vae_fit_seconds.median",
             "pyro_vae_epoch_loop_seconds.median",
             "plain_seconds.median",
+            "plain_default_adam_seconds.median",
             "ratio_pyro_vae_over_plain",
+            "ratio_pyro_vae_over_plain_default_adam",
             "paired_ratios_pyro_vae_over_plain.median",
             positive=True,
         )
@@ -192,6 +194,23 @@ def test_mnist_nll_quick(shared_data_dir, tmp_path):
     assert configs["iwae"]["settings"]["num_particles"] == 50
     assert configs["vamp"]["settings"]["prior"]["name"] == "vamp"
     assert not any(tmp_path.glob("**/model.pt")), "quick runs keep no models"
+
+
+def test_mnist_nll_resume_continues_from_the_checkpoint(shared_data_dir, tmp_path):
+    models, results = tmp_path / "models", tmp_path / "results"
+    common = ("--configs", "standard", "--out-dir", str(models), "--epochs", "2")
+    first, _ = run_quick("mnist_nll.py", shared_data_dir, results, *common)
+    assert value(first, "configs.standard.training.epochs_run") == 2
+    assert value(first, "configs.standard.training.resumed") is False
+    second, out = run_quick("mnist_nll.py", shared_data_dir, results, *common[:-1], "4", "--resume")
+    training = value(second, "configs.standard.training")
+    assert training["resumed"] is True and training["resumed_after_epoch"] == 2
+    assert training["epochs_run"] == 4  # two more, numbered on from the checkpoint
+    assert [s["epochs_run_in_slice"] for s in training["slices"]] == [2, 2]
+    assert training["training_seconds_all_slices"] == pytest.approx(
+        sum(s["training_seconds"] for s in training["slices"])
+    )
+    assert "--resume" in training["slices"][1]["command"]
 
 
 def test_ddp_scaling_quick(tmp_path):
