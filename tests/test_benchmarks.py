@@ -221,3 +221,27 @@ def test_ddp_scaling_quick(tmp_path):
     for row in rows.values():
         assert_finite(row, "images_per_second", "speedup_vs_1_process", positive=True)
     assert "images/s" in out
+
+
+# --------------------------------------------------------------------------- the README table
+
+
+def test_readme_benchmark_table_matches_the_committed_results():
+    import readme_table
+
+    assert readme_table.main(["--check", str(ROOT / "README.md")]) == 0
+
+
+def test_readme_table_check_catches_a_stale_table(tmp_path, capsys):
+    import readme_table
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{readme_table.BEGIN}\n| old | table |\n{readme_table.END}\nafter\n")
+    assert readme_table.main(["--check", str(readme)]) == 1
+    assert "stale" in capsys.readouterr().out
+    assert readme_table.main(["--write", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("after\n") and "| old |" not in text
+    assert readme_table.main(["--check", str(readme)]) == 0
+    # Without results only the header is left.
+    assert readme_table.render(tmp_path).count("\n") == 1

@@ -1,0 +1,262 @@
+"""The README's benchmark table, rendered from the committed results in ``benchmarks/results``.
+
+    python benchmarks/readme_table.py                  # print the table
+    python benchmarks/readme_table.py --write README.md  # replace the table in the README
+    python benchmarks/readme_table.py --check README.md  # exit 1 if the README's table is stale
+
+The table sits between the ``<!-- benchmarks:begin -->`` and ``<!-- benchmarks:end -->``
+markers. Every cell comes from a results file, so a number in the README cannot drift from
+the run that produced it; the test suite runs ``--check``. Rows whose results file is
+missing are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
+HEADER = ["what", "result", "machine, date", "command"]
+
+
+def _load(results_dir: Path, name: str) -> dict | None:
+    path = results_dir / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _machine(machine: dict, threads: int | None = None) -> str:
+    cpus = machine.get("cpu_count") or machine.get("cpus")
+    processor = machine.get("processor", "")
+    processor = "Intel Xeon" if "Xeon" in processor else processor
+    threads = threads if threads is not None else machine.get("torch_threads")
+    return f"{cpus}-core {processor}, torch {machine.get('torch')}, {threads} thread{'s' if threads != 1 else ''}"
+
+
+def _when(machine: dict, date: str, threads: int | None = None) -> str:
+    return f"{_machine(machine, threads)}; {date[:10]}"
+
+
+def _code(command: str) -> str:
+    return f"`{command}`"
+
+
+def _verdict(met: bool | None, target: str) -> str:
+    return f"target {target}: {'met' if met else 'missed'}"
+
+
+def speed_rows(r: dict) -> list[list[str]]:
+    e = r["per_epoch"]["128"]
+    s = e["per_50000_image_epoch_seconds"]
+    t = r["target"]
+    pythae = ""
+    if "pythae" in s:
+        faster = [
+            b
+            for b, x in r["per_epoch"].items()
+            if x["pyro_vae_fit_seconds"]["median"] < x["pythae_seconds"]["median"]
+        ]
+        pythae = (
+            f"; pythae {r['pythae']} {s['pythae']:.2f} s (fit faster at batch {', '.join(faster) or 'none'})"
+        )
+    default = ""
+    if "plain_default_adam" in s:
+        default = (
+            f"; plain loop with torch's default Adam {s['plain_default_adam']:.2f} s "
+            f"(fit/that {e['ratio_pyro_vae_over_plain_default_adam']:.2f}x)"
+        )
+    result = (
+        f"fit {s['pyro_vae']:.2f} s, plain loop (same optimizer) {s['plain']:.2f} s per 50000 images: "
+        f"**{t['ratio_pyro_vae_over_plain']:.2f}x** ({_verdict(t['met'], '<= 1.10x')}){default}{pythae}"
+    )
+    what = "training speed, binarized MNIST, 784-300-300-40 Bernoulli VAE, batch 128: `fit` vs a hand-written PyTorch loop (BCE + analytic KL)"
+    return [[what, result, _when(r["machine"], r["date"]), _code(r["command"])]]
+
+
+def eval_speed_rows(r: dict) -> list[list[str]]:
+    ev, eff, full = r["evaluation"], r["efficiency"], r["full_run"]
+    peak = ev["runs"][0]["peak_increase_mib"]
+    kind = "extrapolated" if "EXTRAPOLATED" in full["seconds_kind"] else "measured"
+    result = (
+        f"{ev['microseconds_per_pair']:.2f} µs per (sample, point) pair, **{100 * eff['achieved_over_best_torch_mm']:.0f}%** "
+        f"of the `torch.mm` rate ({_verdict(eff['achieved_over_best_torch_mm'] >= eff['target'], '60%')}); "
+        f"memory +{peak:.0f} MiB, bounded by the chunk; {full['seconds']:.0f} s for all 10000 test images ({kind})"
+    )
+    what = "importance-sampled log p(x), K = 5000, same network"
+    return [[what, result, _when(r["machine"], r["date"]), _code(r["command"])]]
+
+
+MNIST_WHAT = {
+    "standard": "static binarized MNIST, standard prior (784-300-300-40, Bernoulli, KL warm-up, early stopping), test NLL with K = 5000",
+    "mixture": "the same, mixture prior (500 learned components)",
+    "vamp": "the same, VampPrior (500 learned pseudo-inputs)",
+    "iwae": '`loss="iwae"`, K = 50, standard prior, no warm-up',
+}
+
+
+def mnist_nll_rows(r: dict) -> list[list[str]]:
+    rows = []
+    for name in ("standard", "mixture", "vamp", "iwae"):
+        e = r["configs"].get(name)
+        if not e or "test" not in e:
+            continue
+        tr, check = e["training"], e["target_check"]
+        ref = e["reference"].get("log_likelihood")
+        published = f"; published {-ref:.2f}" if ref is not None else ""
+        if name == "mixture":
+            better = "better" if check["met"] else "worse"
+            verdict = f"{better} than the standard prior by {abs(check['by_nats']):.2f}: target {'met' if check['met'] else 'missed'}"
+        else:
+            verdict = f"{_verdict(check['met'], check['target'].removeprefix('NLL '))}, by {abs(check['by_nats']):.2f}"
+        minutes = tr.get("training_seconds_all_slices", tr["training_seconds"]) / 60
+        slices = len(tr.get("slices", [])) or 1
+        stop = {
+            "early_stopping": "early-stopped",
+            "time_budget": "stopped by the time budget",
+            "epochs": "epoch limit",
+        }[tr["stopped_by"]]
+        result = (
+            f"**{e['test']['nll']:.2f} ± {e['test']['nll_se']:.2f} nats** ({verdict}{published}); "
+            f"{tr['epochs_run']} epochs ({stop}, best {tr['best_epoch']}), {minutes:.0f} min training"
+            f"{f' in {slices} slices' if slices > 1 else ''} + {e['evaluation_seconds'] / 60:.0f} min evaluation"
+        )
+        threads = e["run"].get("torch_threads", r.get("torch_threads"))
+        commands = [s["command"] for s in tr.get("slices", [])] or [e["run"]["command"]]
+        rows.append(
+            [
+                MNIST_WHAT[name],
+                result,
+                _when(r["machine"], e["run"]["date"], threads),
+                "; then ".join(map(_code, commands)),
+            ]
+        )
+    return rows
+
+
+def likelihoods_rows(r: dict) -> list[list[str]]:
+    s, lik = r["settings"], r["likelihoods"]
+    scored = sorted(
+        (e["test"]["bits_per_dim"], n) for n, e in lik.items() if "test" in e and e.get("valid_density")
+    )
+    parts = [
+        f"`{n}` {'**' if i == 0 else ''}{b:.3f}{'**' if i == 0 else ''}" for i, (b, n) in enumerate(scored)
+    ]
+    invalid = [
+        f"`{n}` {e['test']['bits_per_dim']:.3f}"
+        for n, e in lik.items()
+        if "test" in e and not e.get("valid_density")
+    ]
+    failed = [f"`{n}` failed" for n, e in lik.items() if "test" not in e]
+    result = ", ".join(parts)
+    if invalid:
+        result += f"; {', '.join(invalid)} on grey levels: not a density there, not comparable"
+    if failed:
+        result += f"; {', '.join(failed)}"
+    epochs = ", ".join(f"{n} {e['training']['epochs_run']}" for n, e in lik.items() if "training" in e)
+    what = (
+        f"grey-level MNIST dequantized (x + u)/256, same networks, N(0, I) prior; {s['train_points']} training / "
+        f"{s['test_points']} test images, at most {s['max_minutes']:g} min per likelihood (epochs: {epochs}), "
+        f"K = {s['eval_samples']}; test bits/dim, lower is better"
+    )
+    return [[what, result, _when(r["machine"], r["date"]), _code(r["command"])]]
+
+
+def main_job_rows(r: dict) -> list[list[str]]:
+    result = (
+        f"{r['wall_seconds']:.0f} s in all, {r['epochs']} epochs, `{r['likelihood']}` chosen; "
+        f"test {r['test_bits_per_dim']:.2f} bits/dim"
+    )
+    return [
+        [
+            "the main job, `pyro-vae train` with no flags (embedded digits)",
+            result,
+            _when(r["machine"], r["date"]),
+            _code("python benchmarks/main_job.py"),
+        ]
+    ]
+
+
+def ddp_rows(r: dict) -> list[list[str]]:
+    rows = {(x["processes"], x["batch_per_process"]): x for x in r["rows"]}
+    parts = [
+        f"{p} processes x batch {b}: {x['speedup_vs_1_process']:.2f}x"
+        for (p, b), x in sorted(rows.items())
+        if p > 1
+    ]
+    result = f"{'; '.join(parts)} the images/s of 1 process x batch 128 (see docs/distributed.md)"
+    return [
+        [
+            "DDP (gloo) on the same cores: 2 processes vs 1",
+            result,
+            _when(r["machine"], r["date"]),
+            _code(r["command"]),
+        ]
+    ]
+
+
+ROWS: list[tuple[str, Callable[[dict], list[list[str]]]]] = [
+    ("speed", speed_rows),
+    ("eval_speed", eval_speed_rows),
+    ("mnist_nll", mnist_nll_rows),
+    ("likelihoods", likelihoods_rows),
+    ("main_job", main_job_rows),
+    ("ddp_scaling", ddp_rows),
+]
+
+
+def render(results_dir: Path = RESULTS_DIR) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for name, rows in ROWS:
+        result = _load(results_dir, name)
+        if result is not None:
+            lines += [
+                "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows(result)
+            ]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, table: str) -> str:
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"the README has no {BEGIN} ... {END} block to fill")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--write", metavar="README", help="replace the table in this file")
+    group.add_argument(
+        "--check", metavar="README", help="exit 1 if this file's table differs from the results"
+    )
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    args = parser.parse_args(argv)
+    table = render(Path(args.results_dir))
+    if args.write:
+        path = Path(args.write)
+        path.write_text(replace_block(path.read_text(), table))
+        print(f"wrote the benchmark table into {path}")
+    elif args.check:
+        text = Path(args.check).read_text()
+        expected = replace_block(text, table)
+        if expected != text:
+            sys.stdout.writelines(
+                difflib.unified_diff(text.splitlines(True), expected.splitlines(True), args.check, "rendered")
+            )
+            print(
+                f"\n{args.check}: the benchmark table is stale; run python benchmarks/readme_table.py --write {args.check}"
+            )
+            return 1
+        print(f"{args.check}: the benchmark table matches benchmarks/results")
+    else:
+        print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
