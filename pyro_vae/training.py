@@ -2,7 +2,7 @@
 
 Each step evaluates :class:`~pyro_vae.objectives.ELBOLoss`, which calls
 ``elbo.differentiable_loss(vae.model, vae.guide, x, beta)``, the surrogate loss Pyro
-derives from the model and guide, and steps ``torch.optim.Adam`` on the VAE's
+derives from the model and guide, and steps ``torch.optim.Adam`` (its fused kernel) on the VAE's
 parameters. Nothing about the loss is written here. With ``distributed=True`` the loss
 module is wrapped in ``DistributedDataParallel`` and every process trains on its shard.
 """
