@@ -49,6 +49,7 @@ import _common  # noqa: E402
 
 log = _common.log
 import pyro  # noqa: E402
+import torch  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae.priors import MixturePrior, VampPrior  # noqa: E402
@@ -117,6 +118,10 @@ def run_config(config: str, args, splits, log, previous: dict | None = None) -> 
     resume = bool(args.resume) and (out_dir / TRAINING_STATE_FILE).is_file()
     if args.resume and not resume:
         log(f"[{config}] --resume: no {TRAINING_STATE_FILE} in {out_dir}; starting afresh")
+    resumed_after = 0
+    if resume:  # fit overwrites the state; read where it stands first
+        state = torch.load(out_dir / TRAINING_STATE_FILE, map_location="cpu", weights_only=True)
+        resumed_after = int(state["epoch"])
     log(
         f"[{config}] training: up to {args.epochs} epochs / {args.max_minutes} min, warm-up {warmup} epochs, "
         f"{fit_options}, prior {vae.prior.spec()}"
@@ -143,15 +148,15 @@ def run_config(config: str, args, splits, log, previous: dict | None = None) -> 
         **fit_kwargs,
     )
     records = training.pop("records")
-    earlier = _earlier_slices(previous) if resume else []
+    earlier = _earlier_slices(previous, records[:resumed_after]) if resume else []
     training["resumed"] = resume
     if resume:
-        training["resumed_after_epoch"] = sum(e["epochs_run_in_slice"] for e in earlier)
+        training["resumed_after_epoch"] = resumed_after
     this_slice = {
         "date": _common.now(),
         "command": _common.command_line("mnist_nll.py", args.argv),
         "torch_threads": _common.THREADS,
-        "epochs_run_in_slice": training["epochs_run"] - training.get("resumed_after_epoch", 0),
+        "epochs_run_in_slice": training["epochs_run"] - resumed_after,
         "training_seconds": training["training_seconds"],
     }
     training["slices"] = [*earlier, this_slice]
@@ -219,23 +224,46 @@ def run_config(config: str, args, splits, log, previous: dict | None = None) -> 
     return entry
 
 
-def _earlier_slices(previous: dict | None) -> list[dict]:
-    """The training slices recorded in a configuration's previous results entry."""
+def _earlier_slices(previous: dict | None, records_before: list[dict]) -> list[dict]:
+    """The training slices before a resumed one.
+
+    Those recorded in the configuration's previous results entry, and, for epochs of the
+    checkpoint that no entry accounts for (a run that stopped before writing its results),
+    one slice built from the checkpoint's history: its epochs and their loop seconds.
+    """
     training = (previous or {}).get("training", {})
     if "slices" in training:
-        return list(training["slices"])
-    if "epochs_run" not in training:
-        return []
-    run = previous.get("run", {})
-    return [
-        {
-            "date": run.get("date"),
-            "command": run.get("command"),
-            "torch_threads": run.get("torch_threads"),
-            "epochs_run_in_slice": training["epochs_run"],
-            "training_seconds": training["training_seconds"],
-        }
-    ]
+        slices = list(training["slices"])
+    elif "epochs_run" in training:
+        run = previous.get("run", {})
+        slices = [
+            {
+                "date": run.get("date"),
+                "command": run.get("command"),
+                "torch_threads": run.get("torch_threads"),
+                "epochs_run_in_slice": training["epochs_run"],
+                "training_seconds": training["training_seconds"],
+            }
+        ]
+    else:
+        slices = []
+    recorded = sum(e["epochs_run_in_slice"] for e in slices)
+    if recorded > len(records_before):  # entries from another checkpoint: trust the checkpoint
+        slices, recorded = [], 0
+    missing = records_before[recorded:]
+    if missing:
+        slices.append(
+            {
+                "date": None,
+                "command": None,
+                "torch_threads": None,
+                "epochs_run_in_slice": len(missing),
+                "training_seconds": sum(r["seconds"] for r in missing),
+                "note": "not in the results file (its run stopped before writing them): epochs and "
+                "epoch-loop seconds from the checkpoint's history",
+            }
+        )
+    return slices
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -125,13 +125,18 @@ def mnist_nll_rows(r: dict) -> list[list[str]]:
             f"{f' in {slices} slices' if slices > 1 else ''} + {e['evaluation_seconds'] / 60:.0f} min evaluation"
         )
         threads = e["run"].get("torch_threads", r.get("torch_threads"))
-        commands = [s["command"] for s in tr.get("slices", [])] or [e["run"]["command"]]
+        commands = [
+            _code(s["command"])
+            if s.get("command")
+            else f"(a {s['epochs_run_in_slice']}-epoch slice whose results were not written)"
+            for s in tr.get("slices", [])
+        ] or [_code(e["run"]["command"])]
         rows.append(
             [
                 MNIST_WHAT[name],
                 result,
                 _when(r["machine"], e["run"]["date"], threads),
-                "; then ".join(map(_code, commands)),
+                "; then ".join(commands),
             ]
         )
     return rows

@@ -211,6 +211,13 @@ def test_mnist_nll_resume_continues_from_the_checkpoint(shared_data_dir, tmp_pat
         sum(s["training_seconds"] for s in training["slices"])
     )
     assert "--resume" in training["slices"][1]["command"]
+    # A slice whose run never wrote its results is rebuilt from the checkpoint's history.
+    (results / "mnist_nll_quick.json").unlink()
+    third, _ = run_quick("mnist_nll.py", shared_data_dir, results, *common[:-1], "5", "--resume")
+    slices = value(third, "configs.standard.training.slices")
+    assert [s["epochs_run_in_slice"] for s in slices] == [4, 1]
+    assert slices[0]["command"] is None and "checkpoint" in slices[0]["note"]
+    assert slices[0]["training_seconds"] > 0
 
 
 def test_ddp_scaling_quick(tmp_path):
