@@ -38,7 +38,11 @@ def test_two_processes_follow_one_process_with_twice_the_batch(tmp_path, prior):
     train(vae, x, batch_size=16, distributed_run=False)  # 2 processes x 8 = 16, 12 steps
     moved = False
     for k, v in vae.state_dict().items():
-        torch.testing.assert_close(ddp["state"][k], v, rtol=1e-4, atol=2e-5, msg=lambda m, k=k: f"{k}: {m}")
+        # Adam's step is m / sqrt(v): where a gradient is close to zero, float32 differences in
+        # the order of summation (two averaged halves vs one batch) move a weight by up to
+        # ~1e-5 in 12 steps, far below the learning rate (1e-2); gradients that were not all-reduced
+        # (each process following its own half batch) would move many by ~lr.
+        torch.testing.assert_close(ddp["state"][k], v, rtol=1e-4, atol=5e-5, msg=lambda m, k=k: f"{k}: {m}")
         moved |= not torch.allclose(v, initial[k])
     assert moved
 
