@@ -199,6 +199,43 @@ def reference_rates(rows: int, decoder_shapes, repeats: int, other_rows=(4096, 1
     }
 
 
+def bernoulli_log_prob_ms(draws: int, input_dim: int, repeats: int) -> dict:
+    """Milliseconds of the Bernoulli log-probability of one point against ``draws`` logits.
+
+    torch's ``Bernoulli.log_prob`` (its ``binary_cross_entropy_with_logits`` kernel) against
+    the ``likelihoods.BernoulliLogits`` that pyro_vae's Bernoulli likelihood returns, both
+    without autograd and with the event dimension summed, as in ``evaluate``.
+    """
+    import torch.distributions as td
+
+    from pyro_vae.likelihoods import BernoulliLogits
+
+    torch.manual_seed(0)
+    logits = 3 * torch.randn(draws, 1, input_dim)
+    x = (torch.rand(1, input_dim) < 0.3).float()
+
+    def timed(d):
+        def run():
+            start = time.perf_counter()
+            d.log_prob(x).sum(-1)
+            return time.perf_counter() - start
+
+        return run
+
+    contenders = {
+        "torch_bernoulli": timed(td.Bernoulli(logits=logits, validate_args=False)),
+        "pyro_vae_bernoulli_logits": timed(BernoulliLogits(logits=logits, validate_args=False)),
+    }
+    with torch.no_grad():
+        t = _common.interleave(contenders, repeats, warmup=2)
+    ms = {k: 1e3 * _common.median(v) for k, v in t.items()}
+    return {
+        "shape": [draws, 1, input_dim],
+        "milliseconds": ms,
+        "torch_over_pyro_vae": ms["torch_bernoulli"] / ms["pyro_vae_bernoulli_logits"],
+    }
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -359,6 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
             str(c): c * dec_shapes[-1][1] * 4 / 2**20 for c in (chunk, small_chunk)
         },
     }
+    result["bernoulli_log_prob"] = bernoulli_log_prob_ms(chunk, INPUT_DIM, ref_repeats)
     result["wall_seconds"] = time.perf_counter() - started
     path = _common.write_results(NAME, quick, result, args.results_dir)
     print_report(result)
@@ -407,6 +445,12 @@ def print_report(r: dict) -> None:
                 f"    chunk {c:>7} pairs: +{m['peak_increase_mib']:.0f} MiB{spread} on {m['points']} points, "
                 f"{m['microseconds_per_pair']:.3f} us/pair"
             )
+    b = r["bernoulli_log_prob"]
+    print(
+        f"  Bernoulli log_prob of one point against {b['shape'][0]} draws: torch "
+        f"{b['milliseconds']['torch_bernoulli']:.2f} ms, pyro_vae BernoulliLogits "
+        f"{b['milliseconds']['pyro_vae_bernoulli_logits']:.2f} ms ({b['torch_over_pyro_vae']:.1f}x)"
+    )
     print(f"  wall {r['wall_seconds']:.0f} s")
 
 

@@ -91,6 +91,12 @@ def eval_speed_rows(r: dict) -> list[list[str]]:
         f"of the `torch.mm` rate ({_verdict(eff['achieved_over_best_torch_mm'] >= eff['target'], '60%')}); "
         f"{full['seconds']:.0f} s for all 10000 test images ({kind}); memory {memory}"
     )
+    if "bernoulli_log_prob" in r:
+        b = r["bernoulli_log_prob"]
+        result += (
+            f"; torch's Bernoulli log-prob of one point against {b['shape'][0]} draws takes "
+            f"{b['torch_over_pyro_vae']:.1f}x as long as pyro_vae's"
+        )
     what = "importance-sampled log p(x), K = 5000, same network"
     return [[what, result, _when(r["machine"], r["date"]), _code(r["command"])]]
 

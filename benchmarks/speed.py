@@ -69,6 +69,7 @@ import pyro_vae  # noqa: E402
 from pyro_vae.data import features_of, make_loader  # noqa: E402
 from pyro_vae.evaluation import validation_elbo  # noqa: E402
 from pyro_vae.objectives import make_elbo  # noqa: E402
+from pyro_vae.training import make_optimizer  # noqa: E402
 
 NAME = "speed"
 INPUT_DIM, LATENT_DIM, HIDDEN = 784, 40, (300, 300)
@@ -79,8 +80,7 @@ FULL_EPOCH = 50000  # binarized MNIST's training split
 
 def fit_optimizer(params) -> torch.optim.Optimizer:
     """The optimizer fit uses (``training.make_optimizer``: fused Adam), so ``plain`` is like for like."""
-    make = getattr(pyro_vae.training, "make_optimizer", None)
-    return make(params, LR) if make is not None else torch.optim.Adam(params, lr=LR)
+    return make_optimizer(params, LR)
 
 
 def default_adam(params) -> torch.optim.Optimizer:
@@ -124,12 +124,14 @@ def fit_batch_order(n: int, batch_size: int, seed: int) -> torch.Tensor:
     return torch.cat([features_of(b)[:, 0] for b in loader]).long()
 
 
-def plain_epoch(vae: pyro_vae.VAE, x: torch.Tensor, batch_size: int, seed: int, make_optimizer=None) -> float:
+def plain_epoch(
+    vae: pyro_vae.VAE, x: torch.Tensor, batch_size: int, seed: int, optimizer_factory=None
+) -> float:
     order = fit_batch_order(x.shape[0], batch_size, seed)
     torch.manual_seed(seed)
     encoder, decoder = vae.encoder, vae.decoder
     start = time.perf_counter()
-    optimizer = (make_optimizer or fit_optimizer)(vae.parameters())
+    optimizer = (optimizer_factory or fit_optimizer)(vae.parameters())
     total = 0.0
     for i in range(0, x.shape[0], batch_size):
         xb = x[order[i : i + batch_size]]
@@ -246,7 +248,9 @@ def time_epochs(x: torch.Tensor, batch_sizes, repeats: int, use_pythae: bool, lo
 
         def run_plain_default(b=b, vae_d=vae_d, counter=counter):
             counter["plain_default_adam"] += 1
-            return plain_epoch(vae_d, x, b, seed=counter["plain_default_adam"], make_optimizer=default_adam)
+            return plain_epoch(
+                vae_d, x, b, seed=counter["plain_default_adam"], optimizer_factory=default_adam
+            )
 
         contenders = {"pyro_vae": run_pyro, "plain": run_plain, "plain_default_adam": run_plain_default}
         workdir = None

@@ -14,12 +14,13 @@ Work is chunked over data points and samples so that at most ``chunk_size``
 (sample, data point) pairs pass through the networks at once. By default the chunk is
 sized so that the largest intermediate tensor holds about ``2**21`` numbers (8 MiB in
 float32), counting the decoder's output, the hidden layers and, for mixture priors, the
-per-component densities, whatever K and the number of data points are. (Known problem: in
-one call over all 10000 MNIST test images at K = 5000 the process's resident memory was
-seen to grow by 4.3 GB after about half of them, although no tensor is kept between
-chunks; calls over a few thousand points stay flat. ``benchmarks/eval_speed.py`` reports
-the peak.) (Larger chunks are slower on CPU: each
-big temporary is then a fresh allocation from the kernel; ``benchmarks/eval_speed.py``.)
+per-component densities, whatever K and the number of data points are. Larger chunks are
+slower on CPU: each big temporary is then a fresh allocation from the kernel.
+
+Known problem: in one call over all 10000 MNIST test images at K = 5000 the process's
+resident memory was seen to grow by gigabytes after about half of them, although no tensor
+is kept between chunks, while calls over a few thousand points stay flat; evaluate large
+sets in slices. ``benchmarks/eval_speed.py`` reports the peak.
 """
 
 from __future__ import annotations

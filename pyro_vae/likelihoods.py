@@ -291,10 +291,10 @@ class BernoulliLogits(dist.Bernoulli):
     r"""Pyro's Bernoulli with ``log_prob`` written as :math:`x\,\ell - \operatorname{softplus}(\ell)`.
 
     That is :math:`\log \sigma(\ell)^x (1-\sigma(\ell))^{1-x}`, the value torch computes
-    with its fused ``binary_cross_entropy_with_logits`` kernel. On CPU that kernel is about
-    3x slower than ``softplus`` plus one multiply-add, most of all when one data point is
-    broadcast against K posterior draws (importance-sampled evaluation), where it is as
-    costly as the whole decoder (``benchmarks/eval_speed.py``).
+    with its ``binary_cross_entropy_with_logits`` kernel, which on CPU is slower than
+    ``softplus`` plus one multiply-add, most of all when one data point is broadcast
+    against K posterior draws as in importance-sampled evaluation (side by side in
+    ``benchmarks/eval_speed.py``, ``bernoulli_log_prob`` in its results).
     """
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
