@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.config import RunConfig
-from pyro_vae.run import train_run
+from pyro_vae.app.config import RunConfig
+from pyro_vae.app.run import train_run
 from pyro_vae.utils import available_cpus
 
 RESULTS = Path(__file__).parent / "results" / "main_job.json"

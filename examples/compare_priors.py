@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from pyro_vae.compare import ComparisonResult, compare_priors, default_config
+from pyro_vae.app.compare import ComparisonResult, compare_priors, default_config
 
 
 def main(argv: Sequence[str] | None = None) -> ComparisonResult:

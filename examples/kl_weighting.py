@@ -37,7 +37,7 @@ from pyro import poutine
 
 import pyro_vae
 from pyro_vae import VAE, evaluate, fit
-from pyro_vae.plotting import draw_image_grid
+from pyro_vae.app.plotting import draw_image_grid
 from pyro_vae.utils import atomic_write_text, available_cpus, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,3 +1,3 @@
-from pyro_vae.cli import console_main
+from pyro_vae.app.cli import console_main
 
 console_main()

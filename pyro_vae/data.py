@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -541,3 +541,15 @@ def load_dataset(
             x, y, name=Path(path).stem, dequantize_levels=levels, standardize=standardize, seed=seed
         )
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def tile_images(images: np.ndarray, shape: Sequence[int], rows: int) -> np.ndarray:
+    """Images laid out on a ``rows``-row canvas, one NaN pixel between them (for ``imshow``)."""
+    n = len(images)
+    cols = int(np.ceil(n / rows))
+    h, w = shape
+    canvas = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img.reshape(h, w)
+    return canvas

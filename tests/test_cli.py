@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pyro_vae import VAE
-from pyro_vae.cli import main
-from pyro_vae.run import FIGURES
+from pyro_vae.app.cli import main
+from pyro_vae.app.run import FIGURES
 
 FAST = ["--epochs", "3", "--hidden", "32", "--latent-dim", "2", "--eval-samples", "20", "--no-progress"]
 

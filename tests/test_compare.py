@@ -1,4 +1,4 @@
-"""`pyro-vae compare` and `pyro_vae.compare`: one VAE per prior, the tables and the figures."""
+"""`pyro-vae compare` and `pyro_vae.app.compare`: one VAE per prior, the tables and the figures."""
 
 import csv
 import json
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pyro_vae import priors
-from pyro_vae.cli import main
-from pyro_vae.compare import (
+from pyro_vae.app.cli import main
+from pyro_vae.app.compare import (
     COLUMNS,
     FIGURES,
     TABLES,
@@ -19,7 +19,7 @@ from pyro_vae.compare import (
     plot_latent_panels,
     resolve_priors,
 )
-from pyro_vae.config import RunConfig
+from pyro_vae.app.config import RunConfig
 from pyro_vae.training import History, TrainingDiverged
 
 TINY = ["--epochs", "2", "--hidden", "16", "--eval-samples", "20", "--num-threads", "1", "--no-progress"]
@@ -83,7 +83,7 @@ def check_outputs(out, rows_expected: int) -> tuple[list[dict], dict]:
 
 
 def test_compare_writes_every_table_and_figure_and_survives_a_failing_prior(tmp_path, monkeypatch, capsys):
-    import pyro_vae.compare as compare
+    import pyro_vae.app.compare as compare
 
     real_train_run = compare.train_run
 

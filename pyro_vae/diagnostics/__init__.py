@@ -7,7 +7,7 @@ r"""Can this amortized posterior be trusted? ArviZ diagnostics for a trained VAE
   :func:`pyro_vae.evaluate` reports can be trusted, point by point;
 * :func:`nuts_posterior`: the exact :math:`p(z \mid x_i)` of single points by NUTS, beside q;
 * :func:`plot_ppc`, :func:`plot_khat`, :func:`plot_nuts_overlay`: the figures;
-* :func:`diagnose_run`: all of it for a run directory (``pyro-vae diagnose``).
+* :func:`pyro_vae.app.diagnose.diagnose_run`: all of it for a run directory (``pyro-vae diagnose``).
 
 See ``docs/diagnostics.md``.
 """
@@ -21,13 +21,11 @@ from pyro_vae.diagnostics.amortized import (
 )
 from pyro_vae.diagnostics.nuts import NutsResult, nuts_posterior
 from pyro_vae.diagnostics.plots import plot_khat, plot_nuts_overlay, plot_ppc
-from pyro_vae.diagnostics.report import diagnose_run
 
 __all__ = [
     "KHAT_THRESHOLDS",
     "NutsResult",
     "PsisResult",
-    "diagnose_run",
     "nuts_posterior",
     "plot_khat",
     "plot_nuts_overlay",

@@ -1,4 +1,4 @@
-"""Diagnostic figures on ``matplotlib.figure.Figure`` (no pyplot state), like :mod:`pyro_vae.plotting`."""
+"""Diagnostic figures on ``matplotlib.figure.Figure`` (no pyplot state), like :mod:`pyro_vae.app.plotting`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
 
-from pyro_vae.plotting import _grid
+from pyro_vae.data import tile_images as _grid
 
 if TYPE_CHECKING:
     from pyro_vae.diagnostics.amortized import PsisResult

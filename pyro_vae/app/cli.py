@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pyro_vae import likelihoods, priors
-from pyro_vae.config import RunConfig
+from pyro_vae.app.config import RunConfig
 from pyro_vae.data import DATASETS
 from pyro_vae.distributed import PeerFailure
 from pyro_vae.networks import ACTIVATIONS
@@ -226,13 +226,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     elif getattr(args, "resume", False):
         cfg = RunConfig.from_json(args.out)
     elif args.command == "compare":
-        from pyro_vae.compare import default_config
+        from pyro_vae.app.compare import default_config
 
         cfg = default_config()
     else:
         cfg = RunConfig()
     if getattr(args, "quick", False):
-        from pyro_vae.compare import make_quick
+        from pyro_vae.app.compare import make_quick
 
         make_quick(cfg)
     for flag, (section, name) in TRAIN_FLAGS.items():
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from pyro_vae import distributed
-    from pyro_vae.run import evaluate_run, launched_by_torchrun, train_run
+    from pyro_vae.app.run import evaluate_run, launched_by_torchrun, train_run
 
     if args.command == "train" and args.nproc is not None and not launched_by_torchrun():
         if args.nproc < 1:
@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ok = True
             return 1 if failed else 0
         elif args.command == "diagnose":
-            from pyro_vae.diagnostics import diagnose_run
+            from pyro_vae.app.diagnose import diagnose_run
 
             diagnose_run(
                 args.run_dir,
@@ -325,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     """Run ``pyro-vae compare``; returns how many priors failed (the others are reported all the same)."""
-    from pyro_vae.compare import compare_priors
+    from pyro_vae.app.compare import compare_priors
 
     result = compare_priors(
         config_from_args(args),
@@ -348,7 +348,7 @@ def console_main() -> None:
     """
     code = main()
     from pyro_vae import distributed
-    from pyro_vae.run import launched_by_torchrun
+    from pyro_vae.app.run import launched_by_torchrun
 
     if launched_by_torchrun():
         distributed.exit_process(code, barrier=False)  # main() already waited for the others

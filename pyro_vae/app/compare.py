@@ -1,6 +1,6 @@
 r"""Prior comparison: the same VAE trained under each prior, side by side.
 
-:func:`compare_priors` trains one run per prior with :func:`~pyro_vae.run.train_run`
+:func:`compare_priors` trains one run per prior with :func:`~pyro_vae.app.run.train_run`
 (same data split, seed, networks, likelihood and training budget; only ``model.prior``
 differs), keeps every run under ``OUT/runs/<name>/`` (each repeatable from its
 ``config.json``) and writes to ``OUT``:
@@ -40,13 +40,13 @@ import pyro.distributions as dist
 import torch
 from matplotlib.figure import Figure
 
-from pyro_vae import plotting
 from pyro_vae import priors as prior_registry
-from pyro_vae.config import RunConfig
+from pyro_vae.app import plotting
+from pyro_vae.app.config import RunConfig
+from pyro_vae.app.run import build_vae, load_data, train_run
 from pyro_vae.data import DataSplits
 from pyro_vae.model import VAE
 from pyro_vae.objectives import BetaSchedule, make_elbo
-from pyro_vae.run import build_vae, load_data, train_run
 from pyro_vae.training import fit
 from pyro_vae.utils import atomic_write_text, available_cpus, positive, positive_int
 

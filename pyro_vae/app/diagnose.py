@@ -73,7 +73,7 @@ def diagnose_run(
     trustworthy. The data split is reloaded as ``pyro-vae evaluate`` does. Returns the
     report (the content of ``diagnostics.json``).
     """
-    from pyro_vae.run import load_run
+    from pyro_vae.app.run import load_run
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

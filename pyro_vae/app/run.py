@@ -1,4 +1,4 @@
-"""The main job: train, evaluate and report a VAE from a :class:`~pyro_vae.config.RunConfig`.
+"""The main job: train, evaluate and report a VAE from a :class:`~pyro_vae.app.config.RunConfig`.
 
 A run directory holds ``config.json`` (model and run settings, preprocessing),
 ``model.pt`` (weights), ``training_state.pt`` (optimizer state), ``history.csv``,
@@ -18,8 +18,9 @@ import torch
 
 from pyro_vae import data as data_module
 from pyro_vae import distributed as dist_utils
-from pyro_vae import likelihoods, plotting
-from pyro_vae.config import RunConfig
+from pyro_vae import likelihoods
+from pyro_vae.app import plotting
+from pyro_vae.app.config import RunConfig
 from pyro_vae.evaluation import evaluate
 from pyro_vae.model import VAE
 from pyro_vae.objectives import BetaSchedule

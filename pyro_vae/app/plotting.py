@@ -9,18 +9,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from pyro_vae.data import tile_images as _grid
 from pyro_vae.training import History
-
-
-def _grid(images: np.ndarray, shape: Sequence[int], rows: int) -> np.ndarray:
-    n = len(images)
-    cols = int(np.ceil(n / rows))
-    h, w = shape
-    canvas = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img.reshape(h, w)
-    return canvas
 
 
 def plot_history(history: History) -> Figure:
