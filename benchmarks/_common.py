@@ -8,7 +8,6 @@ the exact command line, the machine and the date next to its figures.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import os
@@ -322,12 +321,6 @@ def interleave(
 # --------------------------------------------------------------------------- training under a time budget
 
 
-def fit_supports(name: str) -> bool:
-    import pyro_vae
-
-    return name in inspect.signature(pyro_vae.fit).parameters
-
-
 def fit_with_budget(
     vae,
     train,
@@ -341,96 +334,25 @@ def fit_with_budget(
     log: Callable[[str], None] = print,
     **fit_kwargs: Any,
 ) -> dict[str, Any]:
-    """Train with :func:`pyro_vae.fit` for at most ``epochs`` and about ``max_seconds``.
-
-    Uses ``fit(..., max_seconds=...)`` when the installed pyro_vae has it (one call, one
-    optimizer). Otherwise falls back to calling ``fit`` in chunks of epochs and checking
-    the clock in between; then Adam's moment estimates restart at every chunk (recorded as
-    ``optimizer_restarts``), the beta warm-up is continued exactly across chunks, early
-    stopping is tracked across chunks, and each chunk starts from the best weights of the
-    previous one.
-    """
+    """Train with :func:`pyro_vae.fit` for at most ``epochs`` and about ``max_seconds`` (its ``max_minutes``)."""
     import pyro_vae
-    from pyro_vae.objectives import BetaSchedule
 
-    schedule = BetaSchedule.create(beta)
     start = time.perf_counter()
-    if max_seconds is None or fit_supports("max_seconds"):
-        kwargs = dict(fit_kwargs)
-        if max_seconds is not None:
-            kwargs["max_seconds"] = max_seconds
-        history = pyro_vae.fit(
-            vae, train, valid, epochs=epochs, patience=patience, beta=schedule, seed=seed, **kwargs
-        )
-        wall = time.perf_counter() - start
-        records = list(history.records)
-        stopped = (
-            "early_stopping"
-            if history.stopped_early
-            else ("time_budget" if len(records) < epochs else "epochs")
-        )
-        return {
-            "records": records,
-            "epochs_run": len(records),
-            "best_epoch": history.best_epoch,
-            "stopped_by": stopped,
-            "training_seconds": wall,
-            "budget_mechanism": "fit(max_seconds=...)" if max_seconds is not None else "none",
-            "optimizer_restarts": 0,
-        }
-
-    # Fallback: chunks of epochs.
-    records: list[dict[str, float]] = []
-    best_value, best_epoch, best_state, stale, restarts = -math.inf, None, None, 0, -1
-    stopped = "epochs"
-    epoch_seconds = None
-    while len(records) < epochs:
-        done = len(records)
-        remaining_time = max_seconds - (time.perf_counter() - start)
-        if remaining_time <= 0:
-            stopped = "time_budget"
-            break
-        if epoch_seconds is None:
-            chunk = 1
-        else:
-            chunk = max(1, min(epochs - done, int(remaining_time / epoch_seconds)))
-        if patience is not None:
-            chunk = min(chunk, max(1, patience - stale))
-        w = schedule.warmup_epochs
-        if w > 0 and done < w:
-            b0 = schedule(done)
-            sub = BetaSchedule(end=schedule.end, warmup_epochs=w - done, start=b0)
-        else:
-            sub = BetaSchedule(end=schedule(done))
-        t0 = time.perf_counter()
-        history = pyro_vae.fit(
-            vae, train, valid, epochs=chunk, beta=sub, seed=seed + done, patience=None, **fit_kwargs
-        )
-        restarts += 1
-        epoch_seconds = (time.perf_counter() - t0) / max(1, len(history.records))
-        improved = False
-        for r in history.records:
-            r = dict(r, epoch=done + r["epoch"])
-            records.append(r)
-            v = r["valid_elbo"]
-            if valid is not None and v == v and v > best_value:
-                best_value, best_epoch, stale, improved = v, r["epoch"], 0, True
-            elif valid is not None:
-                stale += 1
-        if improved:  # fit left the chunk's best weights in place: the best so far
-            best_state = {k: v.detach().clone() for k, v in vae.state_dict().items()}
-        log(f"  epochs {done + 1}-{len(records)} done ({time.perf_counter() - start:.0f} s)")
-        if patience is not None and stale >= patience:
-            stopped = "early_stopping"
-            break
-    if best_state is not None:
-        vae.load_state_dict(best_state)
+    if max_seconds is not None:
+        fit_kwargs["max_minutes"] = max_seconds / 60.0
+    history = pyro_vae.fit(
+        vae, train, valid, epochs=epochs, patience=patience, beta=beta, seed=seed, **fit_kwargs
+    )
+    records = list(history.records)
+    stopped = (
+        "early_stopping" if history.stopped_early else ("time_budget" if len(records) < epochs else "epochs")
+    )
     return {
         "records": records,
         "epochs_run": len(records),
-        "best_epoch": best_epoch,
+        "best_epoch": history.best_epoch,
         "stopped_by": stopped,
         "training_seconds": time.perf_counter() - start,
-        "budget_mechanism": "fit called in chunks (this pyro_vae.fit has no max_seconds)",
-        "optimizer_restarts": max(0, restarts),
+        "budget_mechanism": "fit(max_minutes=...)" if max_seconds is not None else "none",
+        "optimizer_restarts": 0,
     }

@@ -174,16 +174,15 @@ def main(argv: list[str] | None = None) -> dict:
     valid = splits.valid[: args.valid_size]
     test = splits.test[: args.test_size]
     clamped = {"valid": clamp_count(valid), "test": clamp_count(test)}
-    generator = torch.Generator().manual_seed(args.seed)
     clamped_in_training = {"values": 0}
 
-    def fresh_noise(raw_batch: torch.Tensor) -> torch.Tensor:
+    def fresh_noise(raw_batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         y = pre.forward(raw_batch, generator)
         clamped_in_training["values"] += clamp_count(y)
         return y.clamp_(LOW, HIGH)
 
     data = {
-        "train": TensorBatches(raw_train, fresh_noise),
+        "train": TensorBatches(raw_train, fresh_noise, seed=args.seed),
         "valid": valid.clamp(LOW, HIGH),
         "test": test.clamp(LOW, HIGH),
         "log_abs_det_jacobian": pre.log_abs_det_jacobian(784),

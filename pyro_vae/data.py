@@ -66,12 +66,21 @@ class TensorBatches(Dataset):
 
     ``DataLoader`` calls ``__getitems__`` with a batch of indices, so a batch is one
     indexing operation instead of ``batch_size`` item fetches and a collate.
-    ``transform`` (for example fresh dequantization noise) is applied per batch.
+    ``transform(batch, generator)`` (for example fresh dequantization noise) is applied per
+    batch with a generator that :meth:`set_epoch` reseeds from ``(seed, epoch)``: the noise
+    of an epoch does not depend on what came before, so a resumed run draws what an
+    uninterrupted one would have.
     """
 
-    def __init__(self, x: torch.Tensor, transform=None) -> None:
+    def __init__(self, x: torch.Tensor, transform=None, seed: int = 0) -> None:
         self.x = x
         self.transform = transform
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        state = np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]
+        self.generator.manual_seed(int(state))
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -81,7 +90,7 @@ class TensorBatches(Dataset):
 
     def __getitems__(self, indices):
         batch = self.x[torch.as_tensor(indices)]
-        return self.transform(batch) if self.transform is not None else batch
+        return self.transform(batch, self.generator) if self.transform is not None else batch
 
 
 def _keep_batch(batch):
@@ -250,8 +259,7 @@ class DataSplits:
         """The training set; with dequantization, fresh noise is drawn for every batch."""
         if self.raw_train is None or not self.preprocessing.is_stochastic:
             return TensorBatches(self.train)
-        generator = torch.Generator().manual_seed(seed)
-        return TensorBatches(self.raw_train, lambda x: self.preprocessing.forward(x, generator))
+        return TensorBatches(self.raw_train, self.preprocessing.forward, seed=seed)
 
     def summary(self) -> str:
         return (

@@ -190,7 +190,6 @@ def evaluate(
     ``distributed=False`` to evaluate everything in the calling process alone.
     """
     positive_int("num_samples", num_samples)
-    vae._require_resolved()
     ctx = dist_utils.current() if distributed is not False else dist_utils.SINGLE
     if ctx.world_size > 1:
         # Each process scores a contiguous share with its own draws; results are gathered.

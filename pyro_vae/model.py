@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,34 @@ from pyro import poutine
 from pyro.nn import PyroModule
 
 from pyro_vae import likelihoods, priors
+from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.networks import ACTIVATIONS, Decoder, GaussianEncoder
 from pyro_vae.utils import positive_int
 
 logger = logging.getLogger(__name__)
+
+
+class _Unresolved:
+    """Stands for the likelihood and decoder of an ``"auto"`` VAE before it has seen data."""
+
+    def _fail(self, *args, **kwargs):
+        raise RuntimeError(
+            "this VAE was built with likelihood='auto' and has not seen data yet: call "
+            "pyro_vae.fit(vae, data) or vae.resolve_likelihood(data) first, or pass a likelihood name"
+        )
+
+    __call__ = _fail
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        self._fail()
+
+    def __repr__(self) -> str:
+        return "<chosen from the data by likelihood='auto'>"
+
+
+_UNRESOLVED = _Unresolved()
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
@@ -84,18 +109,26 @@ class VAE(PyroModule):
         super().__init__()
         self.input_dim = positive_int("input_dim", input_dim)
         self.latent_dim = positive_int("latent_dim", latent_dim)
-        self.hidden = tuple(positive_int("hidden layer width", int(h)) for h in hidden)
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+            raise ConfigError(f"hidden must be a sequence of layer widths such as (256, 256), got {hidden!r}")
+        self.hidden = tuple(positive_int("hidden layer width", h) for h in hidden)
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+            raise ConfigError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         self.activation = activation
-        self.encoder_min_scale = encoder_min_scale
+        if isinstance(encoder_min_scale, bool) or not (
+            isinstance(encoder_min_scale, (int, float)) and 0 < encoder_min_scale < math.inf
+        ):
+            raise ConfigError(f"encoder_min_scale must be a positive number, got {encoder_min_scale!r}")
+        self.encoder_min_scale = float(encoder_min_scale)
         self.encoder = GaussianEncoder(input_dim, latent_dim, self.hidden, activation, encoder_min_scale)
         self.prior = priors.create(prior)
         self.prior.setup(latent_dim, input_dim, self.encoder)
         self.fitted = False  # set by fit(); data-dependent initialisation happens only once
-        self.likelihood: likelihoods.Likelihood | None = None
-        self.decoder: Decoder | None = None
-        if likelihood != "auto":
+        # With "auto", the likelihood and the decoder wait for data (resolve_likelihood, the
+        # one place that chooses); until then both are a placeholder that explains itself.
+        self.likelihood: likelihoods.Likelihood = _UNRESOLVED  # type: ignore[assignment]
+        self.decoder: Decoder = _UNRESOLVED  # type: ignore[assignment]
+        if not (isinstance(likelihood, str) and likelihood == "auto"):
             self._set_likelihood(likelihoods.create(likelihood))
 
     # ------------------------------------------------------------------ likelihood
@@ -112,7 +145,7 @@ class VAE(PyroModule):
 
     @property
     def is_resolved(self) -> bool:
-        return self.likelihood is not None
+        return self.likelihood is not _UNRESOLVED
 
     def resolve_likelihood(self, x: torch.Tensor) -> tuple[str, str | None]:
         """Choose the likelihood for ``likelihood="auto"`` from the data's support.
@@ -120,26 +153,34 @@ class VAE(PyroModule):
         Returns the likelihood's name and why ``auto`` chose it; a VAE whose likelihood is
         already set is left as it is, and the reason is ``None``.
         """
-        if self.likelihood is not None:
+        if self.is_resolved:
             return self.likelihood.name, None
         name, reason = likelihoods.choose_likelihood(x)
         logger.info("likelihood='auto' chose %r because %s", name, reason)
         self._set_likelihood(likelihoods.create(name))
         return name, reason
 
-    def _require_resolved(self) -> None:
-        if self.likelihood is None:
-            raise RuntimeError(
-                "this VAE was built with likelihood='auto' and has not seen data yet: call "
-                "pyro_vae.fit(vae, data) or vae.resolve_likelihood(data) first, or pass a "
-                "likelihood name"
-            )
+    def reset_parameters(self, seed: int) -> None:
+        """Initialise every weight from ``seed`` (``fit`` does this for an untrained VAE).
+
+        The same seed gives the same initial model whether the likelihood was named or
+        chosen by ``"auto"``; the global random streams are left as they were.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for module in self.modules():
+                if module is not self and callable(getattr(module, "reset_parameters", None)):
+                    module.reset_parameters()
+            device = self.encoder.net[0].weight.device
+            self.prior.setup(self.latent_dim, self.input_dim, self.encoder)
+            self.likelihood.setup(self.input_dim)
+            self.prior.to(device)
+            self.likelihood.to(device)
 
     # ------------------------------------------------------------------ Pyro model and guide
 
     def model(self, x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> None:
         r""":math:`p(z)\,p_\theta(x \mid z)`, with the latent site scaled by ``beta``."""
-        self._require_resolved()
         with pyro.plate("data", x.shape[0], dim=-1):
             with kl_weight(beta):
                 z = pyro.sample("z", self.prior())
@@ -159,15 +200,15 @@ class VAE(PyroModule):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != self.input_dim:
-            raise ValueError(
+            raise DataError(
                 f"expected data of shape (n, {self.input_dim}), got {tuple(x.shape)}; "
                 "flatten images to vectors first"
             )
         # One reduction first (a finite sum means finite entries); the full check only on failure.
         if finite and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
             n = int((~torch.isfinite(x)).sum())
-            raise ValueError(f"data contain {n} NaN or infinite values; remove or impute them first")
-        if support and self.likelihood is not None:
+            raise DataError(f"data contain {n} NaN or infinite values; remove or impute them first")
+        if support and self.is_resolved:
             self.likelihood.check_data(x)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +218,6 @@ class VAE(PyroModule):
 
     def decode(self, z: torch.Tensor) -> dist.Distribution:
         """:math:`p_\\theta(x \\mid z)` with event shape ``(input_dim,)``."""
-        self._require_resolved()
         if z.shape[-1] != self.latent_dim:
             raise ValueError(f"expected codes with last dimension {self.latent_dim}, got {tuple(z.shape)}")
         return self.likelihood(self.decoder(z)).to_event(1)
@@ -204,7 +244,6 @@ class VAE(PyroModule):
 
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this model (not its weights), as JSON-ready data."""
-        self._require_resolved()
         return {
             "input_dim": self.input_dim,
             "latent_dim": self.latent_dim,

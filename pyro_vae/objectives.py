@@ -135,6 +135,20 @@ class BetaSchedule:
     def to_dict(self) -> dict[str, float]:
         return {"end": self.end, "warmup_epochs": self.warmup_epochs, "start": self.start}
 
+    @classmethod
+    def coerce(cls, value: Any, where: str) -> BetaSchedule:
+        """As a typed setting: a number, a dict of the fields or a schedule; errors name ``where``."""
+        from pyro_vae.errors import ConfigError
+
+        if isinstance(value, str) or value is None:
+            raise ConfigError(
+                f"{where} must be a number or an object (end, warmup_epochs, start), got {value!r}"
+            )
+        try:
+            return cls.create(value)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{where}: {e}") from None
+
 
 class ELBOLoss(torch.nn.Module):
     r"""The training objective of a VAE as a module: the negative ELBO per data point.

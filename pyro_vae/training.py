@@ -2,18 +2,27 @@
 
 Each step evaluates :class:`~pyro_vae.objectives.ELBOLoss`, which calls
 ``elbo.differentiable_loss(vae.model, vae.guide, x, beta)``, the surrogate loss Pyro
-derives from the model and guide, and steps ``torch.optim.Adam`` (its fused kernel) on the VAE's
-parameters. Nothing about the loss is written here. With ``distributed=True`` the loss
-module is wrapped in ``DistributedDataParallel`` and every process trains on its shard.
+derives from the model and guide, and steps ``torch.optim.Adam`` (its fused kernel) on the
+VAE's parameters. Nothing about the loss is written here.
+
+The loop is short; its parts are named: :class:`EarlyStopping`, :class:`DivergenceGuard`,
+:class:`Checkpointer` (every random state and the data order, so that a resumed run is the
+uninterrupted one to the bit), :class:`Progress`, and the distributed wrapping. Every
+setting is a field of :class:`TrainConfig`, defined once; ``fit`` takes them as a config,
+as keyword arguments, or both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import logging
 import math
+import random
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,21 +35,89 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from pyro_vae import distributed as dist_utils
+from pyro_vae import objectives
 from pyro_vae.data import as_tensor, features_of, make_loader
 from pyro_vae.distributed import PeerFailure
+from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
 from pyro_vae.evaluation import validation_elbo
-from pyro_vae.model import VAE, WEIGHTS_FILE
+from pyro_vae.model import VAE
 from pyro_vae.objectives import BetaSchedule, ELBOLoss, make_elbo
-from pyro_vae.utils import atomic_torch_save, positive_int, resolve_device, set_threads
+from pyro_vae.settings import Settings, at_least, positive, setting
+from pyro_vae.utils import atomic_torch_save, resolve_device, set_threads
 
 logger = logging.getLogger(__name__)
 
 TRAINING_STATE_FILE = "training_state.pt"
+HISTORY_FILE = "history.csv"
 HISTORY_COLUMNS = ("epoch", "train_loss", "valid_elbo", "beta", "seconds")
+CHECKPOINT_FORMAT = 2
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite. ``history`` holds the epochs completed before."""
+def _device(value: str) -> str | None:
+    if value == "auto":
+        return None
+    try:
+        torch.device(value)
+    except RuntimeError:
+        return "must be cpu, cuda, cuda:N or auto"
+    return None
+
+
+def _objective_names() -> list[str]:
+    return list(objectives.names()) if hasattr(objectives, "names") else list(objectives.OBJECTIVES)
+
+
+@dataclass
+class TrainConfig(Settings):
+    """Every training setting, defined once (``fit``, ``config.json`` and the CLI read it)."""
+
+    SECTION = "train"
+
+    epochs: int = setting(
+        1000, "epochs at most, counted from the start (also when resuming)", check=at_least(1)
+    )
+    batch_size: int = setting(128, "data points per step (per process under DDP)", check=at_least(1))
+    lr: float = setting(1e-3, "Adam learning rate", check=positive)
+    loss: str = setting("elbo", "the objective", choices=lambda: _objective_names())
+    num_particles: int = setting(1, "samples of z per data point and step", check=at_least(1))
+    beta: BetaSchedule = setting(
+        BetaSchedule(), "the KL weight: a number, or {end, warmup_epochs, start} for a linear warm-up"
+    )
+    seed: int = setting(0, "seeds the initial weights, the data order and every draw", check=at_least(0))
+    device: str = setting("cpu", "cpu, cuda, cuda:N or auto", check=_device)
+    patience: int | None = setting(
+        50,
+        "early stopping: epochs without a better validation ELBO (used when there is validation data; "
+        "null or 0 on the command line: off)",
+        check=at_least(1),
+    )
+    num_threads: int | None = setting(
+        None, "torch CPU threads (default: one per available core)", check=at_least(1)
+    )
+    max_minutes: float | None = setting(
+        None, "stop after the epoch that spends this much training time", check=positive
+    )
+    ddp_timeout_s: float = setting(
+        dist_utils.DEFAULT_TIMEOUT_S,
+        "seconds a process waits for the others",
+        check=positive,
+        flag="--ddp-timeout",
+    )
+
+
+def train_config(config: TrainConfig | dict | None = None, **settings: Any) -> TrainConfig:
+    """``config`` (or the defaults) with ``settings`` applied, every value checked."""
+    if config is None:
+        config = TrainConfig()
+    elif isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    elif not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a TrainConfig or a dict, got {type(config).__name__}")
+    return config.replace(**settings) if settings else config
+
+
+class TrainingDiverged(PyroVAEError, RuntimeError):
+    """The loss became NaN, infinite, or exploded. ``history`` holds the epochs completed before."""
 
     def __init__(self, message: str, history: History) -> None:
         super().__init__(message)
@@ -51,12 +128,14 @@ class TrainingDiverged(RuntimeError):
 class History:
     """Per-epoch records: ``train_loss`` (the objective per data point, -ELBO at beta=1),
     ``valid_elbo`` (nats per data point, NaN without validation data), ``beta`` (at the
-    epoch's last step) and ``seconds`` (training time of the epoch)."""
+    epoch's last step) and ``seconds`` (training time of the epoch). ``notes`` says what
+    was chosen for the user (the likelihood ``"auto"`` picked, and why)."""
 
     records: list[dict[str, float]] = field(default_factory=list)
     likelihood: str = ""
     best_epoch: int | None = None
     stopped_early: bool = False
+    notes: list[str] = field(default_factory=list)
 
     def __getitem__(self, column: str) -> list[float]:
         if column not in HISTORY_COLUMNS:
@@ -66,15 +145,15 @@ class History:
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def seconds(self) -> float:
+        return float(sum(r["seconds"] for r in self.records))
+
     def to_csv(self, path: str | Path) -> None:
         with Path(path).open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
             writer.writeheader()
             writer.writerows(self.records)
-
-
-def _state_copy(vae: VAE) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in vae.state_dict().items()}
 
 
 def make_optimizer(params, lr: float) -> torch.optim.Adam:
@@ -101,248 +180,510 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
 
 
+def _state_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _all_finite(state: dict[str, torch.Tensor]) -> bool:
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+# --------------------------------------------------------------------------- the parts
+
+
+class EarlyStopping:
+    """Keeps the weights of the best validation score; says when ``patience`` epochs passed without one."""
+
+    def __init__(self, patience: int | None) -> None:
+        self.patience = patience
+        self.best_value = -math.inf
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stale = 0
+
+    def update(self, epoch: int, value: float, state: dict[str, torch.Tensor]) -> bool:
+        """Record epoch ``epoch``'s score; True when training should stop."""
+        if value > self.best_value:
+            self.best_value, self.best_epoch, self.best_state, self.stale = value, epoch, state, 0
+        else:
+            self.stale += 1
+        return self.patience is not None and self.stale >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch, "stale": self.stale}
+
+    def load_state_dict(self, state: dict[str, Any], best_state: dict[str, torch.Tensor] | None) -> None:
+        self.best_value, self.best_epoch, self.stale = (
+            state["best_value"],
+            state["best_epoch"],
+            state["stale"],
+        )
+        self.best_state = best_state
+
+
+class DivergenceGuard:
+    """Stops training on a non-finite loss, or one that explodes while staying finite.
+
+    A step's loss (nats per data point) counts as exploded when it exceeds the best epoch
+    loss so far by ``factor`` times the larger of that loss's size and the number of
+    features: healthy training moves the per-point loss by a fraction of that, while a
+    learning rate far too large sends it to 1e10 and beyond within a few steps.
+    """
+
+    def __init__(self, num_features: int, factor: float = 100.0) -> None:
+        self.scale = float(num_features)
+        self.factor = factor
+        self.reference: float | None = None
+
+    def limit(self) -> float:
+        if self.reference is None:
+            return math.inf
+        return self.reference + self.factor * max(abs(self.reference), self.scale)
+
+    def problem(self, value: float) -> str | None:
+        """What is wrong with a loss value, or None."""
+        if not math.isfinite(value):
+            return f"the loss became {value}"
+        if value > self.limit():
+            return f"the loss exploded to {value:.4g} nats per point (best epoch: {self.reference:.4g})"
+        return None
+
+    def end_epoch(self, mean_loss: float) -> None:
+        self.reference = mean_loss if self.reference is None else min(self.reference, mean_loss)
+
+
+class Checkpointer:
+    """Writes the run's state after every epoch: enough to continue it to the bit.
+
+    ``model.pt`` holds the weights to use (the best so far with validation data),
+    ``training_state.pt`` the current weights, the optimizer, the early-stopping and
+    divergence-guard state, every random generator and the history; ``history.csv`` gets
+    one line per epoch as it ends.
+    """
+
+    def __init__(self, directory: Path | None, is_main: bool) -> None:
+        self.directory = directory
+        self.active = directory is not None and is_main
+
+    def save(self, vae: VAE, model_state, loop: _Loop) -> None:
+        if not self.active:
+            return
+        vae.save(self.directory, state_dict=model_state)
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": len(loop.history),
+            "model": _state_copy(vae),
+            "optimizer": loop.optimizer.state_dict(),
+            "history": loop.history.records,
+            "early_stopping": loop.stopping.state_dict(),
+            "guard_reference": loop.guard.reference,
+            "elapsed": loop.elapsed,
+            "rng": _rng_states(),
+        }
+        atomic_torch_save(state, self.directory / TRAINING_STATE_FILE)
+        self._append_history(loop.history)
+
+    def _append_history(self, history: History) -> None:
+        path = self.directory / HISTORY_FILE
+        if len(history) == 1 or not path.is_file():
+            history.to_csv(path)
+            return
+        with path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=HISTORY_COLUMNS).writerow(history.records[-1])
+
+    def restore(self, vae: VAE, loop: _Loop, device: torch.device) -> int:
+        """Load the state written after the last finished epoch; returns the next epoch."""
+        from pyro_vae.model import WEIGHTS_FILE
+
+        if self.directory is None:
+            raise ConfigError("resume=True needs the checkpoint_dir to resume from")
+        state = _load(self.directory / TRAINING_STATE_FILE, device)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{self.directory / TRAINING_STATE_FILE} was written by an older pyro_vae and cannot be "
+                "resumed exactly; start the run again"
+            )
+        vae.load_state_dict(state["model"])
+        loop.optimizer.load_state_dict(state["optimizer"])
+        loop.history.records = list(state["history"])
+        es = state["early_stopping"]
+        best = _load(self.directory / WEIGHTS_FILE, device) if es["best_epoch"] is not None else None
+        loop.stopping.load_state_dict(es, best)
+        loop.history.best_epoch = es["best_epoch"]
+        loop.guard.reference = state["guard_reference"]
+        loop.elapsed = state["elapsed"]
+        _set_rng_states(state["rng"])
+        if self.active:  # history.csv may hold an epoch the checkpoint does not: rewrite it
+            loop.history.to_csv(self.directory / HISTORY_FILE)
+        logger.info("resuming after epoch %d from %s", state["epoch"], self.directory)
+        return state["epoch"] + 1
+
+
+def _load(path: Path, device: torch.device) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume: no {path.name} in {path.parent}")
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def _rng_states() -> dict[str, Any]:
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": _numpy_state(),
+        "python": repr(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _numpy_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": pos,
+        "gauss": (has_gauss, cached),
+    }
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    import ast
+
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], *n["gauss"]))
+    random.setstate(ast.literal_eval(states["python"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class Progress:
+    """A tqdm bar over epochs on a terminal; elsewhere (logs, CI) one line for the first
+    epoch, then one every ``every_s`` seconds, and one for the last."""
+
+    def __init__(self, enabled: bool, total_epochs: int, first_epoch: int, every_s: float = 30.0) -> None:
+        self.enabled = enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.every_s = every_s
+        self.total_epochs = total_epochs
+        self.last_time, self.printed, self.latest = time.perf_counter(), None, None
+        self.bar = tqdm(total=total_epochs, initial=first_epoch - 1, unit="epoch", disable=not self.tty)
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text, file=sys.stderr)
+
+    def epoch(self, record: dict[str, float]) -> None:
+        if self.tty:
+            self.bar.set_postfix(
+                loss=f"{record['train_loss']:.3f}",
+                valid_elbo=f"{record['valid_elbo']:.3f}",
+                beta=f"{record['beta']:.2f}",
+            )
+            self.bar.update(1)
+        elif self.enabled:
+            self.latest = record
+            if self.printed is None or time.perf_counter() - self.last_time >= self.every_s:
+                self.line(record)
+
+    def line(self, record: dict[str, float]) -> None:
+        self.last_time, self.printed = time.perf_counter(), record["epoch"]
+        text = f"loss {record['train_loss']:.3f}, valid_elbo {record['valid_elbo']:.3f}"
+        print(f"epoch {record['epoch']}/{self.total_epochs}: {text}", file=sys.stderr, flush=True)
+
+    def close(self, epochs_done: int) -> None:
+        if self.tty and self.bar.n < self.bar.total:  # early stop: end the bar at 100%
+            self.bar.total = epochs_done
+            self.bar.refresh()
+        self.bar.close()
+        if self.latest is not None and self.printed != self.latest["epoch"]:
+            self.line(self.latest)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class _Loop:
+    vae: VAE
+    objective: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    valid: Any
+    cfg: TrainConfig
+    ctx: dist_utils.Context
+    device: torch.device
+    history: History
+    stopping: EarlyStopping
+    guard: DivergenceGuard
+    checkpointer: Checkpointer
+    check_batch: torch.Tensor
+    elapsed: float = 0.0
+    last_good: tuple[dict[str, torch.Tensor], int] = field(default_factory=lambda: ({}, 0))
+
+    def run(self, first_epoch: int, progress: Progress) -> None:
+        schedule, cfg = self.cfg.beta, self.cfg
+        budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
+        for epoch in range(first_epoch, cfg.epochs + 1):
+            record = self.train_epoch(epoch, schedule)
+            stop = self.end_epoch(epoch, record)
+            progress.epoch(record)
+            if stop:
+                self.history.stopped_early = True
+                break
+            if budget is not None and self.elapsed >= budget:
+                logger.info("stopping after epoch %d: the time budget of %.0f s is spent", epoch, budget)
+                break
+
+    def train_epoch(self, epoch: int, schedule: BetaSchedule) -> dict[str, float]:
+        start = time.perf_counter()
+        _set_epoch(self.loader, epoch)
+        torch.manual_seed(epoch_seed(self.cfg.seed, self.ctx.rank, epoch))
+        steps = _num_steps(self.loader)
+        total, count, b = 0.0, 0, schedule(epoch - 1)
+        for step, x in enumerate(self.batches()):
+            b = schedule(epoch - 1 + step / steps) if steps else b
+            value = self.step(x, b, epoch, step)
+            total, count = total + value * x.shape[0], count + x.shape[0]
+        seconds = time.perf_counter() - start
+        self.elapsed += seconds
+        total, count = dist_utils.all_reduce_sum([total, count], self.device)
+        mean = total / max(count, 1)
+        return {"epoch": epoch, "train_loss": mean, "valid_elbo": math.nan, "beta": b, "seconds": seconds}
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        for batch in self.loader:
+            yield features_of(batch).to(self.device, torch.float32, non_blocking=True)
+
+    def step(self, x: torch.Tensor, beta: float, epoch: int, step: int) -> float:
+        sync = dist_utils.collective if self.ctx.world_size > 1 else contextlib.nullcontext
+        with sync():
+            loss = self.objective(x, beta)
+        value = loss.item()
+        if self.ctx.world_size > 1:  # every process must take the same decision
+            value = dist_utils.all_reduce_sum([value / self.ctx.world_size], self.device)[0]
+        problem = self.guard.problem(value)
+        if problem:
+            raise self.diverged(f"{problem} at epoch {epoch}, step {step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        with sync():  # DistributedDataParallel averages the gradients here
+            loss.backward()
+        self.optimizer.step()
+        return value
+
+    def end_epoch(self, epoch: int, record: dict[str, float]) -> bool:
+        """Score the epoch's weights, keep the best, write the checkpoint; True to stop early."""
+        state = _state_copy(self.vae)
+        score = self.score()
+        problem = self.guard.problem(-score) or (
+            None if _all_finite(state) else "the weights became non-finite"
+        )
+        if problem:
+            raise self.diverged(f"{problem} after epoch {epoch}")
+        self.guard.end_epoch(record["train_loss"])
+        stop = False
+        if self.valid is not None:
+            record["valid_elbo"] = score
+            stop = self.stopping.update(epoch, score, state)
+            self.history.best_epoch = self.stopping.best_epoch
+        self.history.records.append(record)
+        self.last_good = (state, epoch)
+        self.checkpointer.save(self.vae, self.stopping.best_state or state, self)
+        return stop
+
+    def score(self) -> float:
+        """The validation ELBO; without validation data, the ELBO of a fixed training batch.
+
+        Either way the epoch's final weights are checked before they count as good.
+        """
+        data = self.valid if self.valid is not None else self.check_batch
+        return validation_elbo(self.vae, data, seed=self.cfg.seed)
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        best = self.stopping.best_state
+        good, epoch = (best, self.stopping.best_epoch) if best is not None else self.last_good
+        self.vae.load_state_dict(good)
+        if epoch:
+            restored = f"the model was restored to the weights after epoch {epoch}"
+        else:
+            restored = "no epoch ended with usable weights: the model was restored to its initial weights"
+        kept = ""
+        if self.checkpointer.directory is not None and len(self.history):
+            kept = f" The checkpoint in {self.checkpointer.directory} is intact (epoch {len(self.history)})."
+        message = f"{what}; training stopped and {restored}.{kept} {self.advice()}"
+        logger.error(message)
+        return TrainingDiverged(message, self.history)
+
+    def advice(self) -> str:
+        peak = float(self.check_batch.abs().max())
+        if peak > 1e6:
+            return (
+                f"The data reach {peak:.3g} in absolute value: rescale them (standardize=True, "
+                "command line --standardize) before looking at the learning rate."
+            )
+        return (
+            f"Try a smaller learning rate (lr={self.cfg.lr}), a KL warm-up, or a likelihood with a "
+            "larger scale floor (for example min_scale=1e-2)."
+        )
+
+
+def _set_epoch(loader: DataLoader, epoch: int) -> None:
+    for obj in (loader.sampler, loader.dataset):
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+
+
+def _num_steps(loader: DataLoader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable-style dataset
+        return None
+
+
+# --------------------------------------------------------------------------- fit
+
+
 def fit(
     vae: VAE,
     train: Any,
     valid: Any = None,
+    config: TrainConfig | dict | None = None,
     *,
-    epochs: int = 100,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    loss: str = "elbo",
-    num_particles: int = 1,
-    beta: float | dict | BetaSchedule = 1.0,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
     progress: bool = True,
-    patience: int | None = None,
     checkpoint_dir: str | Path | None = None,
-    num_threads: int | None = None,
     distributed: bool = False,
     resume: bool = False,
-    max_seconds: float | None = None,
-    timeout_s: float = dist_utils.DEFAULT_TIMEOUT_S,
+    **settings: Any,
 ) -> History:
     """Train ``vae`` by stochastic variational inference.
 
     Args:
-        vae: the model; a VAE with ``likelihood="auto"`` chooses it here from ``train``.
+        vae: the model. An untrained VAE (not fitted, not loaded) is initialised here from
+            ``seed``; with ``likelihood="auto"`` the likelihood is chosen from ``train`` first.
         train, valid: tensors, numpy arrays, torch ``Dataset`` s or ``DataLoader`` s
             (batches may be ``x`` or ``(x, label)``).
-        epochs, batch_size, lr: the Adam schedule; ``epochs`` counts from the start of
-            training, also when resuming.
-        loss: ``"elbo"``, ``"elbo_analytic"`` or ``"iwae"`` (see :mod:`pyro_vae.objectives`).
-        num_particles: samples of ``z`` per data point and step.
-        beta: KL weight, a number or a :class:`~pyro_vae.objectives.BetaSchedule` (or its
-            dict) for a linear warm-up; applied with ``poutine.scale`` on the latent site.
-        seed: makes training reproducible (same seed, same device: same weights).
-        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
-        patience: stop after this many epochs without a better validation ELBO and keep
-            the best weights (needs ``valid``).
-        checkpoint_dir: after every epoch, the model (best weights so far when ``valid`` is
-            given) and the training state are written there atomically.
-        num_threads: torch CPU threads (default: the available cores, shared among the
-            processes of this machine).
+        config: a :class:`TrainConfig` (or its dict); keyword ``settings`` override its
+            fields: ``epochs``, ``batch_size``, ``lr``, ``loss``, ``num_particles``, ``beta``
+            (a number or ``{"end", "warmup_epochs", "start"}``), ``seed``, ``device``,
+            ``patience`` (needs ``valid``), ``num_threads``, ``max_minutes``, ``ddp_timeout_s``.
+        progress: a progress bar on a terminal, a line every 30 s elsewhere.
+        checkpoint_dir: after every epoch, ``model.pt`` (best weights so far when ``valid``
+            is given), ``training_state.pt`` and ``history.csv`` are written there.
         distributed: train in every process of a ``torchrun`` launch with
-            ``DistributedDataParallel``; ``batch_size`` is per process, process 0 writes
-            the checkpoints.
-        resume: continue from the training state in ``checkpoint_dir``.
-        max_seconds: stop after the epoch in which this much training time has passed.
-        timeout_s: how long a process waits for the others before failing.
+            ``DistributedDataParallel``; ``batch_size`` is per process, process 0 writes.
+        resume: continue from the training state in ``checkpoint_dir``: the same weights,
+            to the bit, as a run that was never interrupted (same machine and threads).
 
     Returns:
-        the :class:`History`. If the loss becomes NaN or infinite, training stops with
-        :class:`TrainingDiverged`; the VAE is restored to the last good weights and the
-        checkpoint files are left as they were after the last good epoch.
+        the :class:`History`. If the loss becomes non-finite or explodes, training stops with
+        :class:`TrainingDiverged`; the VAE is restored to the best (or last good) weights and
+        the checkpoint files are left as they were after the last good epoch.
     """
-    positive_int("epochs", epochs)
-    positive_int("batch_size", batch_size)
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if patience is not None:
-        positive_int("patience", patience)
-        if valid is None:
-            raise ValueError("patience (early stopping) needs validation data: pass valid=...")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs the checkpoint_dir to resume from")
-    schedule = BetaSchedule.create(beta)
-    elbo = make_elbo(loss, num_particles)
-    ctx = dist_utils.setup(device, timeout_s) if distributed else dist_utils.SINGLE
-    device = ctx.device if distributed else resolve_device(device)
-    set_threads(num_threads, processes=ctx.local_world_size)
-    torch.manual_seed(epoch_seed(seed, ctx.rank, 0))
-
-    in_memory = not isinstance(train, (Dataset, DataLoader))
-    if in_memory:
-        train = as_tensor(train)
-        vae.check_data(train, support=False, finite=False)  # the shape, before choosing a likelihood
-    loader = make_loader(train, batch_size, shuffle=True, seed=seed, rank=ctx.rank, world_size=ctx.world_size)
-    if not vae.is_resolved:
-        vae.resolve_likelihood(train if in_memory else (features_of(b) for b in loader))
-    if in_memory:
-        vae.check_data(train)
-    if valid is not None and not isinstance(valid, (Dataset, DataLoader)):
-        valid = as_tensor(valid)
-        vae.check_data(valid)
+    if "patience" in settings and settings["patience"] is not None and valid is None:
+        raise ConfigError("patience (early stopping) needs validation data: pass valid=...")
+    cfg = train_config(config, **settings)
+    ctx = dist_utils.setup(cfg.device, cfg.ddp_timeout_s) if distributed else dist_utils.SINGLE
+    device = ctx.device if distributed else resolve_device(cfg.device)
+    set_threads(cfg.num_threads, processes=ctx.local_world_size)
+    history = History()
+    train, valid = _prepare(vae, train, valid, cfg, history, resume=resume)
+    loader = make_loader(
+        train, cfg.batch_size, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
+    )
     vae.to(device)
     if not vae.fitted and not resume:
-        vae.prior.initialize(features_of(next(iter(loader))).to(device, torch.float32))
-
-    optimizer = make_optimizer(vae.parameters(), lr)
-    history = History(likelihood=vae.likelihood.name)
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    best_value, best_state, stale, first_epoch = -math.inf, None, 0, 1
-    if resume:
-        first_epoch, best_value, best_state, stale = _restore(checkpoint_dir, vae, optimizer, history, device)
-
-    objective = ELBOLoss(vae, elbo)
-    if ctx.world_size > 1:
-        # The prior's parameters get no gradient while beta is 0 (the latent site is masked).
-        may_skip_prior = schedule.end == 0 or (schedule.start == 0 and schedule.warmup_epochs > 0)
-        objective = DistributedDataParallel(
-            objective,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=may_skip_prior,
-        )  # broadcasts process 0's weights, so every process starts from the same model
-    try:
-        steps_per_epoch = len(loader)
-    except TypeError:  # an iterable-style dataset
-        steps_per_epoch = None
-    last_good = _state_copy(vae)
-    elapsed = 0.0
-    sync = dist_utils.collective if ctx.world_size > 1 else contextlib.nullcontext
-
-    bar = tqdm(
-        total=(epochs - first_epoch + 1) * steps_per_epoch if steps_per_epoch else None,
-        disable=not progress or not ctx.is_main,
-        unit="step",
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(epoch_seed(cfg.seed, 0, 0))  # the same start on every process
+            vae.prior.initialize(_first_batch(loader).to(device, torch.float32))
+    history.likelihood = vae.likelihood.name
+    loop = _Loop(
+        vae=vae,
+        objective=_objective(vae, cfg, ctx, device),
+        optimizer=make_optimizer(vae.parameters(), cfg.lr),
+        loader=loader,
+        valid=valid,
+        cfg=cfg,
+        ctx=ctx,
+        device=device,
+        history=history,
+        stopping=EarlyStopping(cfg.patience if valid is not None else None),
+        guard=DivergenceGuard(vae.input_dim),
+        checkpointer=Checkpointer(Path(checkpoint_dir) if checkpoint_dir is not None else None, ctx.is_main),
+        check_batch=_first_batch(loader).to(device, torch.float32),
     )
-    vae.train()
+    first_epoch = loop.checkpointer.restore(vae, loop, device) if resume else 1
+    loop.last_good = (_state_copy(vae), first_epoch - 1)
+    bar = Progress(progress and ctx.is_main, cfg.epochs, first_epoch)
+    for note in history.notes:
+        bar.note(note)
     try:
-        with pyro.validation_enabled(False):  # inputs are validated above, once
-            for epoch in range(first_epoch, epochs + 1):
-                start = time.perf_counter()
-                if hasattr(loader.sampler, "set_epoch"):
-                    loader.sampler.set_epoch(epoch)
-                torch.manual_seed(epoch_seed(seed, ctx.rank, epoch))
-                total, count = 0.0, 0
-                b = schedule(epoch - 1)
-                for step, batch in enumerate(loader):
-                    x = features_of(batch).to(device, torch.float32, non_blocking=True)
-                    if epoch == first_epoch and not in_memory:
-                        vae.check_data(x)
-                    if steps_per_epoch:
-                        b = schedule(epoch - 1 + step / steps_per_epoch)
-                    with sync():
-                        loss_value = objective(x, b)
-                    value = loss_value.item()
-                    if ctx.world_size > 1:  # every process must take the same decision
-                        value = dist_utils.all_reduce_sum([value / ctx.world_size], device)[0]
-                    if not math.isfinite(value):
-                        raise _diverged(vae, last_good, history, epoch, step, value, lr, checkpoint_dir)
-                    optimizer.zero_grad(set_to_none=True)
-                    with sync():  # DistributedDataParallel averages the gradients here
-                        loss_value.backward()
-                    optimizer.step()
-                    total += value * x.shape[0]
-                    count += x.shape[0]
-                    bar.update(1)
-                seconds = time.perf_counter() - start
-                elapsed += seconds
-                total, count = dist_utils.all_reduce_sum([total, count], device)
-                valid_elbo = math.nan
-                if valid is not None:
-                    valid_elbo = validation_elbo(vae, valid, seed=seed)
-                    if not math.isfinite(valid_elbo):
-                        raise _diverged(vae, last_good, history, epoch, None, valid_elbo, lr, checkpoint_dir)
-                record = {
-                    "epoch": epoch,
-                    "train_loss": total / max(count, 1),
-                    "valid_elbo": valid_elbo,
-                    "beta": b,
-                    "seconds": seconds,
-                }
-                history.records.append(record)
-                last_good = _state_copy(vae)
-                if valid is not None and valid_elbo > best_value:
-                    best_value, best_state, stale = valid_elbo, last_good, 0
-                    history.best_epoch = epoch
-                elif valid is not None:
-                    stale += 1
-                bar.set_postfix(
-                    epoch=epoch,
-                    loss=f"{record['train_loss']:.3f}",
-                    valid_elbo=f"{valid_elbo:.3f}",
-                    beta=f"{b:.2f}",
-                )
-                if checkpoint_dir is not None and ctx.is_main:
-                    _write_checkpoint(
-                        checkpoint_dir, vae, best_state or last_good, optimizer, history, best_value, stale
-                    )
-                if patience is not None and stale >= patience:
-                    history.stopped_early = True
-                    break
-                if max_seconds is not None and elapsed >= max_seconds:
-                    logger.info(
-                        "stopping after epoch %d: the time budget of %.0f s is spent", epoch, max_seconds
-                    )
-                    break
+        with pyro.validation_enabled(False):  # inputs were validated once, above
+            loop.run(first_epoch, bar)
     except PeerFailure as e:
         if checkpoint_dir is not None:
             e.args = (
-                f"{e} The last checkpoint in {checkpoint_dir} is intact; continue with --resume (fit(..., resume=True)).",
+                f"{e} The last checkpoint in {checkpoint_dir} is intact; continue with resume=True (--resume).",
             )
         raise
     finally:
-        bar.close()
-    if best_state is not None:
-        vae.load_state_dict(best_state)
+        bar.close(len(history))
+    if loop.stopping.best_state is not None:
+        vae.load_state_dict(loop.stopping.best_state)
     vae.fitted = True
     return history
 
 
-def _write_checkpoint(directory: Path, vae: VAE, model_state, optimizer, history, best_value, stale) -> None:
-    vae.save(directory, state_dict=model_state)
-    state = {
-        "epoch": len(history),
-        "model": _state_copy(vae),
-        "optimizer": optimizer.state_dict(),
-        "history": history.records,
-        "best_epoch": history.best_epoch,
-        "best_value": best_value,
-        "stale_epochs": stale,
-    }
-    atomic_torch_save(state, directory / TRAINING_STATE_FILE)
+def _prepare(vae: VAE, train: Any, valid: Any, cfg: TrainConfig, history: History, *, resume: bool):
+    """Check the data, choose an ``"auto"`` likelihood and initialise an untrained VAE from the seed."""
+    in_memory = not isinstance(train, (Dataset, DataLoader))
+    if in_memory:
+        train = as_tensor(train)
+        if train.shape[0] == 0:
+            raise DataError("the training data hold no data points")
+        vae.check_data(train, support=False, finite=False)  # the shape, before choosing a likelihood
+    if not vae.is_resolved:
+        sample = (
+            train
+            if in_memory
+            else (features_of(b) for b in make_loader(train, cfg.batch_size, shuffle=False))
+        )
+        name, reason = vae.resolve_likelihood(sample)
+        history.notes.append(f"likelihood 'auto' chose {name!r}: {reason}")
+    if not vae.fitted and not resume:
+        vae.reset_parameters(cfg.seed)
+    if in_memory:
+        vae.check_data(train)
+    else:
+        vae.check_data(_first_batch(make_loader(train, cfg.batch_size, shuffle=False)).to(torch.float32))
+    if valid is not None and not isinstance(valid, (Dataset, DataLoader)):
+        valid = as_tensor(valid)
+        if valid.shape[0] == 0:
+            raise DataError("the validation data hold no data points; pass valid=None to train without")
+        vae.check_data(valid)
+    return train, valid
 
 
-def _restore(directory: Path, vae: VAE, optimizer, history: History, device) -> tuple[int, float, Any, int]:
-    path = directory / TRAINING_STATE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: no {TRAINING_STATE_FILE} in {directory}")
-    state = torch.load(path, map_location=device, weights_only=True)
-    vae.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    history.records = list(state["history"])
-    history.best_epoch = state["best_epoch"]
-    best_state = None
-    if state["best_epoch"] is not None:
-        best_state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
-    logger.info("resuming after epoch %d from %s", state["epoch"], directory)
-    return state["epoch"] + 1, state["best_value"], best_state, state["stale_epochs"]
+def _first_batch(loader: DataLoader) -> torch.Tensor:
+    with torch.random.fork_rng(devices=[]):  # peeking must not move the random stream
+        batch = next(iter(loader), None)
+    if batch is None:
+        raise DataError("the training data hold no data points")
+    return features_of(batch)
 
 
-def _diverged(vae, last_good, history, epoch, step, value, lr, checkpoint_dir) -> TrainingDiverged:
-    vae.load_state_dict(last_good)
-    where = f"epoch {epoch}, step {step}" if step is not None else f"the validation after epoch {epoch}"
-    kept = (
-        f" The checkpoint in {checkpoint_dir} is intact (epoch {len(history)})."
-        if checkpoint_dir is not None and len(history)
-        else ""
-    )
-    message = (
-        f"the loss became {value} at {where}; training stopped and the model was restored to "
-        f"the weights after epoch {len(history)}.{kept} Try a smaller learning rate (lr={lr}), a KL "
-        f"warm-up, or a likelihood with a larger scale floor (for example min_scale=1e-2)."
-    )
-    logger.error(message)
-    return TrainingDiverged(message, history)
+def _objective(vae: VAE, cfg: TrainConfig, ctx: dist_utils.Context, device: torch.device) -> torch.nn.Module:
+    objective = ELBOLoss(vae, make_elbo(cfg.loss, cfg.num_particles))
+    if ctx.world_size == 1:
+        return objective
+    schedule = cfg.beta
+    # The prior's parameters get no gradient while beta is 0 (the latent site is masked).
+    may_skip_prior = schedule.end == 0 or (schedule.start == 0 and schedule.warmup_epochs > 0)
+    return DistributedDataParallel(
+        objective,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=may_skip_prior,
+    )  # broadcasts process 0's weights, so every process starts from the same model
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]

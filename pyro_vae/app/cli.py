@@ -3,66 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import pickle
 import shlex
 import sys
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from pyro_vae import likelihoods, priors
-from pyro_vae.app.config import RunConfig
-from pyro_vae.data import DATASETS
+from pyro_vae import priors
+from pyro_vae.app.config import SECTIONS, RunConfig
 from pyro_vae.distributed import PeerFailure
-from pyro_vae.networks import ACTIVATIONS
-from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.errors import PyroVAEError
+from pyro_vae.objectives import BetaSchedule
 from pyro_vae.training import TrainingDiverged
 
-# flag -> (config section, field)
-TRAIN_FLAGS = {
-    "dataset": ("data", "dataset"),
-    "data_dir": ("data", "data_dir"),
-    "data_path": ("data", "path"),
-    "label_column": ("data", "label_column"),
-    "dequantize": ("data", "dequantize"),
-    "standardize": ("data", "standardize"),
-    "latent_dim": ("model", "latent_dim"),
-    "hidden": ("model", "hidden"),
-    "likelihood": ("model", "likelihood"),
-    "likelihood_options": ("model", "likelihood_options"),
-    "prior": ("model", "prior"),
-    "prior_options": ("model", "prior_options"),
-    "activation": ("model", "activation"),
-    "epochs": ("train", "epochs"),
-    "batch_size": ("train", "batch_size"),
-    "lr": ("train", "lr"),
-    "loss": ("train", "loss"),
-    "num_particles": ("train", "num_particles"),
-    "beta": ("train", "beta"),
-    "warmup_epochs": ("train", "warmup_epochs"),
-    "seed": ("train", "seed"),
-    "device": ("train", "device"),
-    "patience": ("train", "patience"),
-    "num_threads": ("train", "num_threads"),
-    "max_minutes": ("train", "max_minutes"),
-    "ddp_timeout": ("train", "ddp_timeout_s"),
-    "eval_samples": ("eval", "num_samples"),
-    "eval_split": ("eval", "split"),
+# What the command line says where a flag does not map one-to-one onto a setting's field.
+BETA_FLAGS = {
+    "--beta": ("end", "the KL weight (1: the ELBO)"),
+    "--warmup-epochs": (
+        "warmup_epochs",
+        "linear KL warm-up from --beta-start to --beta over this many epochs",
+    ),
+    "--beta-start": ("start", "the KL weight at the start of the warm-up"),
 }
+NONE_WORDS = ("none", "null", "off")
 
 
 def _hidden(text: str) -> list[int]:
-    if text.strip() in ("", "none", "linear"):
+    if text.strip().lower() in ("", "none", "linear"):
         return []
     try:
-        widths = [int(w) for w in text.split(",")]
+        return [int(w) for w in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--hidden takes comma-separated widths like 256,256, got {text!r}"
-        ) from None
-    if any(w < 1 for w in widths):
-        raise argparse.ArgumentTypeError("hidden widths must be positive")
-    return widths
+        raise argparse.ArgumentTypeError(f"takes comma-separated widths like 256,256, got {text!r}") from None
 
 
 def _json_object(text: str) -> dict:
@@ -73,6 +50,17 @@ def _json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"scale\": 0.1}}', got {text!r}")
     return value
+
+
+def _optional(parse, zero_is_none: bool = False):
+    def parse_optional(text: str):
+        if text.strip().lower() in NONE_WORDS:
+            return None
+        value = parse(text)
+        return None if zero_is_none and value == 0 else value
+
+    parse_optional.__name__ = parse.__name__  # argparse names the type in its messages
+    return parse_optional
 
 
 def _names(text: str) -> list[str]:
@@ -100,6 +88,7 @@ def _patience(text: str) -> int | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders as Pyro models.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser(
@@ -113,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out from its last checkpoint (its config by default)",
+        help="continue the run in --out (or its interrupted .partial directory) from its last checkpoint",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out; the old run stays whole until the new one has succeeded",
     )
     t.add_argument(
         "--nproc", type=int, help="train in N processes on this machine (DDP, launched with torchrun)"
@@ -144,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="a smoke run: 10 epochs, hidden 64, 100 importance samples"
     )
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_run_flags(c, with_prior=False)
+    add_run_flags(c, skip=("model.prior", "model.prior_options"))
 
     e = sub.add_parser("evaluate", help="re-evaluate a saved run", description="Re-evaluate a saved run.")
     e.add_argument("run_dir", type=Path)
@@ -180,43 +174,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_run_flags(parser: argparse.ArgumentParser, with_prior: bool = True) -> None:
-    """The data, model, training and evaluation flags of a run (``TRAIN_FLAGS``)."""
-    g = parser.add_argument_group("data")
-    g.add_argument("--dataset", choices=DATASETS, help="default digits (bundled)")
-    g.add_argument("--data-dir", help="folder with the MNIST .npz files (default $PYRO_VAE_DATA)")
-    g.add_argument("--data-path", help="file for --dataset csv or npy")
-    g.add_argument("--label-column", help="CSV column holding labels (name or index)")
-    g.add_argument(
-        "--dequantize", action=argparse.BooleanOptionalAction, help="uniform dequantization of grey levels"
-    )
-    g.add_argument("--standardize", action=argparse.BooleanOptionalAction, help="per-feature standardization")
-    g = parser.add_argument_group("model")
-    g.add_argument("--latent-dim", type=int)
-    g.add_argument("--hidden", type=_hidden, help="widths, e.g. 256,256; 'linear' for none")
-    g.add_argument("--likelihood", choices=["auto", *likelihoods.names()])
-    g.add_argument("--likelihood-options", type=_json_object, help="JSON, e.g. '{\"min_scale\": 0.01}'")
-    if with_prior:
-        g.add_argument("--prior", choices=priors.names())
-        g.add_argument("--prior-options", type=_json_object, help="JSON, e.g. '{\"num_components\": 20}'")
-    g.add_argument("--activation", choices=sorted(ACTIVATIONS))
-    g = parser.add_argument_group("training")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--loss", choices=OBJECTIVES)
-    g.add_argument("--num-particles", type=int)
-    g.add_argument("--beta", type=float, help="KL weight (1 = the ELBO)")
-    g.add_argument("--warmup-epochs", type=float, help="linear KL warm-up from 0 to --beta")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", help="cpu, cuda or auto")
-    g.add_argument("--patience", type=_patience, help="early-stopping patience in epochs (0: off)")
-    g.add_argument("--num-threads", type=int)
-    g.add_argument("--max-minutes", type=float, help="stop training after the epoch that spends this budget")
-    g.add_argument("--ddp-timeout", type=float, help="seconds a process waits for the others (default 120)")
-    g = parser.add_argument_group("evaluation")
-    g.add_argument("--eval-samples", type=int, help="importance samples for log p(x) (default 1000)")
-    g.add_argument("--eval-split", choices=["train", "valid", "test"])
+def add_run_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """One flag per setting of :class:`~pyro_vae.app.config.RunConfig`, generated from its fields.
+
+    Each flag's help shows the setting's default; ``skip`` names settings (``"model.prior"``)
+    a command sets itself. Flags left out keep the value of ``--config`` (or the default).
+    """
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(section)
+        defaults = cls()
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{section}.{f.name}"
+            if key in skip:
+                continue
+            if hints[f.name] is BetaSchedule:
+                for flag, (name, text) in BETA_FLAGS.items():
+                    default = getattr(defaults.beta, name)
+                    group.add_argument(
+                        flag, dest=f"{key}.{name}", type=float, help=f"{text} (default {default:g})"
+                    )
+                continue
+            _add_flag(group, key, f, hints[f.name], getattr(defaults, f.name))
+
+
+def _add_flag(group, key: str, f: dataclasses.Field, tp, default) -> None:
+    meta = f.metadata
+    flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+    choices = meta.get("choices")
+    choices = list(choices() if callable(choices) else choices) if choices is not None else None
+    text = meta.get("help", "")
+    if choices:
+        text += f"; one of {', '.join(map(str, choices))}"
+    shown = ",".join(map(str, default)) if isinstance(default, list) else json.dumps(default)
+    if "(default" not in text:
+        text += f" (default {shown})"
+    # SUPPRESS: a flag that was not given leaves no attribute, so it cannot override --config.
+    kwargs: dict = {"dest": key, "help": text, "default": argparse.SUPPRESS}
+    if _base(tp) is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = _parser(f.name, tp)
+        kwargs["metavar"] = f.name.upper()
+    group.add_argument(flag, **kwargs)
+
+
+def _base(tp):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1 else tp
+
+
+def _parser(name: str, tp):
+    base = _base(tp)
+    if typing.get_origin(base) is list:
+        parse = _hidden
+    elif base is dict:
+        parse = _json_object
+    elif base in (int, float):
+        parse = base
+    else:
+        parse = str
+    return _optional(parse, zero_is_none=name == "patience") if base is not tp else parse
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -224,7 +242,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.config:
         cfg = RunConfig.from_json(args.config)
     elif getattr(args, "resume", False):
-        cfg = RunConfig.from_json(args.out)
+        from pyro_vae.app.rundir import RunDirectory
+
+        cfg = RunConfig.from_json(RunDirectory(args.out).source)
     elif args.command == "compare":
         from pyro_vae.app.compare import default_config
 
@@ -234,11 +254,25 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if getattr(args, "quick", False):
         from pyro_vae.app.compare import make_quick
 
-        make_quick(cfg)
-    for flag, (section, name) in TRAIN_FLAGS.items():
-        value = getattr(args, flag, None)  # compare has no --prior flags
-        if value is not None:
-            setattr(getattr(cfg, section), name, value)
+        cfg = make_quick(cfg)
+    return apply_flags(cfg, args)
+
+
+def apply_flags(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """``cfg`` with every flag that was given, each value checked by its setting."""
+    changes: dict[str, dict] = {}
+    for dest, value in vars(args).items():
+        parts = dest.split(".")
+        if parts[0] not in SECTIONS:
+            continue
+        section, name = parts[0], parts[1]
+        if len(parts) == 3:  # the beta schedule's fields
+            beta = changes.setdefault(section, {}).setdefault(name, getattr(cfg.train, name).to_dict())
+            beta[parts[2]] = value
+        else:
+            changes.setdefault(section, {})[name] = value
+    for section, values in changes.items():
+        cfg = cfg.replace(section, **values)
     return cfg
 
 
@@ -255,12 +289,13 @@ def _without_nproc(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every expected failure is one line on stderr and a non-zero exit."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from pyro_vae import distributed
-    from pyro_vae.app.run import evaluate_run, launched_by_torchrun, train_run
+    from pyro_vae.app.run import launched_by_torchrun
 
     if args.command == "train" and args.nproc is not None and not launched_by_torchrun():
         if args.nproc < 1:
@@ -270,63 +305,115 @@ def main(argv: Sequence[str] | None = None) -> int:
             return distributed.launch(args.nproc, _without_nproc(argv))
     ok = False
     try:
-        if args.command == "train":
-            train_run(config_from_args(args), args.out, progress=not args.no_progress, resume=args.resume)
-        elif args.command == "compare":
-            if launched_by_torchrun():
-                raise ValueError(
-                    "compare trains the priors one after another in one process: run it without torchrun"
-                )
-            failed = _compare(args)
-            ok = True
-            return 1 if failed else 0
-        elif args.command == "diagnose":
-            from pyro_vae.app.diagnose import diagnose_run
-
-            diagnose_run(
-                args.run_dir,
-                num_samples=args.num_samples,
-                num_points=args.num_points,
-                nuts_points=args.nuts_points,
-                nuts_chains=args.nuts_chains,
-                nuts_warmup=args.nuts_warmup,
-                nuts_draws=args.nuts_draws,
-                num_is_samples=args.is_samples,
-                split=args.split,
-                data_dir=args.data_dir,
-                out=args.out,
-                seed=args.seed,
-                progress=not args.no_progress,
-            )
-        else:
-            metrics = evaluate_run(
-                args.run_dir,
-                num_samples=args.num_samples,
-                split=args.split,
-                data_dir=args.data_dir,
-                progress=not args.no_progress,
-            )
-            if args.output:
-                args.output.write_text(json.dumps(metrics, indent=2) + "\n")
+        code = COMMANDS[args.command](args)
         ok = True
-    except TrainingDiverged as e:
-        print(f"pyro-vae: training diverged: {e}", file=sys.stderr)
-        return 1
-    except PeerFailure as e:
-        print(f"pyro-vae: error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as e:
-        print(f"pyro-vae: error: {e}", file=sys.stderr)
-        return 2
+        return code
+    except Exception as e:
+        if args.debug:
+            raise
+        return _report(e)
+    except KeyboardInterrupt:
+        print(
+            "pyro-vae: interrupted; a run's last checkpoint is whole: continue it with --resume",
+            file=sys.stderr,
+        )
+        return 130
     finally:
         distributed.shutdown(barrier=ok)  # after a failure the others may be gone
+
+
+# Exceptions that are the user's to act on (data, settings, files, peers); anything else is a bug
+# and says so, asking for --debug.
+EXPECTED = (
+    PyroVAEError,
+    PeerFailure,
+    ValueError,
+    TypeError,
+    OSError,
+    KeyError,
+    OverflowError,
+    EOFError,
+    pickle.UnpicklingError,
+    RuntimeError,
+)
+
+
+def _report(e: Exception) -> int:
+    if isinstance(e, TrainingDiverged):
+        print(f"pyro-vae: training diverged: {e}", file=sys.stderr)
+        return 1
+    if isinstance(e, EXPECTED):
+        message = str(e) if not isinstance(e, KeyError) else f"missing entry {e}"
+        if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in message:
+            message += f": {e.filename}"
+        print(f"pyro-vae: error: {message or type(e).__name__}", file=sys.stderr)
+        return 1 if isinstance(e, (PeerFailure, RuntimeError)) and not isinstance(e, PyroVAEError) else 2
+    print(
+        f"pyro-vae: error: unexpected {type(e).__name__}: {e} (run again with --debug for the traceback, "
+        "and please report it)",
+        file=sys.stderr,
+    )
+    return 3
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pyro_vae.app.run import train_run
+
+    if args.resume and args.overwrite:
+        raise PyroVAEError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    cfg = config_from_args(args)
+    train_run(cfg, args.out, progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pyro_vae.app.run import evaluate_run
+    from pyro_vae.io import atomic_write_json
+
+    if args.num_samples is not None and args.num_samples < 1:
+        raise PyroVAEError(f"--num-samples must be a positive integer, got {args.num_samples}")
+    metrics = evaluate_run(
+        args.run_dir,
+        num_samples=args.num_samples,
+        split=args.split,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+    )
+    if args.output:
+        atomic_write_json(args.output, metrics)
+    return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from pyro_vae.app.diagnose import diagnose_run
+
+    diagnose_run(
+        args.run_dir,
+        num_samples=args.num_samples,
+        num_points=args.num_points,
+        nuts_points=args.nuts_points,
+        nuts_chains=args.nuts_chains,
+        nuts_warmup=args.nuts_warmup,
+        nuts_draws=args.nuts_draws,
+        num_is_samples=args.is_samples,
+        split=args.split,
+        data_dir=args.data_dir,
+        out=args.out,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
-    """Run ``pyro-vae compare``; returns how many priors failed (the others are reported all the same)."""
+    """Run ``pyro-vae compare``; exit status 1 when a prior failed (the others are reported all the same)."""
     from pyro_vae.app.compare import compare_priors
+    from pyro_vae.app.run import launched_by_torchrun
 
+    if launched_by_torchrun():
+        raise PyroVAEError(
+            "compare trains the priors one after another in one process: run it without torchrun"
+        )
     result = compare_priors(
         config_from_args(args),
         args.priors,
@@ -337,7 +424,10 @@ def _compare(args: argparse.Namespace) -> int:
     )
     for r in result.failed:
         print(f"pyro-vae: prior {r.entry.label} failed: {r.error}", file=sys.stderr)
-    return len(result.failed)
+    return 1 if result.failed else 0
+
+
+COMMANDS = {"train": _train, "compare": _compare, "evaluate": _evaluate, "diagnose": _diagnose}
 
 
 def console_main() -> None:

@@ -1,102 +1,153 @@
-"""Run configuration: one dataclass per concern, serialisable to JSON.
+"""The run configuration: four sections of typed settings, each setting defined once.
 
 A run directory's ``config.json`` holds the :class:`RunConfig` under ``"run"``, so
-``pyro-vae train --config DIR/config.json`` repeats a run exactly.
+``pyro-vae train --config DIR/config.json`` repeats a run exactly. The command-line flags
+are generated from the same fields (:mod:`pyro_vae.app.cli`), and the ``train`` section is
+the :class:`~pyro_vae.training.TrainConfig` that :func:`pyro_vae.fit` takes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyro_vae import likelihoods, priors
+from pyro_vae.data import DATASETS
+from pyro_vae.errors import ConfigError
+from pyro_vae.networks import ACTIVATIONS
+from pyro_vae.objectives import make_elbo
+from pyro_vae.settings import Settings, at_least, each_positive, setting
+from pyro_vae.training import TrainConfig
 
-def _from_dict(cls, d: dict[str, Any], where: str):
-    if not isinstance(d, dict):
-        raise ValueError(f"{where} must be a JSON object, got {type(d).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(names)}")
-    return cls(**d)
-
-
-@dataclass
-class ModelConfig:
-    latent_dim: int = 8
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    likelihood: str = "auto"
-    likelihood_options: dict[str, Any] = field(default_factory=dict)
-    prior: str = "standard_normal"
-    prior_options: dict[str, Any] = field(default_factory=dict)
-    activation: str = "relu"
+SPLITS = ("train", "valid", "test")
 
 
 @dataclass
-class DataConfig:
-    dataset: str = "digits"
-    data_dir: str | None = None
-    path: str | None = None
-    label_column: str | None = None
-    dequantize: bool | None = None
-    standardize: bool = False
-    seed: int = 0
+class ModelConfig(Settings):
+    SECTION = "model"
+
+    latent_dim: int = setting(8, "dimension of the latent code z", check=at_least(1))
+    hidden: list[int] = setting(
+        [256, 256],
+        "hidden layer widths of both networks ('linear' on the command line: none)",
+        check=each_positive,
+    )
+    likelihood: str = setting(
+        "auto",
+        "the observation distribution ('auto': chosen from the data)",
+        choices=lambda: ["auto", *likelihoods.names()],
+    )
+    likelihood_options: dict = setting({}, 'options of the likelihood, e.g. {"min_scale": 0.01}')
+    prior: str = setting("standard_normal", "the prior p(z)", choices=lambda: priors.names())
+    prior_options: dict = setting({}, 'options of the prior, e.g. {"num_components": 20}')
+    activation: str = setting("relu", "hidden-layer nonlinearity", choices=lambda: sorted(ACTIVATIONS))
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 1000
-    batch_size: int = 128
-    lr: float = 1e-3
-    loss: str = "elbo"
-    num_particles: int = 1
-    beta: float = 1.0
-    warmup_epochs: float = 0.0
-    seed: int = 0
-    device: str = "cpu"
-    patience: int | None = 50
-    num_threads: int | None = None
-    max_minutes: float | None = None
-    ddp_timeout_s: float = 120.0
+class DataConfig(Settings):
+    SECTION = "data"
+
+    dataset: str = setting("digits", "the data set (digits is bundled)", choices=DATASETS)
+    data_dir: str | None = setting(None, "folder with the MNIST .npz files (default $PYRO_VAE_DATA)")
+    path: str | None = setting(None, "the file for --dataset csv or npy", flag="--data-path")
+    label_column: str | int | None = setting(None, "CSV column holding labels (name or index)")
+    dequantize: bool | None = setting(
+        None, "uniform dequantization of grey levels (default: for digits and mnist)"
+    )
+    standardize: bool = setting(False, "standardize each feature with the training split's mean and sd")
+    seed: int = setting(0, "seed of the train/valid/test split", check=at_least(0), flag="--data-seed")
 
 
 @dataclass
-class EvalConfig:
-    num_samples: int = 1000
-    split: str = "test"
-    chunk_size: int | None = None  # None: sized from the model (see evaluation.default_chunk_size)
+class EvalConfig(Settings):
+    SECTION = "eval"
+
+    num_samples: int = setting(
+        1000, "importance samples per point for log p(x)", check=at_least(1), flag="--eval-samples"
+    )
+    split: str = setting("test", "the split to evaluate", choices=SPLITS, flag="--eval-split")
+    chunk_size: int | None = setting(
+        None,
+        "(sample, point) pairs per chunk (default: sized from the model)",
+        check=at_least(1),
+        flag="--eval-chunk-size",
+    )
+
+
+SECTIONS: dict[str, type[Settings]] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
 
 
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> RunConfig:
+        """The checks that involve several settings: options against their plug-in, data paths, objective."""
+        m, d, t = self.model, self.data, self.train
+        if m.likelihood == "auto" and m.likelihood_options:
+            raise ConfigError("model.likelihood_options need a likelihood name; 'auto' takes none")
+        _plugin(
+            "model.likelihood",
+            lambda: m.likelihood == "auto" or likelihoods.create(m.likelihood, **m.likelihood_options),
+        )
+        _plugin("model.prior", lambda: priors.create({"name": m.prior, "options": m.prior_options}))
+        _plugin("train", lambda: make_elbo(t.loss, t.num_particles))
+        if d.dataset in ("csv", "npy") and not d.path:
+            raise ConfigError(f"data.dataset {d.dataset!r} needs data.path (command line: --data-path FILE)")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name).to_dict() for name in SECTIONS}
+
+    def replace(self, section: str, **changes: Any) -> RunConfig:
+        """A copy with ``changes`` applied to one section, every value checked."""
+        sections = {name: getattr(self, name) for name in SECTIONS}
+        sections[section] = sections[section].replace(**changes)
+        return RunConfig(**sections)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
-        unknown = sorted(set(d) - set(sections))
+    def from_dict(cls, d: Any) -> RunConfig:
+        if not isinstance(d, dict):
+            raise ConfigError(f"a run config must be a JSON object, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(SECTIONS))
         if unknown:
-            raise ValueError(f"unknown section(s) {unknown} in the run config; allowed: {sorted(sections)}")
-        return cls(**{k: _from_dict(c, d.get(k, {}), f"the {k!r} section") for k, c in sections.items()})
+            raise ConfigError(
+                f"unknown section(s) {unknown} in the run config; allowed: {', '.join(SECTIONS)}"
+            )
+        return cls(**{name: c.from_dict(d.get(name, {}), name) for name, c in SECTIONS.items()})
 
     @classmethod
     def from_json(cls, path: str | Path) -> RunConfig:
         """Read a run config, or the ``"run"`` section of a run directory's ``config.json``."""
+        from pyro_vae.io import read_json
+
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
+        d = read_json(path, what="run config")
         try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no config file at {path}") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-        return cls.from_dict(d.get("run", d) if isinstance(d, dict) else d)
+            return cls.from_dict(d.get("run", d))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+
+def _plugin(where: str, build) -> None:
+    try:
+        build()
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from None

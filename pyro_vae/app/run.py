@@ -7,10 +7,9 @@ A run directory holds ``config.json`` (model and run settings, preprocessing),
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,14 @@ import torch
 
 from pyro_vae import data as data_module
 from pyro_vae import distributed as dist_utils
-from pyro_vae import likelihoods
 from pyro_vae.app import plotting
-from pyro_vae.app.config import RunConfig
+from pyro_vae.app.config import SPLITS, RunConfig
+from pyro_vae.app.rundir import RunDirectory
+from pyro_vae.errors import DataError
 from pyro_vae.evaluation import evaluate
+from pyro_vae.io import atomic_write_json, save_figure
 from pyro_vae.model import VAE
-from pyro_vae.objectives import BetaSchedule
-from pyro_vae.training import TRAINING_STATE_FILE, History, fit
-from pyro_vae.utils import atomic_write_text, seed_everything
+from pyro_vae.training import HISTORY_FILE, TRAINING_STATE_FILE, History, fit
 
 FIGURES = ("training_curves.png", "reconstructions.png", "samples.png", "latent_means.png")
 
@@ -46,8 +45,8 @@ def load_data(cfg: RunConfig) -> data_module.DataSplits:
 def build_vae(cfg: RunConfig, num_features: int) -> VAE:
     m = cfg.model
     likelihood = m.likelihood
-    if likelihood != "auto" or m.likelihood_options:
-        likelihood = likelihoods.create(m.likelihood, **m.likelihood_options)
+    if likelihood != "auto":
+        likelihood = {"name": m.likelihood, "options": m.likelihood_options}
     return VAE(
         num_features,
         m.latent_dim,
@@ -101,7 +100,7 @@ def write_figures(
     if history is not None:
         figures["training_curves.png"] = plotting.plot_history(history)
     for name, fig in figures.items():
-        fig.savefig(out / name, dpi=110)
+        save_figure(fig, out / name, dpi=110)
 
 
 def launched_by_torchrun() -> bool:
@@ -109,90 +108,108 @@ def launched_by_torchrun() -> bool:
 
 
 def train_run(
-    cfg: RunConfig, out: str | Path, *, progress: bool = True, resume: bool = False, echo=print
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    echo=print,
 ) -> dict[str, Any]:
     """Train, evaluate and write a run directory; returns the metrics.
 
-    Under ``torchrun`` every process trains its share with DDP and process 0 alone
-    prints and writes. ``resume=True`` continues the run in ``out`` from its last epoch.
+    Everything (settings, data and their support, the output location) is checked before
+    the first byte is written; the run trains in ``.NAME.partial`` beside ``out`` and
+    moves into place when it has succeeded (:mod:`pyro_vae.app.rundir`). ``resume=True``
+    continues the run in ``out`` (or its interrupted partial directory) from its last epoch;
+    ``overwrite=True`` replaces an existing run once the new one has succeeded. Under
+    ``torchrun`` every process trains its share with DDP and process 0 alone prints and writes.
     """
-    out = Path(out)
+    cfg.validate()
+    rundir = RunDirectory(out, resume=resume, overwrite=overwrite).check()
     distributed = launched_by_torchrun()
     ctx = dist_utils.setup(cfg.train.device, cfg.train.ddp_timeout_s) if distributed else dist_utils.SINGLE
     if not ctx.is_main:
         echo = _silent
     splits = load_data(cfg)
     echo(f"data    {splits.summary()}")
-    t = cfg.train
-    if resume:
-        vae = VAE.load(out)
-        echo(f"resume  from {out}/{TRAINING_STATE_FILE}")
-    else:
-        seed_everything(t.seed)  # the initial weights are part of the run
-        vae = build_vae(cfg, splits.num_features)
-        name, reason = vae.resolve_likelihood(splits.train)
-        if reason is not None:
-            echo(f"model   likelihood 'auto' -> {name!r} ({reason})")
+    vae = _prepared_vae(cfg, splits, rundir, echo)
     extra = {"run": cfg.to_dict(), "preprocessing": splits.preprocessing.to_dict()}
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            vae.save(out, extra=extra)  # the run's settings are on disk before training starts
-    if distributed:
-        echo(
-            f"ddp     {ctx.world_size} processes, {'nccl' if ctx.device.type == 'cuda' else 'gloo'}, batch {t.batch_size} each"
+    with rundir.lock() if ctx.is_main else contextlib.nullcontext():
+        work = rundir.prepare() if ctx.is_main else (rundir.source if resume else rundir.partial)
+        if ctx.is_main and not resume:
+            vae.save(work, extra=extra)  # the run's settings are on disk before training starts
+        _describe(cfg, vae, ctx, distributed, echo)
+        history = fit(
+            vae,
+            splits.train_dataset(seed=cfg.train.seed),
+            splits.valid,
+            cfg.train,
+            progress=progress,
+            checkpoint_dir=work,
+            distributed=distributed,
+            resume=resume,
         )
+        metrics = evaluate_split(vae, splits, cfg, progress and ctx.is_main)  # sharded under DDP
+        if not ctx.is_main:
+            return metrics
+        metrics["training"] = _training_summary(history, vae)
+        vae.save(work, extra=extra)
+        history.to_csv(work / HISTORY_FILE)
+        atomic_write_json(work / "metrics.json", metrics)
+        write_figures(work, vae, splits, history, cfg.train.seed)
+        rundir.commit()
     echo(
-        f"model   likelihood {vae.likelihood.name}, prior {vae.prior.name}, latent {vae.latent_dim}, "
-        f"hidden {list(vae.hidden)}; loss {t.loss} x{t.num_particles}, beta {t.beta}"
-        + (f" (warm-up {t.warmup_epochs} epochs)" if t.warmup_epochs else "")
-    )
-    start = time.perf_counter()
-    history = fit(
-        vae,
-        splits.train_dataset(seed=t.seed),
-        splits.valid,
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        loss=t.loss,
-        num_particles=t.num_particles,
-        beta=BetaSchedule(end=t.beta, warmup_epochs=t.warmup_epochs),
-        seed=t.seed,
-        device=t.device,
-        progress=progress,
-        patience=t.patience,
-        checkpoint_dir=out,
-        num_threads=t.num_threads,
-        distributed=distributed,
-        resume=resume,
-        max_seconds=None if t.max_minutes is None else 60 * t.max_minutes,
-        timeout_s=t.ddp_timeout_s,
-    )
-    train_seconds = time.perf_counter() - start
-    metrics = evaluate_split(vae, splits, cfg, progress and ctx.is_main)  # sharded under DDP
-    if not ctx.is_main:
-        return metrics
-    history.to_csv(out / "history.csv")
-    vae.save(out, extra=extra)
-    metrics["training"] = {
-        "epochs": len(history),
-        "best_epoch": history.best_epoch,
-        "stopped_early": history.stopped_early,
-        "seconds": train_seconds,
-        "likelihood": vae.likelihood.name,
-        "prior": vae.prior.name,
-    }
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    write_figures(out, vae, splits, history, t.seed)
-    echo(
-        f"train   {len(history)} epochs in {train_seconds:.1f} s"
+        f"train   {len(history)} epochs in {history.seconds:.1f} s"
         + (f", best validation ELBO at epoch {history.best_epoch}" if history.best_epoch else "")
         + (" (early stop)" if history.stopped_early else "")
     )
     echo(summary_line(metrics, vae))
-    echo(f"wrote   {out}/: config.json model.pt metrics.json history.csv {' '.join(FIGURES)}")
+    echo(f"wrote   {rundir.out}/: config.json model.pt metrics.json history.csv {' '.join(FIGURES)}")
     return metrics
+
+
+def _prepared_vae(cfg: RunConfig, splits: data_module.DataSplits, rundir: RunDirectory, echo) -> VAE:
+    """The VAE to train, its likelihood chosen and every split checked against it (no writes)."""
+    if rundir.resume:
+        vae = VAE.load(rundir.source)
+        echo(f"resume  from {rundir.source}/{TRAINING_STATE_FILE}")
+    else:
+        vae = build_vae(cfg, splits.num_features)
+        name, reason = vae.resolve_likelihood(splits.train)
+        if reason is not None:
+            echo(f"model   likelihood 'auto' -> {name!r} ({reason})")
+    for split in SPLITS:
+        x, _ = splits.split(split)
+        if len(x):
+            vae.check_data(x)
+    if len(splits.split(cfg.eval.split)[0]) == 0:
+        raise DataError(f"the {cfg.eval.split} split is empty: choose another eval.split (--eval-split)")
+    return vae
+
+
+def _describe(cfg: RunConfig, vae: VAE, ctx, distributed: bool, echo) -> None:
+    t = cfg.train
+    if distributed:
+        backend = "nccl" if ctx.device.type == "cuda" else "gloo"
+        echo(f"ddp     {ctx.world_size} processes, {backend}, batch {t.batch_size} each")
+    echo(
+        f"model   likelihood {vae.likelihood.name}, prior {vae.prior.name}, latent {vae.latent_dim}, "
+        f"hidden {list(vae.hidden)}; loss {t.loss} x{t.num_particles}, beta {t.beta.end}"
+        + (f" (warm-up {t.beta.warmup_epochs} epochs)" if t.beta.warmup_epochs else "")
+    )
+
+
+def _training_summary(history: History, vae: VAE) -> dict[str, Any]:
+    return {
+        "epochs": len(history),
+        "best_epoch": history.best_epoch,
+        "stopped_early": history.stopped_early,
+        "seconds": history.seconds,
+        "likelihood": vae.likelihood.name,
+        "likelihood_choice": history.notes,
+        "prior": vae.prior.name,
+    }
 
 
 def _silent(*args, **kwargs) -> None:
@@ -217,9 +234,9 @@ def load_run(
     run_dir = Path(run_dir)
     cfg = RunConfig.from_json(run_dir)
     if split is not None:
-        cfg.eval.split = split
+        cfg = cfg.replace("eval", split=split)
     if data_dir is not None:
-        cfg.data.data_dir = data_dir
+        cfg = cfg.replace("data", data_dir=data_dir)
     return cfg, VAE.load(run_dir), load_data(cfg)
 
 
@@ -235,7 +252,7 @@ def evaluate_run(
     """Re-evaluate a saved run on its data (optionally another split or K)."""
     cfg, vae, splits = load_run(run_dir, split=split, data_dir=data_dir)
     if num_samples is not None:
-        cfg.eval.num_samples = num_samples
+        cfg = cfg.replace("eval", num_samples=num_samples)
     metrics = evaluate_split(vae, splits, cfg, progress)
     echo(summary_line(metrics, vae))
     return metrics

@@ -60,7 +60,6 @@ def _posterior_batches(
     first ``num_predictive`` of them. The predictive draws use their own seed, so that
     the draws of ``z`` are those of :func:`pyro_vae.evaluate` with the same seed.
     """
-    vae._require_resolved()
     k_chunk, n_chunk = chunk_plan(num_samples, default_chunk_size(vae) if chunk_size is None else chunk_size)
     device = _device(vae)
     with torch.no_grad(), sampling(vae, seed, device):
@@ -145,7 +144,6 @@ def to_inference_data(
     (at least one per point); ``num_prior`` defaults to ``min(K, 500)``.
     """
     positive_int("num_samples", num_samples)
-    vae._require_resolved()
     if num_predictive is None:
         num_predictive = min(num_samples, DEFAULT_PREDICTIVE_DRAWS)
         cap_predictive = True

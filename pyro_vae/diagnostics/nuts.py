@@ -270,7 +270,6 @@ def nuts_posterior(
     x = as_tensor(x)
     if x.dim() == 1:
         x = x[None]
-    vae._require_resolved()
     vae.check_data(x)
     positive_int("num_chains", num_chains)
     positive_int("draws", draws)
