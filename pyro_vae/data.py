@@ -283,6 +283,11 @@ class DataSplits:
     def num_features(self) -> int:
         return self.train.shape[1]
 
+    @property
+    def log_abs_det_jacobian(self) -> float:
+        """Per data point, of the preprocessing: add it to log p(model-space x) for raw units."""
+        return self.preprocessing.log_abs_det_jacobian(self.num_features)
+
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         if name not in ("train", "valid", "test"):
             raise ConfigError(f"unknown split {name!r}; choose train, valid or test")
@@ -300,6 +305,25 @@ class DataSplits:
             f"{self.name}: {self.num_features} features; train {len(self.train)}, "
             f"valid {len(self.valid)}, test {len(self.test)}"
         )
+
+
+def evaluation_data(data: Any, split: str | None, log_abs_det_jacobian: float | None) -> tuple[Any, float]:
+    """What ``evaluate`` scores, and the Jacobian ``J`` that puts its density in raw units.
+
+    A :class:`DataSplits` gives its ``split`` (default ``"test"``) and its preprocessing's
+    ``J``, so dequantized or standardized data are scored per raw unit without the caller
+    passing it; any other data is used as given, with ``J = log_abs_det_jacobian or 0``.
+    """
+    if isinstance(data, DataSplits):
+        if log_abs_det_jacobian is not None:
+            raise ConfigError(
+                "a DataSplits carries its preprocessing's Jacobian: drop log_abs_det_jacobian, "
+                "or pass the tensor (splits.test) with it"
+            )
+        return data.split(split or "test")[0], data.log_abs_det_jacobian
+    if split is not None:
+        raise ConfigError(f"split={split!r} needs a DataSplits as the data, got {type(data).__name__}")
+    return data, 0.0 if log_abs_det_jacobian is None else float(log_abs_det_jacobian)
 
 
 def integer_labels(y: Any) -> np.ndarray:

@@ -250,3 +250,32 @@ def test_values_beyond_float32_are_reported_as_overflow_not_nan(tmp_path):
         data.load_array(np.where(np.arange(20).reshape(10, 2) == 3, np.inf, 1.0))
     assert data.as_tensor(np.array([[3e38, np.nan]])).isnan().sum() == 1
     assert data.as_tensor(np.array([[1e300]]), torch.float64).item() == 1e300
+
+
+def test_readme_snippet_scores_dequantized_digits_per_raw_grey_level():
+    """README's path: evaluate(vae, splits, split="test") applies the preprocessing's Jacobian itself."""
+    from pyro_vae import VAE, evaluate, fit
+    from pyro_vae.errors import ConfigError
+
+    splits = data.load_digits(dequantize=True)
+    vae = VAE(input_dim=64, latent_dim=4, hidden=(32,), likelihood="auto", prior="vamp")
+    fit(vae, splits.train, splits.valid, epochs=2, progress=False, num_threads=1)
+    metrics = evaluate(vae, splits, split="test", num_samples=20, kl_per_dim=False)
+    jacobian = splits.preprocessing.log_abs_det_jacobian(64)
+    assert splits.log_abs_det_jacobian == jacobian == pytest.approx(-64 * math.log(17))
+    explicit = evaluate(vae, splits.test, num_samples=20, kl_per_dim=False, log_abs_det_jacobian=jacobian)
+    assert metrics["bits_per_dim"] == explicit["bits_per_dim"] > 0
+    assert metrics["num_points"] == len(splits.test)
+    # The default split is test; a plain tensor is scored as given (no Jacobian), as before.
+    assert evaluate(vae, splits, num_samples=20, kl_per_dim=False)["bits_per_dim"] == metrics["bits_per_dim"]
+    plain = evaluate(vae, splits.test, num_samples=20, kl_per_dim=False)
+    assert plain["log_likelihood"] == metrics["log_likelihood"]
+    assert plain["bits_per_dim"] == pytest.approx(metrics["bits_per_dim"] + jacobian / (64 * math.log(2)))
+    valid = evaluate(vae, splits, split="valid", num_samples=20, kl_per_dim=False)
+    assert valid["num_points"] == len(splits.valid)
+    with pytest.raises(ConfigError, match="carries its preprocessing's Jacobian"):
+        evaluate(vae, splits, num_samples=20, log_abs_det_jacobian=jacobian)
+    with pytest.raises(ConfigError, match="needs a DataSplits"):
+        evaluate(vae, splits.test, split="test", num_samples=20)
+    with pytest.raises(ConfigError, match="unknown split"):
+        evaluate(vae, splits, split="tests", num_samples=20)
