@@ -2,7 +2,8 @@
 
     python examples/kl_weighting.py                  # about 10 minutes on 2 CPU cores; rewrites
                                                      # docs/kl_weighting.md, its figures and its JSON
-    python examples/kl_weighting.py --quick --out /tmp/klw   # a smoke run (seconds)
+    python examples/kl_weighting.py --quick          # a smoke run (seconds), into a fresh
+                                                     # temporary folder (or --out DIR); never docs/
 
 Six questions, one section each (see the page for the discussion):
 
@@ -24,6 +25,7 @@ import json
 import math
 import shlex
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -686,13 +688,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="tiny budgets; numbers meaningless")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the page (default docs/)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the page (default: docs/ for the full run, a fresh temporary folder with --quick)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     args = parser.parse_args(argv)
-    out = args.out or (ROOT / "docs")
+    docs = ROOT / "docs"
+    if args.quick and args.out is not None and args.out.resolve() == docs.resolve():
+        parser.error("--quick never writes the committed docs/: give another --out")
+    if args.out is not None:
+        out = args.out
+    elif args.quick:  # a smoke run's numbers are meaningless: never over the committed page
+        out = Path(tempfile.mkdtemp(prefix="kl_weighting_quick_"))
+    else:
+        out = docs
     out.mkdir(parents=True, exist_ok=True)
-    if not args.quick and args.out is None:
-        log(f"writing {out / PAGE} and {out / FIGURES}/")
+    log(f"writing {out / PAGE} and {out / FIGURES}/")
     budget = Budget.for_run(args.quick)
     set_threads(args.threads)
     start = time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+import operator
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from pyro_vae.errors import ConfigError, DataError
+
 DATA_ENV = "PYRO_VAE_DATA"
 BINARIZED_MNIST_FILE = "binarized_mnist.npz"
 MNIST_FILE = "mnist.npz"
@@ -32,19 +35,52 @@ MNIST_FILE = "mnist.npz"
 
 
 def as_tensor(x: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A float tensor from a tensor, numpy array, nested list, ``Dataset`` or ``DataLoader``."""
+    """A float tensor from a tensor, numpy array, nested list, ``Dataset`` or ``DataLoader``.
+
+    Finite values too large for ``dtype`` (float64 data beyond float32's range) are a
+    :class:`~pyro_vae.errors.DataError`, not a silent ``inf``.
+    """
     if isinstance(x, torch.Tensor):
+        _check_fits(x, dtype)
         return x.to(dtype)
     if isinstance(x, np.ndarray):
+        _check_fits(x, dtype)
         return torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
     if isinstance(x, (Dataset, DataLoader)):
-        return torch.cat([b.to(dtype) for b in iter_batches(x, 4096)])
+        return torch.cat([as_tensor(b, dtype) for b in iter_batches(x, 4096, dtype=None)])
     if isinstance(x, (list, tuple)):
-        return torch.as_tensor(np.asarray(x), dtype=dtype)
+        return as_tensor(np.asarray(x), dtype)
     raise TypeError(
         f"cannot use {type(x).__name__} as data: pass a torch.Tensor, a numpy array, "
         "a torch Dataset or a DataLoader"
     )
+
+
+def _check_fits(x: torch.Tensor | np.ndarray, dtype: torch.dtype) -> None:
+    """A ``DataError`` if finite values of ``x`` overflow the floating ``dtype``."""
+    if not dtype.is_floating_point:
+        return
+    limit = torch.finfo(dtype).max
+    if isinstance(x, torch.Tensor):
+        if not x.is_floating_point() or torch.finfo(x.dtype).max <= limit:
+            return
+        x = x.detach().cpu().numpy()
+    if x.dtype.kind != "f" or np.finfo(x.dtype).max <= limit or x.size == 0:
+        return
+    flat = x.reshape(-1)
+    # fmax/fmin skip NaN; no temporary the size of the data on the common path.
+    if max(np.fmax.reduce(flat), -np.fmin.reduce(flat)) <= limit:
+        return
+    finite = flat[np.isfinite(flat)]
+    if finite.size == 0:
+        return
+    hi, lo = finite.max(), finite.min()
+    top, sign = (hi, "") if hi >= -lo else (-lo, "-")
+    if top > limit:
+        raise DataError(
+            f"values up to {sign}{top:.3g} do not fit in {str(dtype).removeprefix('torch.')} "
+            f"(max {limit:.2g}); rescale the data before loading it (divide by a power of ten)"
+        )
 
 
 def features_of(batch: Any) -> torch.Tensor:
@@ -116,7 +152,7 @@ def make_loader(
     """
     if isinstance(data, DataLoader):
         if world_size > 1:
-            raise ValueError(
+            raise ConfigError(
                 "distributed training shards the data itself: pass a tensor, array or Dataset, not a DataLoader"
             )
         return data
@@ -134,15 +170,21 @@ def make_loader(
     )
 
 
-def iter_batches(data: Any, batch_size: int) -> Iterator[torch.Tensor]:
-    """Data tensors of at most ``batch_size`` rows, in order, from any accepted data type."""
+def iter_batches(
+    data: Any, batch_size: int, dtype: torch.dtype | None = torch.float32
+) -> Iterator[torch.Tensor]:
+    """Data tensors of at most ``batch_size`` rows, in order, from any accepted data type.
+
+    ``dtype=None`` keeps the batches' own dtype (only for a ``Dataset`` or ``DataLoader``).
+    """
     if isinstance(data, (torch.Tensor, np.ndarray, list, tuple)):
-        x = as_tensor(data)
+        x = as_tensor(data, dtype or torch.float32)
         yield from x.split(batch_size)
         return
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size)
     for batch in loader:
-        yield from features_of(batch).to(torch.float32).split(batch_size)
+        x = features_of(batch)
+        yield from (x if dtype is None else as_tensor(x, dtype)).split(batch_size)
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -168,11 +210,11 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.levels is not None and self.levels < 2:
-            raise ValueError(f"levels must be at least 2, got {self.levels}")
+            raise ConfigError(f"levels must be at least 2, got {self.levels}")
         if (self.mean is None) != (self.std is None):
-            raise ValueError("give both mean and std, or neither")
+            raise ConfigError("give both mean and std, or neither")
         if self.std is not None and min(self.std) <= 0:
-            raise ValueError("std must be positive in every feature")
+            raise ConfigError("std must be positive in every feature")
 
     @property
     def is_identity(self) -> bool:
@@ -250,9 +292,14 @@ class DataSplits:
     def num_features(self) -> int:
         return self.train.shape[1]
 
+    @property
+    def log_abs_det_jacobian(self) -> float:
+        """Per data point, of the preprocessing: add it to log p(model-space x) for raw units."""
+        return self.preprocessing.log_abs_det_jacobian(self.num_features)
+
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         if name not in ("train", "valid", "test"):
-            raise ValueError(f"unknown split {name!r}; choose train, valid or test")
+            raise ConfigError(f"unknown split {name!r}; choose train, valid or test")
         return getattr(self, name), getattr(self, f"{name}_labels")
 
     def train_dataset(self, seed: int = 0) -> Dataset:
@@ -268,8 +315,56 @@ class DataSplits:
         )
 
 
+def evaluation_data(data: Any, split: str | None, log_abs_det_jacobian: float | None) -> tuple[Any, float]:
+    """What ``evaluate`` scores, and the Jacobian ``J`` that puts its density in raw units.
+
+    A :class:`DataSplits` gives its ``split`` (default ``"test"``) and its preprocessing's
+    ``J``, so dequantized or standardized data are scored per raw unit without the caller
+    passing it; any other data is used as given, with ``J = log_abs_det_jacobian or 0``.
+    """
+    if isinstance(data, DataSplits):
+        if log_abs_det_jacobian is not None:
+            raise ConfigError(
+                "a DataSplits carries its preprocessing's Jacobian: drop log_abs_det_jacobian, "
+                "or pass the tensor (splits.test) with it"
+            )
+        return data.split(split or "test")[0], data.log_abs_det_jacobian
+    if split is not None:
+        raise ConfigError(f"split={split!r} needs a DataSplits as the data, got {type(data).__name__}")
+    return data, 0.0 if log_abs_det_jacobian is None else float(log_abs_det_jacobian)
+
+
+def integer_labels(y: Any) -> np.ndarray:
+    """Labels as int64 class numbers: integers (or integral floats) as they are, names coded 0, 1, ...
+
+    Names (strings) are numbered in sorted order. Fractional or non-finite numbers are a
+    :class:`~pyro_vae.errors.DataError`: they are not class numbers, and truncating them
+    would silently merge classes.
+    """
+    y = np.asarray(y)
+    if y.dtype.kind in "biu":
+        return y.astype(np.int64)
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            i = int(np.flatnonzero(bad.reshape(-1))[0])
+            raise DataError(
+                f"labels must be whole class numbers or class names; label {i} is "
+                f"{y.reshape(-1)[i].item():g} ({int(bad.sum())} labels are not integers)"
+            )
+        return y.astype(np.int64)
+    if y.dtype.kind in "USO":
+        _, codes = np.unique(y.astype(str), return_inverse=True)
+        return codes.reshape(y.shape).astype(np.int64)
+    raise DataError(f"cannot use labels of dtype {y.dtype}: give integers or strings")
+
+
 def _labels(y: Any) -> torch.Tensor | None:
-    return None if y is None else torch.as_tensor(np.asarray(y)).long()
+    if y is None:
+        return None
+    if np.asarray(y).dtype.kind in "USO":
+        raise DataError("string labels must be coded for all splits at once: use integer_labels first")
+    return torch.as_tensor(integer_labels(y))
 
 
 def make_splits(
@@ -288,15 +383,16 @@ def make_splits(
     raw = [as_tensor(r) for r in (raw_train, raw_valid, raw_test)]
     for split_name, r in zip(("train", "valid", "test"), raw):
         if r.dim() != 2:
-            raise ValueError(
+            raise DataError(
                 f"{name} {split_name} split must be 2-D (n, features), got shape {tuple(r.shape)}"
             )
+        _check_not_empty(r.shape, f"{name} {split_name} split")
         if not torch.isfinite(r).all():
-            raise ValueError(f"{name} {split_name} split contains NaN or infinite values")
+            raise DataError(f"{name} {split_name} split contains NaN or infinite values")
     if dequantize_levels is not None:
         bad = [(r < 0) | (r >= dequantize_levels) | (r != r.round()) for r in raw]
         if any(b.any() for b in bad):
-            raise ValueError(
+            raise DataError(
                 f"dequantization with {dequantize_levels} levels needs integer data in "
                 f"[0, {dequantize_levels - 1}]; {name} has other values"
             )
@@ -321,14 +417,21 @@ def make_splits(
     )
 
 
+def _check_not_empty(shape: Sequence[int], what: str) -> None:
+    if shape[0] == 0:
+        raise DataError(f"{what} has no data points (shape {tuple(shape)})")
+    if shape[1] == 0:
+        raise DataError(f"{what} has no features (shape {tuple(shape)})")
+
+
 def _split_indices(n: int, valid_fraction: float, test_fraction: float, seed: int):
     if not (0 < valid_fraction < 1 and 0 < test_fraction < 1 and valid_fraction + test_fraction < 1):
-        raise ValueError("valid_fraction and test_fraction must be in (0, 1) and sum to less than 1")
+        raise ConfigError("valid_fraction and test_fraction must be in (0, 1) and sum to less than 1")
     perm = np.random.default_rng(seed).permutation(n)
     n_valid = max(1, int(round(valid_fraction * n)))
     n_test = max(1, int(round(test_fraction * n)))
     if n - n_valid - n_test < 1:
-        raise ValueError(f"too few rows ({n}) to split into train, valid and test")
+        raise DataError(f"too few rows ({n}) to split into train, valid and test")
     return perm[n_valid + n_test :], perm[:n_valid], perm[n_valid : n_valid + n_test]
 
 
@@ -347,11 +450,12 @@ def load_array(
     """Random train/valid/test split of an array ``(n, features)`` (images: flatten first)."""
     x = np.asarray(as_tensor(x))
     if x.ndim != 2:
-        raise ValueError(f"expected a 2-D array (n, features), got shape {x.shape}; flatten images first")
+        raise DataError(f"expected a 2-D array (n, features), got shape {x.shape}; flatten images first")
+    _check_not_empty(x.shape, name)
     idx = _split_indices(len(x), valid_fraction, test_fraction, seed)
-    y = None if labels is None else np.asarray(labels)
+    y = None if labels is None else integer_labels(labels)
     if y is not None and len(y) != len(x):
-        raise ValueError(f"{len(y)} labels for {len(x)} rows")
+        raise DataError(f"{len(y)} labels for {len(x)} rows")
     return make_splits(
         name,
         *(x[i] for i in idx),
@@ -363,49 +467,99 @@ def load_array(
     )
 
 
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe_columns(names: list[str], header: bool) -> str:
+    shown = [f"{i} {n!r}" if header else str(i) for i, n in enumerate(names)]
+    if len(shown) > 12:
+        shown = [*shown[:10], "...", shown[-1]]
+    return f"{len(names)} columns ({', '.join(shown)})"
+
+
+def _label_index(label_column: str | int, names: list[str], header: bool, path: Path) -> int:
+    columns = _describe_columns(names, header)
+    if isinstance(label_column, str) and label_column.strip() in names:
+        return names.index(label_column.strip())
+    try:
+        if isinstance(label_column, bool):
+            raise TypeError
+        idx = int(label_column.strip()) if isinstance(label_column, str) else operator.index(label_column)
+    except (TypeError, ValueError):
+        where = "" if header else " (it has no header row, so columns go by number)"
+        raise DataError(f"label column {label_column!r} is not in {path}{where}: it has {columns}") from None
+    if not 0 <= idx < len(names):
+        raise DataError(f"label column {idx} is out of range: {path} has {columns}, numbered from 0")
+    return idx
+
+
 def read_csv(
     path: str | Path, label_column: str | int | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Read a numeric CSV table (optional header row); returns features, labels, column names."""
+    """Read a numeric CSV table (optional header row); returns features, labels, column names.
+
+    ``label_column`` is a header name or a column number from 0. Labels must be whole
+    numbers (class numbers) or names; names are numbered 0, 1, ... in sorted order.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no CSV file at {path}")
     with path.open(newline="") as f:
         rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
     if not rows:
-        raise ValueError(f"{path} is empty")
+        raise DataError(f"{path} is empty")
 
-    def numeric(row):
-        try:
-            [float(c) for c in row]
-            return True
-        except ValueError:
-            return False
-
-    header = None if numeric(rows[0]) else [c.strip() for c in rows[0]]
+    first = rows[0]
+    guess = None  # a numbered label column may hold names, even in the first data row
+    if isinstance(label_column, (int, str)) and not isinstance(label_column, bool):
+        text = str(label_column).strip()
+        if text.isdigit() and int(text) < len(first):
+            guess = int(text)
+    has_header = not all(_is_number(c) for i, c in enumerate(first) if i != guess)
+    header = [c.strip() for c in first] if has_header else None
     body = rows[1:] if header else rows
-    names = header or [f"x{i}" for i in range(len(rows[0]))]
-    label_idx = None
-    if label_column is not None:
-        if isinstance(label_column, int) or str(label_column).lstrip("-").isdigit():
-            label_idx = int(label_column) % len(names)
-        elif label_column in names:
-            label_idx = names.index(label_column)
-        else:
-            raise ValueError(f"label column {label_column!r} is not in the header {names}")
-    values = []
-    for lineno, row in enumerate(body, start=2 if header else 1):
+    names = header or [f"x{i}" for i in range(len(first))]
+    label_idx = None if label_column is None else _label_index(label_column, names, has_header, path)
+    if not body:
+        raise DataError(f"{path} has no data points (only a header row)")
+    if label_idx is not None and len(names) == 1:
+        raise DataError(f"{path} has no features: its only column is the label column {names[0]!r}")
+    values, label_cells = [], []
+    start = 2 if header else 1
+    for lineno, row in enumerate(body, start=start):
         if len(row) != len(names):
-            raise ValueError(f"{path}:{lineno}: expected {len(names)} columns, found {len(row)}")
+            raise DataError(f"{path}:{lineno}: expected {len(names)} columns, found {len(row)}")
+        cells = [c for i, c in enumerate(row) if i != label_idx]
         try:
-            values.append([float(c) for c in row])
+            values.append([float(c) for c in cells])
         except ValueError:
-            raise ValueError(f"{path}:{lineno}: non-numeric value in {row}") from None
+            raise DataError(f"{path}:{lineno}: non-numeric value in {row}") from None
+        if label_idx is not None:
+            label_cells.append(row[label_idx].strip())
     table = np.asarray(values, dtype=np.float64)
+    keep = [names[i] for i in range(len(names)) if i != label_idx]
     if label_idx is None:
-        return table, None, names
-    keep = [i for i in range(len(names)) if i != label_idx]
-    return table[:, keep], table[:, label_idx].astype(np.int64), [names[i] for i in keep]
+        return table, None, keep
+    label_name = names[label_idx] if header else str(label_idx)
+    if all(_is_number(c) for c in label_cells):
+        numbers = np.asarray([float(c) for c in label_cells])
+        bad = ~np.isfinite(numbers) | (numbers != np.round(numbers))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{path}:{start + i}: label {label_cells[i]!r} (column {label_name!r}) is not a whole "
+                f"number; labels must be class numbers or class names ({int(bad.sum())} are not)"
+            )
+        return table, numbers.astype(np.int64), keep
+    if "" in label_cells:
+        i = label_cells.index("")
+        raise DataError(f"{path}:{start + i}: missing label in column {label_name!r}")
+    return table, integer_labels(np.asarray(label_cells)), keep
 
 
 def load_csv(path: str | Path, label_column: str | int | None = None, **kwargs: Any) -> DataSplits:
@@ -459,7 +613,7 @@ def _open_npz(directory: str | Path | None, filename: str, keys: list[str]):
     npz = np.load(path, allow_pickle=False)  # plain arrays only: never unpickle files
     missing = [k for k in keys if k not in npz.files]
     if missing:
-        raise ValueError(f"{path} lacks the arrays {missing} (it has {npz.files})")
+        raise DataError(f"{path} lacks the arrays {missing} (it has {npz.files})")
     return npz
 
 
@@ -526,7 +680,7 @@ def load_dataset(
         )
     if name == "binarized_mnist":
         if dequantize or standardize:
-            raise ValueError("binarized_mnist is binary: dequantize and standardize do not apply")
+            raise ConfigError("binarized_mnist is binary: dequantize and standardize do not apply")
         return load_binarized_mnist(data_dir, seed=seed)
     if name == "mnist":
         return load_mnist(
@@ -537,18 +691,18 @@ def load_dataset(
         )
     if name in ("csv", "npy"):
         if path is None:
-            raise ValueError(f"dataset {name!r} needs a file path (--data-path)")
+            raise ConfigError(f"dataset {name!r} needs a file path (--data-path)")
         levels = None
         if name == "csv":
             x, y, _ = read_csv(path, label_column)
         else:
             x, y = np.load(path, allow_pickle=False), None
-        if dequantize:
+        if dequantize and x.size:
             levels = int(x.max()) + 1
         return load_array(
             x, y, name=Path(path).stem, dequantize_levels=levels, standardize=standardize, seed=seed
         )
-    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
 def tile_images(images: np.ndarray, shape: Sequence[int], rows: int) -> np.ndarray:

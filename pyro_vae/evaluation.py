@@ -38,7 +38,7 @@ from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
 from pyro_vae import distributed as dist_utils
-from pyro_vae.data import as_tensor, iter_batches
+from pyro_vae.data import as_tensor, evaluation_data, iter_batches
 from pyro_vae.model import VAE
 from pyro_vae.priors import FactorizedPrior
 from pyro_vae.utils import positive_int
@@ -160,12 +160,16 @@ def evaluate(
     *,
     chunk_size: int | None = None,
     seed: int = 0,
-    log_abs_det_jacobian: float = 0.0,
+    split: str | None = None,
+    log_abs_det_jacobian: float | None = None,
     kl_per_dim: bool = True,
     distributed: bool | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     r"""Evaluate ``vae`` on ``data`` (tensor, array, ``Dataset`` or ``DataLoader``).
+
+    ``data`` may also be a :class:`~pyro_vae.data.DataSplits`: its ``split`` (default
+    ``"test"``) is scored, with its preprocessing's Jacobian as ``log_abs_det_jacobian``.
 
     Returns means over data points (nats per data point unless stated):
 
@@ -189,6 +193,7 @@ def evaluate(
     processes and the results gathered, so *every* process must call ``evaluate``; pass
     ``distributed=False`` to evaluate everything in the calling process alone.
     """
+    data, log_abs_det_jacobian = evaluation_data(data, split, log_abs_det_jacobian)
     positive_int("num_samples", num_samples)
     ctx = dist_utils.current() if distributed is not False else dist_utils.SINGLE
     if ctx.world_size > 1:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_vae.errors import DataError
 from pyro_vae.registry import Registry, spec_of
 from pyro_vae.utils import positive
 
@@ -113,15 +114,19 @@ class Likelihood(nn.Module):
         return d.mean
 
     def check_data(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` if ``x`` holds values this likelihood cannot score."""
+        """Raise :class:`~pyro_vae.errors.DataError` if ``x`` holds values this likelihood cannot score.
+
+        The message names the remedy for Python callers and for the command line.
+        """
         if not self.support.contains(x):
             bad = x[~self.support.check(x)]
             suggestion, reason = choose_likelihood(x)
-            raise ValueError(
+            raise DataError(
                 f"likelihood {self.name!r} scores data in {self.support.description}, but "
                 f"{bad.numel()} values lie outside it (for example {bad[0].item():.6g}). "
-                f"{reason.capitalize()}: use likelihood={suggestion!r} (or 'auto'), or transform "
-                f"the data (pyro_vae.data.load_array(..., dequantize_levels=..., standardize=True))."
+                f"{reason.capitalize()}: use likelihood={suggestion!r} or 'auto' (command line: "
+                f"--likelihood {suggestion}), or transform the data with pyro_vae.data's "
+                f"dequantize_levels=K or standardize=True (command line: --dequantize, --standardize)."
             )
 
     def spec(self) -> dict[str, Any]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import operator
 import os
 from pathlib import Path
 
+import numpy as np
 import pyro
 import torch
+
+from pyro_vae.errors import ConfigError
 
 
 def positive(name: str, value: float) -> float:
@@ -16,11 +20,20 @@ def positive(name: str, value: float) -> float:
     return value
 
 
-def positive_int(name: str, value: object) -> int:
-    """``value`` if it is an integer >= 1, else a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+def positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` as an ``int`` if it is an integer >= ``minimum``, else a ``ConfigError`` naming ``name``.
+
+    Python and numpy integers are accepted (anything ``operator.index`` takes); ``bool``,
+    floats (even ``2.0``) and strings are refused rather than converted.
+    """
+    try:
+        number = None if isinstance(value, (bool, np.bool_)) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{name} must be {wanted}, got {value!r}")
+    return number
 
 
 def available_cpus() -> int:

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_vae import data
+from pyro_vae.errors import DataError
 
 
 def write_fake_mnist(directory, n_train=30, n_test=8):
@@ -155,3 +156,126 @@ def test_loaders_serve_batches_from_tensors_datasets_and_loaders():
     assert data.make_loader(given, 3) is given
     assert torch.equal(torch.cat(list(data.iter_batches(given, 2))), x)
     assert torch.equal(data.as_tensor(ds), x)
+
+
+@pytest.mark.parametrize("label_column", [5, "5", 2, -1, "-1", "label", "x7"])
+def test_csv_label_column_out_of_range_or_unknown_names_the_columns(tmp_path, label_column):
+    path = tmp_path / "two.csv"
+    path.write_text("a,b\n1,2\n3,4\n5,6\n")
+    with pytest.raises(DataError, match=r"2 columns \(0 'a', 1 'b'\)"):
+        data.read_csv(path, label_column)
+    nohead = tmp_path / "nohead.csv"
+    nohead.write_text("1,2\n3,4\n")
+    with pytest.raises(DataError, match=r"2 columns \(0, 1\)"):
+        data.read_csv(nohead, label_column)
+
+
+def test_csv_label_column_by_number_name_and_last(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,c\n1,2,0\n3,4,1\n5,6,1\n")
+    for column in (2, "2", "c", np.int64(2)):
+        x, y, names = data.read_csv(path, column)
+        assert names == ["a", "b"] and y.tolist() == [0, 1, 1] and x.tolist()[0] == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("bad", ["1.5", "nan", "inf"])
+def test_csv_non_integer_numeric_labels_are_refused(tmp_path, bad):
+    path = tmp_path / "t.csv"
+    path.write_text(f"a,label\n1,0\n2,{bad}\n3,1\n")
+    with pytest.raises(DataError, match=rf":3: label '{bad}' \(column 'label'\) is not a whole number"):
+        data.read_csv(path, "label")
+
+
+def test_csv_string_labels_are_coded_in_sorted_order(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,animal\n1,2,dog\n3,4,cat\n5,6,dog\n7,8,emu\n")
+    x, y, names = data.read_csv(path, "animal")
+    assert y.tolist() == [1, 0, 1, 2] and names == ["a", "b"] and x.shape == (4, 2)
+    # Without a header, a numbered label column may hold names from the first row on.
+    nohead = tmp_path / "nohead.csv"
+    nohead.write_text("1,cat,2\n3,dog,4\n")
+    x, y, names = data.read_csv(nohead, 1)
+    assert y.tolist() == [0, 1] and x.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    missing = tmp_path / "missing.csv"
+    missing.write_text("a,animal\n1,dog\n2,\n")
+    with pytest.raises(DataError, match=":3: missing label"):
+        data.read_csv(missing, "animal")
+
+
+def test_array_labels_must_be_integers_or_names():
+    x = np.random.default_rng(0).normal(size=(20, 2))
+    with pytest.raises(DataError, match="label 3 is 1.5"):
+        data.load_array(x, labels=[0, 1, 2, 1.5] + [0] * 16)
+    splits = data.load_array(x, labels=np.array([2.0, 1.0] * 10))  # integral floats are fine
+    assert splits.train_labels.dtype == torch.int64
+    names = data.load_array(x, labels=["b", "a"] * 10)
+    assert set(names.train_labels.tolist()) == {0, 1}
+
+
+def test_csv_and_arrays_without_points_or_features(tmp_path):
+    header_only = tmp_path / "h.csv"
+    header_only.write_text("a,b\n")
+    with pytest.raises(DataError, match="no data points"):
+        data.read_csv(header_only)
+    one_column = tmp_path / "one.csv"
+    one_column.write_text("label\n1\n0\n")
+    with pytest.raises(DataError, match="no features"):
+        data.read_csv(one_column, "label")
+    with pytest.raises(DataError, match="no data points"):
+        data.load_array(np.zeros((0, 3)))
+    with pytest.raises(DataError, match="no features"):
+        data.load_array(np.zeros((10, 0)))
+    with pytest.raises(DataError, match="no data points"):
+        data.make_splits("empty", np.ones((5, 2)), np.ones((5, 2)), np.zeros((0, 2)))
+
+
+def test_values_beyond_float32_are_reported_as_overflow_not_nan(tmp_path):
+    x = np.ones((10, 2))
+    x[3, 1] = 1e300
+    message = r"values up to 1e\+300 do not fit in float32 \(max 3.4e\+38\); rescale the data"
+    with pytest.raises(DataError, match=message):
+        data.as_tensor(x)
+    with pytest.raises(DataError, match=message):
+        data.load_array(x)
+    with pytest.raises(DataError, match=message):
+        data.as_tensor(torch.from_numpy(x))
+    with pytest.raises(DataError, match=r"up to -1e\+300"):
+        data.as_tensor([[1.0, -1e300]])
+    path = tmp_path / "big.csv"
+    path.write_text("a,b\n1,2\n3,1e300\n")
+    with pytest.raises(DataError, match=message):
+        data.load_csv(path)
+    # Infinite and NaN values are still reported as such; large but representable values pass.
+    with pytest.raises(DataError, match="NaN or infinite"):
+        data.load_array(np.where(np.arange(20).reshape(10, 2) == 3, np.inf, 1.0))
+    assert data.as_tensor(np.array([[3e38, np.nan]])).isnan().sum() == 1
+    assert data.as_tensor(np.array([[1e300]]), torch.float64).item() == 1e300
+
+
+def test_readme_snippet_scores_dequantized_digits_per_raw_grey_level():
+    """README's path: evaluate(vae, splits, split="test") applies the preprocessing's Jacobian itself."""
+    from pyro_vae import VAE, evaluate, fit
+    from pyro_vae.errors import ConfigError
+
+    splits = data.load_digits(dequantize=True)
+    vae = VAE(input_dim=64, latent_dim=4, hidden=(32,), likelihood="auto", prior="vamp")
+    fit(vae, splits.train, splits.valid, epochs=2, progress=False, num_threads=1)
+    metrics = evaluate(vae, splits, split="test", num_samples=20, kl_per_dim=False)
+    jacobian = splits.preprocessing.log_abs_det_jacobian(64)
+    assert splits.log_abs_det_jacobian == jacobian == pytest.approx(-64 * math.log(17))
+    explicit = evaluate(vae, splits.test, num_samples=20, kl_per_dim=False, log_abs_det_jacobian=jacobian)
+    assert metrics["bits_per_dim"] == explicit["bits_per_dim"] > 0
+    assert metrics["num_points"] == len(splits.test)
+    # The default split is test; a plain tensor is scored as given (no Jacobian), as before.
+    assert evaluate(vae, splits, num_samples=20, kl_per_dim=False)["bits_per_dim"] == metrics["bits_per_dim"]
+    plain = evaluate(vae, splits.test, num_samples=20, kl_per_dim=False)
+    assert plain["log_likelihood"] == metrics["log_likelihood"]
+    assert plain["bits_per_dim"] == pytest.approx(metrics["bits_per_dim"] + jacobian / (64 * math.log(2)))
+    valid = evaluate(vae, splits, split="valid", num_samples=20, kl_per_dim=False)
+    assert valid["num_points"] == len(splits.valid)
+    with pytest.raises(ConfigError, match="carries its preprocessing's Jacobian"):
+        evaluate(vae, splits, num_samples=20, log_abs_det_jacobian=jacobian)
+    with pytest.raises(ConfigError, match="needs a DataSplits"):
+        evaluate(vae, splits.test, split="test", num_samples=20)
+    with pytest.raises(ConfigError, match="unknown split"):
+        evaluate(vae, splits, split="tests", num_samples=20)

@@ -2,7 +2,10 @@
 
 import importlib.util
 import sys
+import tempfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,11 +24,24 @@ def test_quickstart_example_runs():
     assert 0 < metrics["bits_per_dim"] < 8
 
 
-def test_kl_weighting_example_writes_the_page_its_figures_and_results(tmp_path):
-    results = load(ROOT / "examples" / "kl_weighting.py").main(["--quick", "--out", str(tmp_path)])
-    page = (tmp_path / "kl_weighting.md").read_text()
+def committed_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_kl_weighting_quick_run_writes_a_temporary_folder_never_docs(tmp_path, monkeypatch, capsys):
+    module = load(ROOT / "examples" / "kl_weighting.py")
+    before = committed_files(ROOT / "docs")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp puts the run
+    results = module.main(["--quick"])
+    assert committed_files(ROOT / "docs") == before  # the committed page and figures untouched
+    (out,) = tmp_path.glob("kl_weighting_quick_*")
+    assert str(out / "kl_weighting.md") in capsys.readouterr().out  # says where it wrote
+    with pytest.raises(SystemExit):
+        module.main(["--quick", "--out", str(ROOT / "docs")])
+    assert committed_files(ROOT / "docs") == before
+    page = (out / "kl_weighting.md").read_text()
     for name in ("averaged_vs_summed.png", "warmup.png", "results.json"):
-        assert (tmp_path / "kl_weighting" / name).stat().st_size > 0, name
+        assert (out / "kl_weighting" / name).stat().st_size > 0, name
         assert f"kl_weighting/{name}" in page, name
     assert "nan" not in page.lower()
     # The identities hold to float precision even in a smoke run.

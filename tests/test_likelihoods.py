@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 import pyro_vae
 from pyro_vae import likelihoods
+from pyro_vae.errors import DataError
 from pyro_vae.likelihoods import choose_likelihood
 
 NAMES = likelihoods.names()
@@ -293,9 +294,14 @@ def test_check_data_accepts_valid_data(name):
 
 def test_bernoulli_on_grey_levels_suggests_continuous_bernoulli():
     x = torch.tensor([[0.0, 0.25, 1.0], [0.5, 1.0, 0.0]])
-    with pytest.raises(ValueError, match="continuous_bernoulli") as excinfo:
+    with pytest.raises(DataError, match="continuous_bernoulli") as excinfo:
         make("bernoulli", input_dim=3).check_data(x)
-    assert "the values 0 and 1" in str(excinfo.value)
+    message = str(excinfo.value)
+    assert "the values 0 and 1" in message
+    # The remedy is named for Python callers and for the command line alike.
+    assert "likelihood='continuous_bernoulli'" in message
+    assert "(command line: --likelihood continuous_bernoulli)" in message
+    assert "standardize=True" in message and "--standardize" in message
 
 
 def test_bernoulli_not_strict_accepts_grey_levels():
@@ -316,9 +322,10 @@ def test_bernoulli_not_strict_accepts_grey_levels():
 
 def test_poisson_on_negative_values_suggests_gaussian():
     x = torch.tensor([[0.0, 3.0, -2.0]])
-    with pytest.raises(ValueError, match="'gaussian'") as excinfo:
+    with pytest.raises(ValueError, match="likelihood='gaussian'") as excinfo:
         make("poisson", input_dim=3).check_data(x)
     assert "the integers 0, 1, 2, ..." in str(excinfo.value)
+    assert "--likelihood gaussian" in str(excinfo.value)
 
 
 @pytest.mark.parametrize("edge", [0.0, 1.0])

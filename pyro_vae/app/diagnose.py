@@ -15,7 +15,7 @@ from pyro_vae.diagnostics.amortized import _worst_first, psis_from_inference_dat
 from pyro_vae.diagnostics.nuts import DEFAULT_IS_SAMPLES, nuts_posterior
 from pyro_vae.diagnostics.plots import plot_ppc
 from pyro_vae.model import CONFIG_FILE, WEIGHTS_FILE
-from pyro_vae.utils import atomic_write_text
+from pyro_vae.utils import atomic_write_text, positive_int
 
 DIAGNOSTICS_FILE = "diagnostics.nc"
 NUTS_FILE = "nuts.nc"
@@ -35,11 +35,6 @@ def _atomic(path: Path, write) -> None:
 
 def _save_figure(fig: Figure, path: Path) -> None:
     _atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-
-
-def _check_int(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def diagnose_run(
@@ -83,13 +78,13 @@ def diagnose_run(
         raise FileNotFoundError(
             f"{run_dir} is not a run directory (no {' or '.join(missing)}): make one with pyro-vae train --out DIR"
         )
-    _check_int("--num-samples (K)", num_samples, 2)
-    _check_int("--num-points", num_points, 1)
-    _check_int("--nuts-points", nuts_points, 0)
-    _check_int("--nuts-chains", nuts_chains, 1)
-    _check_int("--nuts-warmup", nuts_warmup, 0)
-    _check_int("--nuts-draws", nuts_draws, 1)
-    _check_int("--is-samples", num_is_samples, 1)
+    positive_int("--num-samples (K)", num_samples, 2)
+    positive_int("--num-points", num_points, 1)
+    positive_int("--nuts-points", nuts_points, 0)
+    positive_int("--nuts-chains", nuts_chains, 1)
+    positive_int("--nuts-warmup", nuts_warmup, 0)
+    positive_int("--nuts-draws", nuts_draws, 1)
+    positive_int("--is-samples", num_is_samples, 1)
     if nuts_points > num_points:
         raise ValueError(f"--nuts-points ({nuts_points}) cannot exceed --num-points ({num_points})")
     cfg, vae, splits = load_run(run_dir, split=split, data_dir=data_dir)
