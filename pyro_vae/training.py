@@ -29,9 +29,10 @@ from pyro_vae import distributed as dist_utils
 from pyro_vae.data import as_tensor, features_of, make_loader
 from pyro_vae.distributed import PeerFailure
 from pyro_vae.evaluation import validation_elbo
+from pyro_vae.io import atomic_torch_save, load_tensors
 from pyro_vae.model import VAE, WEIGHTS_FILE
 from pyro_vae.objectives import BetaSchedule, ELBOLoss, make_elbo
-from pyro_vae.utils import atomic_torch_save, positive_int, resolve_device, set_threads
+from pyro_vae.utils import positive_int, resolve_device, set_threads
 
 logger = logging.getLogger(__name__)
 
@@ -319,14 +320,14 @@ def _restore(directory: Path, vae: VAE, optimizer, history: History, device) -> 
     path = directory / TRAINING_STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: no {TRAINING_STATE_FILE} in {directory}")
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = load_tensors(path, what="training state", map_location=device)
     vae.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     history.records = list(state["history"])
     history.best_epoch = state["best_epoch"]
     best_state = None
     if state["best_epoch"] is not None:
-        best_state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
+        best_state = load_tensors(directory / WEIGHTS_FILE, what="model weights", map_location=device)
     logger.info("resuming after epoch %d from %s", state["epoch"], directory)
     return state["epoch"] + 1, state["best_value"], best_state, state["stale_epochs"]
 

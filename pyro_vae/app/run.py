@@ -22,10 +22,11 @@ from pyro_vae import likelihoods
 from pyro_vae.app import plotting
 from pyro_vae.app.config import RunConfig
 from pyro_vae.evaluation import evaluate
+from pyro_vae.io import atomic_write_text, save_figure
 from pyro_vae.model import VAE
 from pyro_vae.objectives import BetaSchedule
 from pyro_vae.training import TRAINING_STATE_FILE, History, fit
-from pyro_vae.utils import atomic_write_text, seed_everything
+from pyro_vae.utils import seed_everything
 
 FIGURES = ("training_curves.png", "reconstructions.png", "samples.png", "latent_means.png")
 
@@ -101,7 +102,7 @@ def write_figures(
     if history is not None:
         figures["training_curves.png"] = plotting.plot_history(history)
     for name, fig in figures.items():
-        fig.savefig(out / name, dpi=110)
+        save_figure(fig, out / name, dpi=110)
 
 
 def launched_by_torchrun() -> bool:
