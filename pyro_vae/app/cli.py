@@ -14,6 +14,7 @@ from pyro_vae import likelihoods, priors
 from pyro_vae.app.config import RunConfig
 from pyro_vae.data import DATASETS
 from pyro_vae.distributed import PeerFailure
+from pyro_vae.io import atomic_write_json
 from pyro_vae.networks import ACTIVATIONS
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.training import TrainingDiverged
@@ -307,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress=not args.no_progress,
             )
             if args.output:
-                args.output.write_text(json.dumps(metrics, indent=2) + "\n")
+                atomic_write_json(args.output, metrics)
         ok = True
     except TrainingDiverged as e:
         print(f"pyro-vae: training diverged: {e}", file=sys.stderr)
