@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from pyro_vae.io import atomic_write_text
+
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS_DIR / "results"
 REPO_ROOT = BENCHMARKS_DIR.parent
@@ -129,9 +131,7 @@ def write_results(
     """Write ``result`` as JSON atomically (so an interrupted run leaves the last good file)."""
     path = results_path(name, quick, results_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(result), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_clean(result), indent=2, allow_nan=False) + "\n")
     return path
 
 

@@ -18,6 +18,7 @@ import torch
 
 from pyro_vae.app.config import RunConfig
 from pyro_vae.app.run import train_run
+from pyro_vae.io import atomic_write_json
 from pyro_vae.utils import available_cpus
 
 RESULTS = Path(__file__).parent / "results" / "main_job.json"
@@ -50,7 +51,7 @@ def main() -> dict:
     }
     print(json.dumps(result, indent=2))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(RESULTS, result)
     return result
 
 

@@ -36,7 +36,6 @@ configuration, each with its own date and command), and every trained model is s
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -49,9 +48,9 @@ import _common  # noqa: E402
 
 log = _common.log
 import pyro  # noqa: E402
-import torch  # noqa: E402
 
 import pyro_vae  # noqa: E402
+from pyro_vae.io import load_tensors, read_json  # noqa: E402
 from pyro_vae.priors import MixturePrior, VampPrior  # noqa: E402
 from pyro_vae.training import TRAINING_STATE_FILE  # noqa: E402
 
@@ -120,7 +119,7 @@ def run_config(config: str, args, splits, log, previous: dict | None = None) -> 
         log(f"[{config}] --resume: no {TRAINING_STATE_FILE} in {out_dir}; starting afresh")
     resumed_after = 0
     if resume:  # fit overwrites the state; read where it stands first
-        state = torch.load(out_dir / TRAINING_STATE_FILE, map_location="cpu", weights_only=True)
+        state = load_tensors(out_dir / TRAINING_STATE_FILE, what="training state")
         resumed_after = int(state["epoch"])
     log(
         f"[{config}] training: up to {args.epochs} epochs / {args.max_minutes} min, warm-up {warmup} epochs, "
@@ -334,8 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
     previous = {}
     if path.is_file():
         try:
-            previous = json.loads(path.read_text()).get("configs", {})
-        except (OSError, ValueError):
+            previous = read_json(path, what="previous results").get("configs", {})
+        except ValueError:  # damaged: start afresh
             previous = {}
     result = {
         "benchmark": NAME,

@@ -24,6 +24,7 @@ import numpy as np
 
 import pyro_vae
 from pyro_vae import VAE, diagnostics, evaluate, fit
+from pyro_vae.io import save_figure
 
 
 def main(quick: bool = False, out: str | Path | None = None) -> dict:
@@ -58,7 +59,7 @@ def main(quick: bool = False, out: str | Path | None = None) -> dict:
     print(
         f"log p(x): evaluate {metrics['log_likelihood']:.2f}, PSIS {np.mean(psis.log_px):.2f} nats per point"
     )
-    psis.plot().savefig(out / "khat.png", dpi=110)
+    save_figure(psis.plot(), out / "khat.png", dpi=110)
 
     # 3. The exact posterior of the worst point by NUTS, against q(z|x).
     worst = summary["worst"][0]["index"]
@@ -71,10 +72,10 @@ def main(quick: bool = False, out: str | Path | None = None) -> dict:
         f"q mean {np.round(nuts.q_loc[0], 2)}, sd {np.round(nuts.q_scale[0], 2)}; "
         f"log p(x) - ELBO = {nuts.amortization_gap[0]:.2f} nats; {nuts.seconds[0]:.1f} s"
     )
-    nuts.plot().savefig(out / "nuts_overlay.png", dpi=110)
+    save_figure(nuts.plot(), out / "nuts_overlay.png", dpi=110)
 
     # 4. Posterior predictive check: inputs beside draws from p(x|z), z ~ q(z|x).
-    diagnostics.plot_ppc(idata, splits.image_shape).savefig(out / "ppc.png", dpi=110)
+    save_figure(diagnostics.plot_ppc(idata, splits.image_shape), out / "ppc.png", dpi=110)
     print(f"wrote {out}/: diagnostics.nc khat.png nuts_overlay.png ppc.png")
     return {"idata": idata, "psis": psis, "nuts": nuts, "metrics": metrics, "out": out}
 

@@ -21,7 +21,6 @@ Six questions, one section each (see the page for the discussion):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import sys
@@ -40,7 +39,9 @@ from pyro import poutine
 import pyro_vae
 from pyro_vae import VAE, evaluate, fit
 from pyro_vae.app.plotting import draw_image_grid
-from pyro_vae.utils import atomic_write_text, available_cpus, set_threads
+from pyro_vae.io import atomic_write_json, atomic_write_text
+from pyro_vae.io import save_figure as write_figure
+from pyro_vae.utils import available_cpus, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = "kl_weighting.md"
@@ -114,7 +115,7 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 
 def save_figure(fig: Figure, out: Path, name: str) -> str:
     (out / FIGURES).mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / FIGURES / name, dpi=110)
+    write_figure(fig, out / FIGURES / name, dpi=110)
     return f"{FIGURES}/{name}"
 
 
@@ -729,7 +730,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["warmup"] = section_warmup(digits, budget, out)
     results["seconds"] = time.perf_counter() - start
     (out / FIGURES).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / FIGURES / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_json(out / FIGURES / "results.json", results)
     write_page(results, out, results["command"])
     log(f"wrote {out / PAGE}, {out / FIGURES}/ ({results['seconds']:.0f} s)")
     return results

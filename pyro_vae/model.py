@@ -14,7 +14,6 @@ and nothing else.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -275,31 +274,47 @@ class VAE(PyroModule):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         from pyro_vae import __version__
-        from pyro_vae.utils import atomic_torch_save, atomic_write_text
+        from pyro_vae.io import atomic_torch_save, atomic_write_json, read_json
 
         payload: dict[str, Any] = {}
-        if (directory / CONFIG_FILE).is_file():
-            payload = json.loads((directory / CONFIG_FILE).read_text())
+        if (directory / CONFIG_FILE).is_file():  # damaged: a ConfigError, not lost run settings
+            payload = read_json(directory / CONFIG_FILE)
         payload.update(format_version=FORMAT_VERSION, pyro_vae_version=__version__, model=self.config())
         payload.update(extra or {})
-        atomic_write_text(directory / CONFIG_FILE, json.dumps(payload, indent=2) + "\n")
+        atomic_write_json(directory / CONFIG_FILE, payload)
         atomic_torch_save(self.state_dict() if state_dict is None else state_dict, directory / WEIGHTS_FILE)
         return directory
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> VAE:
-        """Rebuild a model saved by :meth:`save`; weights load with ``weights_only=True``."""
+        """Rebuild a model saved by :meth:`save`.
+
+        The weights load with ``weights_only=True`` (a file never runs code) and must be
+        finite; a missing, damaged or mismatched ``config.json`` or ``model.pt`` raises a
+        :class:`~pyro_vae.errors.ConfigError` or :class:`~pyro_vae.errors.CheckpointError`
+        naming the file, never a bare traceback.
+        """
+        from pyro_vae.errors import CheckpointError, ConfigError
+        from pyro_vae.io import load_state_into, load_tensors, read_json
+
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
-            raise FileNotFoundError(
+            raise CheckpointError(
                 f"no {CONFIG_FILE} in {directory}: is this a directory written by VAE.save?"
             )
-        payload = json.loads(config_path.read_text())
-        if "model" not in payload:
-            raise ValueError(f"{config_path} has no 'model' section: not written by VAE.save")
-        vae = cls.from_config(payload["model"])
-        state = torch.load(directory / WEIGHTS_FILE, map_location=map_location, weights_only=True)
-        vae.load_state_dict(state)
+        payload = read_json(config_path)
+        if not isinstance(payload.get("model"), dict):
+            raise ConfigError(f"{config_path} has no 'model' section: not written by VAE.save")
+        try:
+            vae = cls.from_config(payload["model"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ConfigError(
+                f"{config_path}: its 'model' section does not describe a VAE ({exc}); "
+                "was it written by another version of pyro_vae, or edited?"
+            ) from exc
+        weights = directory / WEIGHTS_FILE
+        state = load_tensors(weights, what="model weights", map_location=map_location, finite=True)
+        load_state_into(vae, state, weights, config=config_path)
         vae.fitted = True
         return vae.to(map_location)

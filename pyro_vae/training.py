@@ -40,10 +40,11 @@ from pyro_vae.data import as_tensor, features_of, make_loader
 from pyro_vae.distributed import PeerFailure
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
 from pyro_vae.evaluation import validation_elbo
-from pyro_vae.model import VAE
+from pyro_vae.io import atomic_torch_save, load_tensors
+from pyro_vae.model import VAE, WEIGHTS_FILE
 from pyro_vae.objectives import BetaSchedule, ELBOLoss, make_elbo
 from pyro_vae.settings import Settings, at_least, positive, setting
-from pyro_vae.utils import atomic_torch_save, resolve_device, set_threads
+from pyro_vae.utils import resolve_device, set_threads
 
 logger = logging.getLogger(__name__)
 
@@ -293,8 +294,6 @@ class Checkpointer:
 
     def restore(self, vae: VAE, loop: _Loop, device: torch.device) -> int:
         """Load the state written after the last finished epoch; returns the next epoch."""
-        from pyro_vae.model import WEIGHTS_FILE
-
         if self.directory is None:
             raise ConfigError("resume=True needs the checkpoint_dir to resume from")
         state = _load(self.directory / TRAINING_STATE_FILE, device)
@@ -322,7 +321,7 @@ class Checkpointer:
 def _load(path: Path, device: torch.device) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"cannot resume: no {path.name} in {path.parent}")
-    return torch.load(path, map_location=device, weights_only=True)
+    return load_tensors(path, what="training state", map_location=device, finite=True)
 
 
 def _rng_states() -> dict[str, Any]:

@@ -1,10 +1,9 @@
-"""Small shared helpers: threads, seeds, devices and crash-safe file writes."""
+"""Small shared helpers: argument checks, threads, seeds and devices (file writes: pyro_vae.io)."""
 
 from __future__ import annotations
 
 import operator
 import os
-from pathlib import Path
 
 import numpy as np
 import pyro
@@ -73,16 +72,3 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but torch sees no CUDA device; use device='cpu'")
     return device
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """Save so that a crash mid-write never leaves a truncated file in place of a good one."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)

@@ -26,7 +26,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -45,10 +44,11 @@ from pyro_vae.app import plotting
 from pyro_vae.app.config import RunConfig
 from pyro_vae.app.run import build_vae, load_data, train_run
 from pyro_vae.data import DataSplits
+from pyro_vae.io import atomic_write_text, save_figure
 from pyro_vae.model import VAE
 from pyro_vae.objectives import BetaSchedule, make_elbo
 from pyro_vae.training import fit
-from pyro_vae.utils import atomic_write_text, available_cpus, positive, positive_int
+from pyro_vae.utils import available_cpus, positive, positive_int
 
 DEFAULT_NORMAL_SCALES = (0.5, 2.0, 5.0)
 TABLES = ("comparison.md", "comparison.csv", "comparison.json")
@@ -725,12 +725,6 @@ def plot_prior_vs_aggregate(labels: Sequence[str], log_densities: Sequence[tuple
     return fig
 
 
-def _save_figure(fig: Figure, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, path)
-
-
 def _write_figures(
     out: Path, result: ComparisonResult, views: list[_Views | None], splits: DataSplits
 ) -> list[str]:
@@ -746,5 +740,5 @@ def _write_figures(
             labels, [v.density if v else None for v in views]
         )
     for name, fig in figures.items():
-        _save_figure(fig, out / name)
+        save_figure(fig, out / name, dpi=100)
     return list(figures)

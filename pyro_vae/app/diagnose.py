@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from pyro_vae.diagnostics.amortized import _worst_first, psis_from_inference_data, to_inference_data
 from pyro_vae.diagnostics.nuts import DEFAULT_IS_SAMPLES, nuts_posterior
 from pyro_vae.diagnostics.plots import plot_ppc
+from pyro_vae.io import atomic_write, atomic_write_json, save_figure
 from pyro_vae.model import CONFIG_FILE, WEIGHTS_FILE
-from pyro_vae.utils import atomic_write_text, positive_int
+from pyro_vae.utils import positive_int
 
 DIAGNOSTICS_FILE = "diagnostics.nc"
 NUTS_FILE = "nuts.nc"
 REPORT_FILE = "diagnostics.json"
 FIGURES = ("khat.png", "nuts_overlay.png", "ppc.png")
-
-
-def _atomic(path: Path, write) -> None:
-    """``write(tmp)``, then rename over ``path``: a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _save_figure(fig: Figure, path: Path) -> None:
-    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def diagnose_run(
@@ -127,15 +111,15 @@ def diagnose_run(
 
     start = time.perf_counter()
     written = [DIAGNOSTICS_FILE]
-    _atomic(out / DIAGNOSTICS_FILE, lambda tmp: idata.to_netcdf(str(tmp)))
+    atomic_write(out / DIAGNOSTICS_FILE, lambda tmp: idata.to_netcdf(str(tmp)))
     if nuts is not None:
-        _atomic(out / NUTS_FILE, lambda tmp: nuts.idata.to_netcdf(str(tmp)))
+        atomic_write(out / NUTS_FILE, lambda tmp: nuts.idata.to_netcdf(str(tmp)))
         written.append(NUTS_FILE)
     figures = {"khat.png": psis.plot(), "ppc.png": plot_ppc(idata, splits.image_shape, seed=seed)}
     if nuts is not None:
         figures["nuts_overlay.png"] = nuts.plot()
     for name, fig in figures.items():
-        _save_figure(fig, out / name)
+        save_figure(fig, out / name, dpi=110)
     timings["write_s"] = time.perf_counter() - start
 
     report = {
@@ -147,7 +131,7 @@ def diagnose_run(
         "nuts": None if nuts is None else nuts.to_dict(),
         "timings": timings,
     }
-    atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out / REPORT_FILE, report)
     written += [REPORT_FILE, *sorted(figures)]
     for line in report_lines(report):
         echo(line)
