@@ -192,7 +192,12 @@ def add_run_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> 
                 for flag, (name, text) in BETA_FLAGS.items():
                     default = getattr(defaults.beta, name)
                     group.add_argument(
-                        flag, dest=f"{key}.{name}", type=float, help=f"{text} (default {default:g})"
+                        flag,
+                        dest=f"{key}.{name}",
+                        type=float,
+                        metavar="EPOCHS" if name == "warmup_epochs" else "BETA",
+                        default=argparse.SUPPRESS,
+                        help=f"{text} (default {default:g})",
                     )
                 continue
             _add_flag(group, key, f, hints[f.name], getattr(defaults, f.name))
