@@ -97,7 +97,7 @@ def test_every_choice_has_a_flag(tmp_path):
     "args, match",
     [
         (["--likelihood", "bernoulli"], "continuous_bernoulli"),
-        (["--dataset", "csv"], "needs a file path"),
+        (["--dataset", "csv"], "--data-path FILE"),
         (
             ["--likelihood-options", '{"scale": -1}', "--likelihood", "gaussian_fixed"],
             "scale must be positive",
@@ -117,7 +117,7 @@ def test_missing_data_directory_and_bad_config(tmp_path, capsys, monkeypatch):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"train": {"epoch": 3}}))
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "y")]) == 2
-    assert "unknown key" in capsys.readouterr().err
+    assert "unknown setting" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nothing")]) == 2
 
 

@@ -26,11 +26,8 @@ TINY = ["--epochs", "2", "--hidden", "16", "--eval-samples", "20", "--num-thread
 
 
 def tiny_config() -> RunConfig:
-    cfg = default_config()
-    cfg.model.hidden = [16]
-    cfg.train.epochs, cfg.train.patience, cfg.train.num_threads = 3, None, 1
-    cfg.eval.num_samples = 50
-    return cfg
+    cfg = default_config().replace("model", hidden=[16])
+    return cfg.replace("train", epochs=3, patience=None, num_threads=1).replace("eval", num_samples=50)
 
 
 def markdown_rows(text: str) -> list[dict[str, str]]:
@@ -145,7 +142,7 @@ def test_cli_compares_every_registered_prior(tmp_path, capsys):
         (["--priors", "normal", "--normal-scales", "0.5,-1"], "must be positive"),
         (["--priors", "mixture", "--normal-scales", "2"], "'normal' is not among the priors"),
         (["--priors", "mixture,mixture"], "listed twice"),
-        (["--epochs", "0"], "epochs must be a positive integer"),
+        (["--epochs", "0"], "train.epochs must be at least 1"),
     ],
 )
 def test_cli_rejects_bad_input_before_training(tmp_path, capsys, args, match):

@@ -21,7 +21,6 @@ an interrupted comparison keeps what it finished.
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -46,9 +45,8 @@ from pyro_vae.app.run import build_vae, load_data, train_run
 from pyro_vae.data import DataSplits
 from pyro_vae.io import atomic_write_text, save_figure
 from pyro_vae.model import VAE
-from pyro_vae.objectives import BetaSchedule, make_elbo
 from pyro_vae.training import fit
-from pyro_vae.utils import available_cpus, positive, positive_int
+from pyro_vae.utils import available_cpus
 
 DEFAULT_NORMAL_SCALES = (0.5, 2.0, 5.0)
 TABLES = ("comparison.md", "comparison.csv", "comparison.json")
@@ -84,20 +82,14 @@ def default_config(quick: bool = False) -> RunConfig:
     A 2-D latent shows the codes without projection and allows the density figure.
     ``quick=True`` is a smoke run (see :func:`make_quick`).
     """
-    cfg = RunConfig()
-    cfg.model.latent_dim = 2
-    cfg.train.epochs = 200
-    cfg.train.patience = 50
+    cfg = RunConfig().replace("model", latent_dim=2).replace("train", epochs=200, patience=50)
     return make_quick(cfg) if quick else cfg
 
 
 def make_quick(cfg: RunConfig) -> RunConfig:
-    """Shrink ``cfg`` in place to a smoke run of a second or two per prior on digits."""
-    cfg.model.hidden = [64]
-    cfg.train.epochs = 10
-    cfg.train.patience = None
-    cfg.eval.num_samples = 100
-    return cfg
+    """``cfg`` shrunk to a smoke run of a second or two per prior on digits."""
+    cfg = cfg.replace("model", hidden=[64]).replace("train", epochs=10, patience=None)
+    return cfg.replace("eval", num_samples=100)
 
 
 @dataclass(frozen=True)
@@ -242,34 +234,15 @@ def _silent(*args: Any, **kwargs: Any) -> None:
 
 def _check_shared_settings(cfg: RunConfig, splits: DataSplits, first: PriorEntry) -> str:
     """Fail before the first run on settings every run shares; returns the likelihood's name and why."""
-    t, e = cfg.train, cfg.eval
-    positive_int("epochs", t.epochs)
-    positive_int("batch_size", t.batch_size)
-    positive("lr", t.lr)
-    if t.patience is not None:
-        positive_int("patience", t.patience)
-    make_elbo(t.loss, t.num_particles)
-    BetaSchedule(end=t.beta, warmup_epochs=t.warmup_epochs)
-    positive_int("eval num_samples", e.num_samples)
-    splits.split(e.split)
-    probe = copy.deepcopy(cfg)
-    probe.model.prior, probe.model.prior_options = first.spec["name"], first.spec["options"]
+    t = cfg.validate().train
+    splits.split(cfg.eval.split)
+    probe = cfg.replace("model", prior=first.spec["name"], prior_options=first.spec["options"])
     vae = build_vae(probe, splits.num_features)  # latent size, widths, likelihood, activation
     name, reason = vae.resolve_likelihood(splits.train)
     vae.check_data(splits.train)
     # One throw-away step: the first training in a process pays one-off start-up costs
     # (about a second), which would otherwise count against the first prior's training time.
-    fit(
-        vae,
-        splits.train[: min(64, len(splits.train))],
-        epochs=1,
-        batch_size=64,
-        loss=t.loss,
-        num_particles=t.num_particles,
-        device=t.device,
-        progress=False,
-        num_threads=t.num_threads,
-    )
+    fit(vae, splits.train[: min(64, len(splits.train))], None, t, epochs=1, batch_size=64, progress=False)
     return name + (f" (auto: {reason})" if reason else "")
 
 
@@ -319,15 +292,16 @@ def compare_priors(
     views: list[_Views | None] = []
     width = max(len(e.label) for e in entries)
     for i, entry in enumerate(entries, 1):
-        cfg = copy.deepcopy(base_config)
-        cfg.model.prior, cfg.model.prior_options = entry.spec["name"], dict(entry.spec["options"])
+        cfg = base_config.replace(
+            "model", prior=entry.spec["name"], prior_options=dict(entry.spec["options"])
+        )
         run_dir = out / "runs" / entry.slug
         if run_dir.is_dir():
             shutil.rmtree(run_dir)  # no stale metrics or figures from an earlier comparison
         pr = PriorResult(entry, run_dir)
         t0 = time.perf_counter()
         try:
-            pr.metrics = train_run(cfg, run_dir, progress=progress, echo=_silent)
+            pr.metrics = train_run(cfg, run_dir, progress=progress, overwrite=True, echo=_silent)
         except Exception as err:  # one prior's failure must not cost the others
             pr.error = f"{type(err).__name__}: {err}"
         pr.wall_seconds = time.perf_counter() - t0
@@ -364,8 +338,8 @@ def _budget_text(cfg: RunConfig) -> str:
     text += f", {t.max_minutes:g} min each" if t.max_minutes is not None else ""
     text += f", batch {t.batch_size}, lr {t.lr:g}, loss {t.loss}"
     text += f" x{t.num_particles}" if t.num_particles != 1 else ""
-    text += f", beta {t.beta:g}" if t.beta != 1 or t.warmup_epochs else ""
-    text += f" (warm-up {t.warmup_epochs:g} epochs)" if t.warmup_epochs else ""
+    text += f", beta {t.beta.end:g}" if t.beta.end != 1 or t.beta.warmup_epochs else ""
+    text += f" (warm-up {t.beta.warmup_epochs:g} epochs)" if t.beta.warmup_epochs else ""
     return text + f"; {cfg.eval.split} log p(x) with K={cfg.eval.num_samples}"
 
 
@@ -406,8 +380,8 @@ def _summary(
             "lr": t.lr,
             "loss": t.loss,
             "num_particles": t.num_particles,
-            "beta": t.beta,
-            "warmup_epochs": t.warmup_epochs,
+            "beta": t.beta.end,
+            "warmup_epochs": t.beta.warmup_epochs,
             "description": _budget_text(cfg),
         },
         "evaluation": {"split": cfg.eval.split, "num_samples": cfg.eval.num_samples},
