@@ -27,11 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_vae.registry import Registry, spec_of
+from pyro_vae.registry import Registry, UnregisteredName, spec_of
 from pyro_vae.utils import positive
-
-REGISTRY: Registry[Likelihood] = Registry("likelihood")
-register = REGISTRY.register
 
 
 @dataclass(frozen=True)
@@ -87,7 +84,7 @@ def _inverse_softplus(y: float) -> float:
 class Likelihood(nn.Module):
     """Protocol for observation distributions (subclass and :func:`register`)."""
 
-    name: ClassVar[str]
+    name: ClassVar[str] = UnregisteredName()  # type: ignore[assignment]
     num_params: ClassVar[int] = 1
     support: ClassVar[Support] = REAL
     discrete: ClassVar[bool] = False
@@ -129,6 +126,10 @@ class Likelihood(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.spec()["options"].items())
+
+
+REGISTRY: Registry[Likelihood] = Registry("likelihood", base=Likelihood)
+register = REGISTRY.register
 
 
 def create(spec: Any, **options: Any) -> Likelihood:
