@@ -119,8 +119,8 @@ class Registry(Generic[T]):
             return spec
         if isinstance(spec, type) and issubclass(spec, self.base):
             raise ConfigError(
-                f"a {self.kind} was given as the class {spec.__qualname__}, not an instance: "
-                f"pass {spec.__qualname__}(...) or {_registered_as(self, spec)}"
+                f"a {self.kind} was given as the class {spec.__name__}, not an instance: "
+                f"pass {spec.__name__}(...) or {_registered_as(self, spec)}"
             )
         raise ConfigError(f"a {self.kind} must be {self._accepted()}; got {_describe(spec)}")
 
@@ -136,7 +136,7 @@ def _describe(value: Any) -> str:
     if value is None or isinstance(value, (bool, int, float)):
         return repr(value)
     if isinstance(value, type):
-        return f"the class {value.__qualname__}"
+        return f"the class {value.__module__}.{value.__qualname__}"
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
