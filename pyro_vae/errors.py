@@ -20,6 +20,10 @@ class DataError(PyroVAEError, ValueError):
     """The data cannot be used as given (shape, values, support, file contents)."""
 
 
+class NonFiniteError(PyroVAEError, ValueError):
+    """A model holds NaN or infinite weights, or a result came out NaN or infinite."""
+
+
 class CheckpointError(PyroVAEError, ValueError):
     """A saved model or training state is missing, damaged, or does not fit the model."""
 

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae import distributed as dist_utils
 from pyro_vae.data import as_tensor, evaluation_data, iter_batches
+from pyro_vae.errors import NonFiniteError
 from pyro_vae.model import VAE
 from pyro_vae.priors import FactorizedPrior
 from pyro_vae.utils import positive_int
@@ -192,8 +193,91 @@ def evaluate(
     In a ``torchrun`` launch (an initialised process group) the data are split over the
     processes and the results gathered, so *every* process must call ``evaluate``; pass
     ``distributed=False`` to evaluate everything in the calling process alone.
+
+    Raises :class:`~pyro_vae.errors.NonFiniteError` (a ``ValueError``) before any work if a
+    parameter or buffer of ``vae`` holds NaN or infinite values, and after it if
+    ``log_likelihood``, ``elbo``, ``reconstruction``, ``kl`` or ``kl_per_dim`` is not finite.
     """
     data, log_abs_det_jacobian = evaluation_data(data, split, log_abs_det_jacobian)
+    check_finite_weights(vae)
+    result = _evaluate(
+        vae,
+        data,
+        num_samples,
+        chunk_size=chunk_size,
+        seed=seed,
+        log_abs_det_jacobian=log_abs_det_jacobian,
+        kl_per_dim=kl_per_dim,
+        distributed=distributed,
+        progress=progress,
+    )
+    check_finite_results(result)
+    return result
+
+
+def check_finite_weights(vae: torch.nn.Module) -> None:
+    """Raise :class:`~pyro_vae.errors.NonFiniteError` naming the tensors of ``vae`` that hold NaN or inf."""
+    bad = []
+    for kind, named in (("parameter", vae.named_parameters()), ("buffer", vae.named_buffers())):
+        for name, t in named:
+            if (t.is_floating_point() or t.is_complex()) and not (finite := torch.isfinite(t)).all():
+                bad.append(f"{kind} {name}: {int((~finite).sum())} of {t.numel()} values")
+    if bad:
+        shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
+        raise NonFiniteError(
+            f"the model holds NaN or infinite weights ({shown}): the training that produced it "
+            "diverged; retrain with a smaller learning rate or load an earlier checkpoint"
+        )
+
+
+_CAUSES = {
+    "log_likelihood": "log p(x|z), log p(z) or log q(z|x) overflowed for some draws",
+    "elbo": "log p(x|z) or the KL overflowed",
+    "reconstruction": "log p(x|z) overflowed",
+    "kl": "log q(z|x) - log p(z) overflowed (codes far outside the prior's support)",
+    "kl_per_dim": "the prior's marginal densities underflowed at the posterior's draws",
+}
+
+
+def check_finite_results(result: dict[str, Any]) -> None:
+    """Raise :class:`~pyro_vae.errors.NonFiniteError` if a metric of :func:`evaluate` is NaN or infinite."""
+    for metric in ("log_likelihood", "elbo", "reconstruction", "kl", "kl_per_dim"):
+        values = result.get(metric)
+        if values is None:
+            continue
+        values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+        if torch.isfinite(values).all():
+            continue
+        where = ""
+        pointwise = result.get("pointwise", {}).get(metric)
+        if pointwise is not None:
+            bad = (~torch.isfinite(pointwise)).nonzero().reshape(-1)
+            where = (
+                f" for {bad.numel()} of {pointwise.numel()} data points (the first is point {bad[0].item()})"
+            )
+        elif metric == "kl_per_dim":
+            where = f" in dimension(s) {(~torch.isfinite(values)).nonzero().reshape(-1).tolist()}"
+        raise NonFiniteError(
+            f"evaluate: {metric} is not finite{where}: {_CAUSES[metric]}. The weights are finite, so the "
+            "decoder's outputs or the data are too large in magnitude for float32: standardize the data "
+            "(pyro_vae.data.load_array(..., standardize=True)), or retrain with a smaller learning rate"
+        )
+
+
+@torch.no_grad()
+def _evaluate(
+    vae: VAE,
+    data: Any,
+    num_samples: int,
+    *,
+    chunk_size: int | None,
+    seed: int,
+    log_abs_det_jacobian: float,
+    kl_per_dim: bool,
+    distributed: bool | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """:func:`evaluate` without its checks for non-finite weights and results."""
     positive_int("num_samples", num_samples)
     ctx = dist_utils.current() if distributed is not False else dist_utils.SINGLE
     if ctx.world_size > 1:
@@ -280,7 +364,19 @@ def active_units(posterior_means: torch.Tensor, threshold: float = ACTIVE_UNIT_T
 def validation_elbo(
     vae: VAE, data: Any, *, num_samples: int = 1, seed: int = 0, batch_size: int = 1024
 ) -> float:
-    """Mean ELBO per data point (the early-stopping criterion), cheap and reproducible."""
-    return evaluate(vae, data, num_samples, chunk_size=batch_size * num_samples, seed=seed, kl_per_dim=False)[
-        "elbo"
-    ]
+    """Mean ELBO per data point (the early-stopping criterion), cheap and reproducible.
+
+    Unlike :func:`evaluate` it returns NaN or infinite values as they come: training's
+    divergence guard looks for them.
+    """
+    return _evaluate(
+        vae,
+        data,
+        num_samples,
+        chunk_size=batch_size * num_samples,
+        seed=seed,
+        log_abs_det_jacobian=0.0,
+        kl_per_dim=False,
+        distributed=None,
+        progress=False,
+    )["elbo"]

@@ -28,11 +28,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_vae.errors import DataError
-from pyro_vae.registry import Registry, spec_of
+from pyro_vae.registry import Registry, UnregisteredName, spec_of
 from pyro_vae.utils import positive
-
-REGISTRY: Registry[Likelihood] = Registry("likelihood")
-register = REGISTRY.register
 
 
 @dataclass(frozen=True)
@@ -88,7 +85,7 @@ def _inverse_softplus(y: float) -> float:
 class Likelihood(nn.Module):
     """Protocol for observation distributions (subclass and :func:`register`)."""
 
-    name: ClassVar[str]
+    name: ClassVar[str] = UnregisteredName()  # type: ignore[assignment]
     num_params: ClassVar[int] = 1
     support: ClassVar[Support] = REAL
     discrete: ClassVar[bool] = False
@@ -134,6 +131,10 @@ class Likelihood(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.spec()["options"].items())
+
+
+REGISTRY: Registry[Likelihood] = Registry("likelihood", base=Likelihood)
+register = REGISTRY.register
 
 
 def create(spec: Any, **options: Any) -> Likelihood:

@@ -64,10 +64,6 @@ def _device(value: str) -> str | None:
     return None
 
 
-def _objective_names() -> list[str]:
-    return list(objectives.names()) if hasattr(objectives, "names") else list(objectives.OBJECTIVES)
-
-
 @dataclass
 class TrainConfig(Settings):
     """Every training setting, defined once (``fit``, ``config.json`` and the CLI read it)."""
@@ -79,7 +75,7 @@ class TrainConfig(Settings):
     )
     batch_size: int = setting(128, "data points per step (per process under DDP)", check=at_least(1))
     lr: float = setting(1e-3, "Adam learning rate", check=positive)
-    loss: str = setting("elbo", "the objective", choices=lambda: _objective_names())
+    loss: str = setting("elbo", "the objective", choices=objectives.names)
     num_particles: int = setting(1, "samples of z per data point and step", check=at_least(1))
     beta: BetaSchedule = setting(
         BetaSchedule(), "the KL weight: a number, or {end, warmup_epochs, start} for a linear warm-up"

@@ -367,3 +367,25 @@ def test_ppc_figures_for_tables_and_images():
     assert canvas.shape == (4 * 3 - 1, 6 * 4 - 1)  # 4 rows of input + 5 draws, 2x3 pixels each
     # the first image of each row is the input
     np.testing.assert_allclose(canvas[:2, :3], idata.observed_data["x"].values[0].reshape(2, 3), rtol=1e-6)
+
+
+def test_plots_depend_on_no_other_diagnostics_module_and_take_plain_arrays():
+    """amortized and nuts import plots, never the other way round; plots reads attributes only."""
+    import ast
+    import inspect
+    from types import SimpleNamespace
+
+    from pyro_vae.diagnostics import plots
+
+    imported = set()
+    for node in ast.walk(ast.parse(inspect.getsource(plots))):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module)
+    roots = {m.split(".")[0] for m in imported}
+    assert roots <= {"__future__", "collections", "typing", "arviz", "numpy", "matplotlib", "pyro_vae"}
+    assert {m for m in imported if m.startswith("pyro_vae")} == {"pyro_vae.data"}
+    khat = np.array([0.1, 0.6, 0.8, 1.3, np.inf, np.nan])
+    fig = diagnostics.plot_khat(SimpleNamespace(khat=khat, index=np.arange(10, 16), num_samples=100))
+    assert "50.0% of points above 0.7" in fig.axes[0].get_title()

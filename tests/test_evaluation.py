@@ -26,7 +26,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import pyro_vae
-from pyro_vae.evaluation import active_units
+from pyro_vae.errors import NonFiniteError, PyroVAEError
+from pyro_vae.evaluation import active_units, validation_elbo
 
 Q_SCALE = 1.5
 POINT_TOL = 0.025
@@ -421,3 +422,50 @@ def test_default_chunk_bounds_the_largest_intermediate():
     )
     assert default_chunk_size(big) * 2000 <= CHUNK_ELEMENTS
     assert default_chunk_size(big) < default_chunk_size(mnist)
+
+
+# --------------------------------------------------------------------------- non-finite models
+
+
+def test_evaluate_refuses_a_model_with_nan_weights_before_any_work(small):
+    vae, x, _ = small
+    broken = copy.deepcopy(vae)
+    with torch.no_grad():
+        broken.decoder.net[0].weight[0, 0] = float("nan")
+        broken.prior._origin.fill_(float("inf"))  # buffers are checked too
+    calls = []
+    broken.encoder.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(NonFiniteError) as excinfo:
+        pyro_vae.evaluate(broken, x, num_samples=10)
+    message = str(excinfo.value)
+    assert "parameter decoder.net.0.weight: 1 of" in message
+    assert "buffer prior._origin: 2 of 2 values" in message
+    assert "NaN or infinite weights" in message and "smaller learning rate" in message
+    assert isinstance(excinfo.value, ValueError) and isinstance(excinfo.value, PyroVAEError)
+    assert not calls  # refused before drawing anything
+    # The validation ELBO is not refused: training's divergence guard needs the NaN itself.
+    assert math.isnan(validation_elbo(broken, x))
+
+
+def test_evaluate_refuses_non_finite_results_of_an_overflowing_decoder(small):
+    vae, x, _ = small
+    broken = copy.deepcopy(vae)
+    with torch.no_grad():
+        last = broken.decoder.net[-1]
+        last.weight.zero_()
+        last.bias.fill_(3e38)  # finite weights, but the Gaussian's (x - mu)^2 overflows float32
+    for t in (*broken.parameters(), *broken.buffers()):
+        assert torch.isfinite(t).all()
+    with pytest.raises(
+        NonFiniteError, match="log_likelihood is not finite for 50 of 50 data points"
+    ) as excinfo:
+        pyro_vae.evaluate(broken, x, num_samples=10)
+    assert "standardize the data" in str(excinfo.value)
+    assert not math.isfinite(validation_elbo(broken, x))
+    # Only some points overflow: they are counted and the first one is named.
+    with torch.no_grad():
+        last.bias.zero_()
+    far = x.clone()
+    far[[7, 12]] = 1e30
+    with pytest.raises(NonFiniteError, match="for 2 of 50 data points \\(the first is point 7\\)"):
+        pyro_vae.evaluate(broken, far, num_samples=10)

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 import pyro_vae
 from pyro_vae import likelihoods
-from pyro_vae.errors import DataError
+from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.likelihoods import choose_likelihood
 
 NAMES = likelihoods.names()
@@ -631,3 +631,35 @@ def test_gaussian_optimal_running_scale_is_saved_with_the_model(tmp_path):
     vae.save(tmp_path / "m")
     again = pyro_vae.VAE.load(tmp_path / "m")
     torch.testing.assert_close(again.likelihood.running_variance, torch.tensor(0.37))
+
+
+@pytest.mark.parametrize(
+    "spec, pattern",
+    [
+        (42, "got 42"),
+        (None, "got None"),
+        (True, "got True"),
+        (likelihoods.Gaussian, "the class Gaussian, not an instance.*'gaussian'"),
+        (pyro_vae.priors.StandardNormal(), "pyro_vae.priors.StandardNormal"),
+        (
+            {"name": "gaussian", "options": "min_scale=0.1"},
+            "'options' of likelihood 'gaussian' must be a dict",
+        ),
+        ({"name": None}, "must be a string"),
+    ],
+)
+def test_create_rejects_what_is_not_a_name_spec_or_instance(spec, pattern):
+    with pytest.raises(ConfigError, match=pattern) as excinfo:
+        likelihoods.create(spec)
+    assert isinstance(excinfo.value, ValueError)
+    if not isinstance(spec, (dict, type)):
+        assert "a registered name (bernoulli, " in str(excinfo.value)
+        assert "a dict {'name': ..., 'options': {...}} or a Likelihood instance" in str(excinfo.value)
+    with pytest.raises(ConfigError, match=pattern):
+        pyro_vae.VAE(4, 2, hidden=(8,), likelihood=spec)
+
+
+def test_registering_a_non_likelihood_is_refused():
+    with pytest.raises(ConfigError, match="only subclasses of Likelihood"):
+        likelihoods.register("not_a_likelihood")(pyro_vae.priors.StandardNormal)
+    assert "not_a_likelihood" not in likelihoods.names()

@@ -17,6 +17,8 @@ from pyro import poutine
 from torch.distributions import kl_divergence
 
 import pyro_vae
+from pyro_vae import objectives
+from pyro_vae.errors import ConfigError
 from pyro_vae.objectives import BetaSchedule, RenyiELBO, make_elbo
 
 N, D, L = 7, 5, 2
@@ -372,3 +374,77 @@ def test_beta_schedule_create():
 def test_beta_schedule_rejects_bad_values(spec):
     with pytest.raises(ValueError):
         BetaSchedule.create(spec)
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_objectives_are_registered_classes_that_build_their_pyro_elbo():
+    assert objectives.names() == ["elbo", "elbo_analytic", "iwae"]
+    assert isinstance(objectives.create("elbo"), objectives.TraceELBO)
+    assert type(objectives.create({"name": "elbo_analytic"}).elbo(2)) is pyro.infer.TraceMeanField_ELBO
+    iwae = objectives.create("iwae").elbo(3)
+    assert type(iwae) is RenyiELBO and iwae.alpha == 0 and iwae.num_particles == 3
+    instance = objectives.IWAE()
+    assert objectives.create(instance) is instance
+    assert type(make_elbo(instance, 2)) is RenyiELBO
+    assert instance.spec() == {"name": "iwae", "options": {}}
+    with pytest.raises(ConfigError, match="num_particles >= 2"):
+        objectives.create("iwae").elbo(1)
+
+
+def test_a_newly_registered_objective_is_usable_by_make_elbo_by_name():
+    @objectives.register("test_renyi")
+    class Renyi(objectives.Objective):
+        r"""The Rényi bound with a chosen :math:`\alpha` (an option, kept under its own name)."""
+
+        def __init__(self, alpha: float = 0.5) -> None:
+            self.alpha = alpha
+
+        def elbo(self, num_particles=1):
+            return RenyiELBO(alpha=self.alpha, **objectives.particles(num_particles))
+
+    try:
+        assert "test_renyi" in objectives.names()
+        elbo = make_elbo("test_renyi", 4)
+        assert type(elbo) is RenyiELBO and elbo.alpha == 0.5 and elbo.vectorize_particles
+        assert make_elbo({"name": "test_renyi", "options": {"alpha": 0.25}}, 2).alpha == 0.25
+        assert objectives.create("test_renyi", alpha=0.1).spec() == {
+            "name": "test_renyi",
+            "options": {"alpha": 0.1},
+        }
+        # It trains like the built-in ones: a finite loss with gradients.
+        vae, x = make_vae()
+        loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+        assert torch.isfinite(loss) and loss.requires_grad
+        with pytest.raises(ConfigError, match="already registered"):
+            objectives.register("test_renyi")(Renyi)
+    finally:
+        objectives.REGISTRY.unregister("test_renyi")
+    assert "test_renyi" not in objectives.names()
+    with pytest.raises(ConfigError, match="unknown objective 'test_renyi'"):
+        make_elbo("test_renyi", 2)
+
+
+@pytest.mark.parametrize(
+    "spec, pattern",
+    [
+        (42, "got 42"),
+        (None, "got None"),
+        (1.5, "got 1.5"),
+        (objectives.TraceELBO, "the class TraceELBO, not an instance.*'elbo'"),
+        (pyro.infer.Trace_ELBO(), "pyro.infer.trace_elbo.Trace_ELBO"),
+        ({"name": "elbo", "options": ["x"]}, "'options' of objective 'elbo' must be a dict"),
+        ({"name": "elbo", "options": 3}, "must be a dict"),
+        ({"options": {}}, "needs the keys 'name'"),
+        ({"name": 1}, "must be a string"),
+        ("Elbo", "unknown objective 'Elbo'.*Did you mean 'elbo'"),
+    ],
+)
+def test_objectives_create_rejects_what_is_not_a_name_spec_or_instance(spec, pattern):
+    with pytest.raises(ConfigError, match=pattern) as excinfo:
+        objectives.create(spec)
+    assert isinstance(excinfo.value, ValueError)
+    if not isinstance(spec, (dict, str)) and not isinstance(spec, type):
+        assert "a registered name (elbo, elbo_analytic, iwae)" in str(excinfo.value)
+        assert "Objective instance" in str(excinfo.value)

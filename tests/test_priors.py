@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 import pyro_vae
 from pyro_vae import priors
+from pyro_vae.errors import ConfigError
 
 NAMES = priors.names()
 LEARNED = ["learned_normal", "mixture", "vamp", "flow"]
@@ -508,3 +509,37 @@ def test_flow_marginal_table_matches_the_direct_kernel_estimate_and_follows_the_
     draws = prior._marginal_draws()
     bandwidth = 0.53 * draws.std(0) * draws.shape[0] ** (-0.2)
     torch.testing.assert_close(after, prior._kde(z, draws, bandwidth), atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "spec, pattern",
+    [
+        (42, "got 42"),
+        (None, "got None"),
+        (2.0, "got 2.0"),
+        (priors.ScaledNormal, "the class ScaledNormal, not an instance.*'normal'"),
+        (pyro_vae.likelihoods.Gaussian(), "pyro_vae.likelihoods.Gaussian"),
+        ({"name": "normal", "options": [("scale", 2.0)]}, "'options' of prior 'normal' must be a dict"),
+        ({"name": ["normal"]}, "must be a string"),
+    ],
+)
+def test_create_rejects_what_is_not_a_name_spec_or_instance(spec, pattern):
+    with pytest.raises(ConfigError, match=pattern) as excinfo:
+        priors.create(spec)
+    assert isinstance(excinfo.value, ValueError)
+    if not isinstance(spec, (dict, type)):
+        message = str(excinfo.value)
+        assert f"a registered name ({', '.join(NAMES)})" in message
+        assert "a dict {'name': ..., 'options': {...}} or a Prior instance" in message
+    with pytest.raises(ConfigError, match=pattern):
+        make_vae(spec)
+
+
+def test_an_unregistered_class_passed_as_a_class_says_how_to_use_it():
+    class Mine(priors.Prior):
+        def forward(self):
+            return torch.distributions.Normal(self._origin, 1.0).to_event(1)
+
+    assert Mine().name == "Mine"
+    with pytest.raises(ConfigError, match="pass Mine\\(...\\) or register it with register\\(name\\)"):
+        priors.create(Mine)

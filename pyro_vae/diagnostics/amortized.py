@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae.data import as_tensor
 from pyro_vae.diagnostics._convert import to_arviz
+from pyro_vae.diagnostics.plots import plot_khat
 from pyro_vae.evaluation import chunk_plan, default_chunk_size, point_batches, sampling, weight_chunks
 from pyro_vae.model import VAE
 from pyro_vae.utils import positive_int
@@ -283,8 +284,6 @@ class PsisResult:
 
     def plot(self) -> Figure:
         """:math:`\\hat k` per point with the 0.5 / 0.7 / 1.0 thresholds."""
-        from pyro_vae.diagnostics.plots import plot_khat
-
         return plot_khat(self)
 
 

@@ -32,6 +32,7 @@ from pyro_vae.diagnostics.amortized import (
     _model_attrs,
     psis_diagnostic,
 )
+from pyro_vae.diagnostics.plots import plot_nuts_overlay
 from pyro_vae.evaluation import evaluate
 from pyro_vae.model import VAE
 from pyro_vae.utils import positive_int
@@ -176,8 +177,6 @@ class NutsResult:
 
     def plot(self, max_points: int = 4, max_dims: int = 6) -> Figure:
         """NUTS marginals against q's densities (and for 2-D latents, a scatter with q's ellipses)."""
-        from pyro_vae.diagnostics.plots import plot_nuts_overlay
-
         return plot_nuts_overlay(self, max_points=max_points, max_dims=max_dims)
 
 

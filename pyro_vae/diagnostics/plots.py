@@ -1,9 +1,15 @@
-"""Diagnostic figures on ``matplotlib.figure.Figure`` (no pyplot state), like :mod:`pyro_vae.app.plotting`."""
+"""Diagnostic figures on ``matplotlib.figure.Figure`` (no pyplot state), like :mod:`pyro_vae.app.plotting`.
+
+This module depends on numpy, ArviZ and matplotlib only (and :func:`pyro_vae.data.tile_images`):
+the figures take the result objects of :mod:`~pyro_vae.diagnostics.amortized` and
+:mod:`~pyro_vae.diagnostics.nuts` by duck typing (the attributes in :class:`KhatLike` and
+:class:`NutsLike`), so those modules import this one and never the other way round.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import arviz as az
 import numpy as np
@@ -12,16 +18,37 @@ from matplotlib.patches import Ellipse
 
 from pyro_vae.data import tile_images as _grid
 
-if TYPE_CHECKING:
-    from pyro_vae.diagnostics.amortized import PsisResult
-    from pyro_vae.diagnostics.nuts import NutsResult
+
+class KhatLike(Protocol):
+    """What :func:`plot_khat` reads (a :class:`~pyro_vae.diagnostics.PsisResult` has it)."""
+
+    khat: np.ndarray  # (n,) Pareto k-hat per point
+    index: np.ndarray  # (n,) the points' positions
+    num_samples: int
+
+
+class NutsLike(Protocol):
+    """What :func:`plot_nuts_overlay` reads (a :class:`~pyro_vae.diagnostics.NutsResult` has it)."""
+
+    idata: az.InferenceData  # posterior "z" with dims (chain, draw, obs, latent)
+    index: np.ndarray
+    labels: np.ndarray | None
+    mean: np.ndarray  # (points, latent): NUTS means, sds and r-hats; q's locations and scales
+    sd: np.ndarray
+    r_hat: np.ndarray
+    q_loc: np.ndarray
+    q_scale: np.ndarray
+    num_chains: int
+    draws: int
+
 
 _BANDS = ((0.5, "C2", "k < 0.5"), (0.7, "C1", "0.5-0.7"), (1.0, "C3", "0.7-1"), (np.inf, "C4", "k > 1"))
 
 
-def plot_khat(psis: PsisResult) -> Figure:
+def plot_khat(psis: KhatLike) -> Figure:
     """Pareto k-hat per data point, coloured by band, with the 0.5 / 0.7 / 1.0 thresholds."""
     k = np.asarray(psis.khat, dtype=float)
+    index = np.asarray(psis.index)
     finite = np.isfinite(k)
     top = max(1.2, float(np.max(k[finite])) + 0.05) if finite.any() else 1.2
     bottom = min(0.0, float(np.min(k[finite])) - 0.05) if finite.any() else 0.0
@@ -31,7 +58,7 @@ def plot_khat(psis: PsisResult) -> Figure:
     for upper, colour, label in _BANDS:
         sel = finite & (k > lower) & (k <= upper)
         if sel.any():
-            ax.scatter(psis.index[sel], k[sel], s=10, color=colour, label=f"{label}: {sel.mean():.1%}")
+            ax.scatter(index[sel], k[sel], s=10, color=colour, label=f"{label}: {sel.mean():.1%}")
         lower = upper
     for t, style in zip((0.5, 0.7, 1.0), (":", "--", "-")):
         ax.axhline(t, color="grey", ls=style, lw=1)
@@ -40,12 +67,12 @@ def plot_khat(psis: PsisResult) -> Figure:
         (np.isnan(k), bottom, "v", "constant weights (no tail)"),
     ):
         if sel.any():
-            ax.scatter(psis.index[sel], np.full(sel.sum(), y), s=30, marker=marker, color="k", label=label)
+            ax.scatter(index[sel], np.full(sel.sum(), y), s=30, marker=marker, color="k", label=label)
     ax.set_xlabel("data point")
     ax.set_ylabel("Pareto k-hat")
     ax.set_title(
         f"PSIS k-hat of q(z|x) as importance sampler, K={psis.num_samples}: "
-        f"{psis.share_above(0.7):.1%} of points above 0.7"
+        f"{np.mean(k > 0.7):.1%} of points above 0.7"
     )
     ax.legend(loc="upper left", fontsize="small", ncols=2)
     return fig
@@ -55,7 +82,7 @@ def _q_density(loc: float, scale: float, grid: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * ((grid - loc) / scale) ** 2) / (scale * np.sqrt(2 * np.pi))
 
 
-def plot_nuts_overlay(nuts: NutsResult, max_points: int = 4, max_dims: int = 6) -> Figure:
+def plot_nuts_overlay(nuts: NutsLike, max_points: int = 4, max_dims: int = 6) -> Figure:
     """Per point (row): NUTS marginals (histograms) against q's Gaussian densities.
 
     With more than ``max_dims`` latent dimensions the most discrepant ones are shown
