@@ -200,16 +200,9 @@ def evaluate(
     """
     data, log_abs_det_jacobian = evaluation_data(data, split, log_abs_det_jacobian)
     check_finite_weights(vae)
+    options = dict(chunk_size=chunk_size, seed=seed, kl_per_dim=kl_per_dim, distributed=distributed)
     result = _evaluate(
-        vae,
-        data,
-        num_samples,
-        chunk_size=chunk_size,
-        seed=seed,
-        log_abs_det_jacobian=log_abs_det_jacobian,
-        kl_per_dim=kl_per_dim,
-        distributed=distributed,
-        progress=progress,
+        vae, data, num_samples, log_abs_det_jacobian=log_abs_det_jacobian, progress=progress, **options
     )
     check_finite_results(result)
     return result

@@ -273,8 +273,8 @@ class VAE(PyroModule):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        from pyro_vae import __version__
         from pyro_vae.io import atomic_torch_save, atomic_write_json, read_json
+        from pyro_vae.version import __version__
 
         payload: dict[str, Any] = {}
         if (directory / CONFIG_FILE).is_file():  # damaged: a ConfigError, not lost run settings

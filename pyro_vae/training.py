@@ -22,6 +22,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,15 +239,18 @@ class DivergenceGuard:
         return self.reference + self.factor * max(abs(self.reference), self.scale)
 
     def problem(self, value: float) -> str | None:
-        """What is wrong with a loss value, or None."""
+        """What is wrong with a loss value, or None. The first finite value (the initial
+        weights' loss) is the reference until an epoch ends lower."""
         if not math.isfinite(value):
             return f"the loss became {value}"
-        if value > self.limit():
-            return f"the loss exploded to {value:.4g} nats per point (best epoch: {self.reference:.4g})"
+        if self.reference is None:
+            self.reference = value
+        elif value > self.limit():
+            return f"the loss exploded to {value:.4g} nats per point (lowest so far: {self.reference:.4g})"
         return None
 
     def end_epoch(self, mean_loss: float) -> None:
-        self.reference = mean_loss if self.reference is None else min(self.reference, mean_loss)
+        self.reference = min(self.reference, mean_loss)
 
 
 class Checkpointer:
@@ -612,7 +616,9 @@ def fit(
     for note in history.notes:
         bar.note(note)
     try:
-        with pyro.validation_enabled(False):  # inputs were validated once, above
+        with pyro.validation_enabled(False), warnings.catch_warnings():  # inputs were validated once, above
+            # The divergence guard reports a NaN loss itself, with what to do about it.
+            warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
             loop.run(first_epoch, bar)
     except PeerFailure as e:
         if checkpoint_dir is not None:

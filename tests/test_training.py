@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pyro_vae import VAE, BetaSchedule, TrainingDiverged, fit
+from pyro_vae import VAE, BetaSchedule, TrainConfig, TrainingDiverged, fit
+from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import validation_elbo
 from pyro_vae.training import TRAINING_STATE_FILE, make_optimizer
 from tests.conftest import binary_data
@@ -187,3 +188,48 @@ def test_fit_optimizer_is_fused_adam_with_the_default_update():
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(a.weight, start)  # the comparison is between trained weights
+
+
+def test_the_seed_sets_the_initial_weights_whichever_way_the_likelihood_was_chosen():
+    x = torch.rand(64, 6)  # grey levels in (0, 1): "auto" chooses continuous_bernoulli
+    torch.manual_seed(123)  # different global states at construction must not matter
+    named = VAE(6, 2, hidden=(8,), likelihood="continuous_bernoulli")
+    torch.manual_seed(456)
+    auto = VAE(6, 2, hidden=(8,), likelihood="auto")
+    for vae in (named, auto):
+        fit(vae, x, epochs=2, batch_size=32, seed=3, progress=False)
+    assert auto.likelihood.name == "continuous_bernoulli"
+    for k, v in named.state_dict().items():
+        assert torch.equal(v, auto.state_dict()[k]), k
+    other = VAE(6, 2, hidden=(8,), likelihood="continuous_bernoulli")
+    fit(other, x, epochs=2, batch_size=32, seed=4, progress=False)
+    assert not torch.equal(
+        other.state_dict()["encoder.net.0.weight"], named.state_dict()["encoder.net.0.weight"]
+    )
+
+
+def test_auto_choice_is_in_the_history_and_shown_with_progress(capsys):
+    history = fit(VAE(6, 2, hidden=(8,)), torch.rand(32, 6), epochs=1, progress=True)
+    assert history.notes and "continuous_bernoulli" in history.notes[0]
+    assert "likelihood 'auto' chose 'continuous_bernoulli'" in capsys.readouterr().err
+
+
+def test_exploding_data_are_blamed_on_their_scale_not_the_learning_rate():
+    x = torch.randn(64, 4) * 1e30
+    with pytest.raises(TrainingDiverged, match=r"data reach .*standardize"):
+        fit(VAE(4, 2, hidden=(8,), likelihood="gaussian"), x, epochs=3, batch_size=32, progress=False)
+
+
+def test_fit_settings_are_checked_like_the_config_file():
+    x = binary_data(20)
+    with pytest.raises(ConfigError, match=r"train.epochs must be an integer, got '2'"):
+        fit(small_vae(), x, epochs="2", progress=False)
+    with pytest.raises(ConfigError, match=r"train.batch_size must be an integer, got 64.5"):
+        fit(small_vae(), x, batch_size=64.5, progress=False)
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['bogus'\]"):
+        fit(small_vae(), x, bogus=1, progress=False)
+    with pytest.raises(ConfigError, match=r"train.max_minutes must be a positive number"):
+        fit(small_vae(), x, max_minutes=-1, progress=False)
+    config = TrainConfig(epochs=1, batch_size=10)
+    history = fit(small_vae(), x, None, config, progress=False)
+    assert len(history) == 1

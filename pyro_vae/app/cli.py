@@ -392,22 +392,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _diagnose(args: argparse.Namespace) -> int:
     from pyro_vae.app.diagnose import diagnose_run
 
-    diagnose_run(
-        args.run_dir,
-        num_samples=args.num_samples,
-        num_points=args.num_points,
-        nuts_points=args.nuts_points,
-        nuts_chains=args.nuts_chains,
-        nuts_warmup=args.nuts_warmup,
-        nuts_draws=args.nuts_draws,
-        num_is_samples=args.is_samples,
-        split=args.split,
-        data_dir=args.data_dir,
-        out=args.out,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    options = {k: v for k, v in vars(args).items() if k in DIAGNOSE_OPTIONS}
+    diagnose_run(args.run_dir, num_is_samples=args.is_samples, progress=not args.no_progress, **options)
     return 0
+
+
+# diagnose's flags that are diagnose_run's arguments under the same name.
+DIAGNOSE_OPTIONS = (
+    "num_samples nuts_points nuts_chains nuts_warmup nuts_draws num_points split data_dir out seed"
+).split()
 
 
 def _compare(args: argparse.Namespace) -> int:

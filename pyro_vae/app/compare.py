@@ -357,7 +357,7 @@ def _progress_text(pr: PriorResult, latent_dim: int) -> str:
 def _summary(
     cfg: RunConfig, splits: DataSplits, likelihood: str, entries: list[PriorEntry]
 ) -> dict[str, Any]:
-    from pyro_vae import __version__
+    from pyro_vae.version import __version__
 
     t = cfg.train
     return {

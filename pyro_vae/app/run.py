@@ -30,16 +30,9 @@ FIGURES = ("training_curves.png", "reconstructions.png", "samples.png", "latent_
 
 
 def load_data(cfg: RunConfig) -> data_module.DataSplits:
-    d = cfg.data
-    return data_module.load_dataset(
-        d.dataset,
-        data_dir=d.data_dir,
-        path=d.path,
-        label_column=d.label_column,
-        dequantize=d.dequantize,
-        standardize=d.standardize,
-        seed=d.seed,
-    )
+    """The data of a run: the data section's settings are ``load_dataset``'s arguments."""
+    settings = cfg.data.to_dict()
+    return data_module.load_dataset(settings.pop("dataset"), **settings)
 
 
 def build_vae(cfg: RunConfig, num_features: int) -> VAE:

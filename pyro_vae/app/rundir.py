@@ -10,7 +10,8 @@ Rules, checked before anything is written:
   good checkpoint, and ``--resume`` continues it from there;
 * one process at a time: ``.NAME.lock`` is held (``flock``) while a run writes, and a
   second process on the same ``--out`` stops at once with a clear message. The lock goes
-  with the process, so a killed run never leaves a stale lock behind.
+  with the process, so a killed run never leaves a stale lock behind (at most an unlocked
+  file, which the next run takes over).
 """
 
 from __future__ import annotations
@@ -84,23 +85,39 @@ class RunDirectory:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the run's lock; a second process gets a clear error at once."""
+        """Hold the run's lock; a second process gets a clear error at once.
+
+        The lock file is removed when the run ends; a process that locked a file another one
+        had just removed sees that it is no longer the one at the path, and tries again.
+        """
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._acquire()
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-                raise RunDirectoryError(
-                    f"{self.out} is being written by another pyro-vae process (pid {holder}); wait for it "
-                    "to finish, or choose another --out"
-                ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
             yield
         finally:
+            self.lock_path.unlink(missing_ok=True)
             os.close(fd)  # releases the lock
+
+    def _acquire(self) -> int:
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunDirectoryError(
+                    f"{self.out} is being written by another pyro-vae process (pid {holder}); wait for it "
+                    "to finish, or choose another --out"
+                ) from None
+            try:
+                if os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
 
     def prepare(self) -> Path:
         """The working directory: a fresh partial one, the interrupted one, or a copy to continue."""

@@ -204,7 +204,7 @@ def to_inference_data(
 
 
 def _model_attrs(vae: VAE, **extra: int | float | str) -> dict[str, int | float | str]:
-    from pyro_vae import __version__
+    from pyro_vae.version import __version__
 
     return {
         "pyro_vae_version": __version__,
