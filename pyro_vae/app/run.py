@@ -22,7 +22,7 @@ from pyro_vae.app.config import SPLITS, RunConfig
 from pyro_vae.app.rundir import RunDirectory
 from pyro_vae.errors import DataError
 from pyro_vae.evaluation import evaluate
-from pyro_vae.io import atomic_write_json, save_figure
+from pyro_vae.io import atomic_write_json, load_tensors, save_figure
 from pyro_vae.model import VAE
 from pyro_vae.training import HISTORY_FILE, TRAINING_STATE_FILE, History, fit
 
@@ -173,6 +173,8 @@ def _prepared_vae(cfg: RunConfig, splits: data_module.DataSplits, rundir: RunDir
     """The VAE to train, its likelihood chosen and every split checked against it (no writes)."""
     if rundir.resume:
         vae = VAE.load(rundir.source)
+        # whole and readable before the run is copied to continue it (no writes on a damaged one)
+        load_tensors(rundir.source / TRAINING_STATE_FILE, what="training state", finite=True)
         echo(f"resume  from {rundir.source}/{TRAINING_STATE_FILE}")
     else:
         vae = build_vae(cfg, splits.num_features)
