@@ -509,9 +509,9 @@ class _Loop:
         kept = ""
         if self.checkpointer.directory is not None and len(self.history):
             kept = f" The checkpoint in {self.checkpointer.directory} is intact (epoch {len(self.history)})."
-        message = f"{what}; training stopped and {restored}.{kept} {self.advice()}"
-        logger.error(message)
-        return TrainingDiverged(message, self.history)
+        return TrainingDiverged(
+            f"{what}; training stopped and {restored}.{kept} {self.advice()}", self.history
+        )
 
     def advice(self) -> str:
         peak = float(self.check_batch.abs().max())

@@ -22,7 +22,7 @@ from pyro_vae.app.config import SPLITS, RunConfig
 from pyro_vae.app.rundir import RunDirectory
 from pyro_vae.errors import DataError
 from pyro_vae.evaluation import evaluate
-from pyro_vae.io import atomic_write_json, save_figure
+from pyro_vae.io import atomic_write_json, load_tensors, save_figure
 from pyro_vae.model import VAE
 from pyro_vae.training import HISTORY_FILE, TRAINING_STATE_FILE, History, fit
 
@@ -127,31 +127,15 @@ def train_run(
     splits = load_data(cfg)
     echo(f"data    {splits.summary()}")
     vae = _prepared_vae(cfg, splits, rundir, echo)
-    extra = {"run": cfg.to_dict(), "preprocessing": splits.preprocessing.to_dict()}
     with rundir.lock() if ctx.is_main else contextlib.nullcontext():
-        work = rundir.prepare() if ctx.is_main else (rundir.source if resume else rundir.partial)
-        if ctx.is_main and not resume:
-            vae.save(work, extra=extra)  # the run's settings are on disk before training starts
-        _describe(cfg, vae, ctx, distributed, echo)
-        history = fit(
-            vae,
-            splits.train_dataset(seed=cfg.train.seed),
-            splits.valid,
-            cfg.train,
-            progress=progress,
-            checkpoint_dir=work,
-            distributed=distributed,
-            resume=resume,
-        )
-        metrics = evaluate_split(vae, splits, cfg, progress and ctx.is_main)  # sharded under DDP
-        if not ctx.is_main:
-            return metrics
-        metrics["training"] = _training_summary(history, vae)
-        vae.save(work, extra=extra)
-        history.to_csv(work / HISTORY_FILE)
-        atomic_write_json(work / "metrics.json", metrics)
-        write_figures(work, vae, splits, history, cfg.train.seed)
-        rundir.commit()
+        try:
+            history, metrics = _train_and_write(cfg, vae, splits, rundir, ctx, distributed, progress, echo)
+        except BaseException:
+            if ctx.is_main:
+                rundir.abandon()
+            raise
+    if not ctx.is_main:
+        return metrics
     echo(
         f"train   {len(history)} epochs in {history.seconds:.1f} s"
         + (f", best validation ELBO at epoch {history.best_epoch}" if history.best_epoch else "")
@@ -162,10 +146,41 @@ def train_run(
     return metrics
 
 
+def _train_and_write(cfg, vae, splits, rundir, ctx, distributed, progress, echo) -> tuple[History, dict]:
+    """Train in the partial directory, evaluate, write everything there and move it into place."""
+    resume = rundir.resume
+    extra = {"run": cfg.to_dict(), "preprocessing": splits.preprocessing.to_dict()}
+    work = rundir.prepare() if ctx.is_main else (rundir.source if resume else rundir.partial)
+    if ctx.is_main and not resume:
+        vae.save(work, extra=extra)  # the run's settings are on disk before training starts
+    _describe(cfg, vae, ctx, distributed, echo)
+    history = fit(
+        vae,
+        splits.train_dataset(seed=cfg.train.seed),
+        splits.valid,
+        cfg.train,
+        progress=progress,
+        checkpoint_dir=work,
+        distributed=distributed,
+        resume=resume,
+    )
+    metrics = evaluate_split(vae, splits, cfg, progress and ctx.is_main)  # sharded under DDP
+    if ctx.is_main:
+        metrics["training"] = _training_summary(history, vae)
+        vae.save(work, extra=extra)
+        history.to_csv(work / HISTORY_FILE)
+        atomic_write_json(work / "metrics.json", metrics)
+        write_figures(work, vae, splits, history, cfg.train.seed)
+        rundir.commit()
+    return history, metrics
+
+
 def _prepared_vae(cfg: RunConfig, splits: data_module.DataSplits, rundir: RunDirectory, echo) -> VAE:
     """The VAE to train, its likelihood chosen and every split checked against it (no writes)."""
     if rundir.resume:
         vae = VAE.load(rundir.source)
+        # whole and readable before the run is copied to continue it (no writes on a damaged one)
+        load_tensors(rundir.source / TRAINING_STATE_FILE, what="training state", finite=True)
         echo(f"resume  from {rundir.source}/{TRAINING_STATE_FILE}")
     else:
         vae = build_vae(cfg, splits.num_features)

@@ -54,6 +54,10 @@ class RunDirectory:
         if self.out.exists() and not self.out.is_dir():
             raise RunDirectoryError(f"--out {self.out} is a file, not a directory; choose another --out")
         _check_parent_writable(self.out)
+        self._check_not_locked()
+        return self._check_contents()
+
+    def _check_contents(self) -> RunDirectory:
         if self.resume:
             self.source  # noqa: B018 (raises when there is nothing to resume)
             return self
@@ -69,6 +73,30 @@ class RunDirectory:
                 "choose another --out"
             )
         return self
+
+    def _check_not_locked(self) -> None:
+        """A run being written by another process is neither interrupted nor finished: say so."""
+        if os.environ.get("RANK", "0") != "0":
+            return  # under torchrun process 0 alone takes the lock, perhaps already
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except OSError:
+            return  # no lock file: nobody writes (the lock itself is taken later, in lock())
+        try:
+            try:  # shared: two processes checking at once do not stop each other
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._locked_error(fd) from None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _locked_error(self, fd: int) -> RunDirectoryError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        return RunDirectoryError(
+            f"{self.out} is being written by another pyro-vae process (pid {holder}); wait for it "
+            "to finish, or choose another --out"
+        )
 
     @property
     def source(self) -> Path:
@@ -93,6 +121,7 @@ class RunDirectory:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         fd = self._acquire()
         try:
+            self._check_contents()  # another process may have finished a run here since check()
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
             yield
@@ -106,12 +135,9 @@ class RunDirectory:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                error = self._locked_error(fd)
                 os.close(fd)
-                raise RunDirectoryError(
-                    f"{self.out} is being written by another pyro-vae process (pid {holder}); wait for it "
-                    "to finish, or choose another --out"
-                ) from None
+                raise error from None
             try:
                 if os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino:
                     return fd
@@ -130,6 +156,11 @@ class RunDirectory:
         _remove(self.partial)  # only reached with --overwrite when a partial run exists
         self.partial.mkdir(parents=True)
         return self.partial
+
+    def abandon(self) -> None:
+        """After a failure: keep a partial run that can be resumed, remove one that cannot."""
+        if self.partial.is_dir() and not (self.partial / TRAINING_STATE_FILE).is_file():
+            _remove(self.partial)
 
     def commit(self) -> Path:
         """Move the finished run into place; the old run (if any) is removed only after that."""

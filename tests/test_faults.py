@@ -1,0 +1,502 @@
+"""Bad inputs and faults, through the command line and the API: each one is refused with a
+clear message, a non-zero exit (or the documented exception), no traceback, and no file
+that existed before changed (a fresh ``--out`` is not even created).
+
+The command line runs in this process (``pyro_vae.app.cli.main``, the same error boundary as
+``python -m pyro_vae``) so that 80 cases stay cheap; ``test_cli_subprocess_boundary`` runs a
+few of them as real processes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae import VAE, fit, likelihoods, priors
+from pyro_vae.app import cli
+from pyro_vae.data import read_csv
+from pyro_vae.errors import ConfigError, DataError, PyroVAEError, RunDirectoryError
+from pyro_vae.evaluation import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--epochs", "2", "--hidden", "16", "--eval-samples", "5", "--no-progress", "--num-threads", "1"]
+NEW = "new"  # a fresh --out under the test's directory
+RUN = "run"  # a copy of the module's finished run
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every file (path -> bytes) and directory (path -> None) under ``root``, hidden ones too."""
+    out: dict[str, bytes | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root)] = None
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            out[os.path.relpath(p, root)] = Path(p).read_bytes()
+    return out
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    """``pyro-vae ARGV`` in this process: its exit status and stderr."""
+    capsys.readouterr()
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # argparse
+        code = e.code if isinstance(e.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """One small finished run, trained once per module; tests copy it."""
+    root = tmp_path_factory.mktemp("shared")
+    code = cli.main(["train", "--out", str(root / RUN), *SMALL])
+    assert code == 0
+    return root / RUN
+
+
+class Evil:
+    """A pickle that would create ``marker`` when unpickled with weights_only=False."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (builtins.open, (self.marker, "w"))
+
+
+# ----------------------------------------------------------------------------- damage
+
+
+def _model(run: Path) -> Path:
+    return run / "model.pt"
+
+
+def truncate(run: Path) -> None:
+    p = _model(run)
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def empty(run: Path) -> None:
+    _model(run).write_bytes(b"")
+
+
+def random_bytes(run: Path) -> None:
+    _model(run).write_bytes(np.random.default_rng(0).bytes(4096))
+
+
+def hostile(run: Path) -> None:
+    torch.save({"state_dict": Evil(str(run.parent / "PWNED"))}, _model(run))
+
+
+def _rewrite_state(run: Path, change) -> None:
+    obj = torch.load(_model(run), weights_only=True)
+    state = obj["state_dict"] if isinstance(obj, dict) and "state_dict" in obj else obj
+    for k in list(state):
+        state[k] = change(k, state[k])
+    torch.save(obj, _model(run))
+
+
+def nan_weights(run: Path) -> None:
+    _rewrite_state(run, lambda k, v: torch.full_like(v, float("nan")) if v.is_floating_point() else v)
+
+
+def wrong_shapes(run: Path) -> None:
+    _rewrite_state(run, lambda k, v: torch.zeros(*(s + 1 for s in v.shape)) if v.dim() else v)
+
+
+def config_invalid_json(run: Path) -> None:
+    (run / "config.json").write_text('{"model": {"latent_dim": 8,')
+
+
+def config_without_model(run: Path) -> None:
+    d = json.loads((run / "config.json").read_text())
+    d.pop("model")
+    (run / "config.json").write_text(json.dumps(d))
+
+
+def state_truncated(run: Path) -> None:
+    p = run / "training_state.pt"
+    p.write_bytes(p.read_bytes()[:1000])
+
+
+def remove_run(run: Path) -> None:
+    shutil.rmtree(run)
+
+
+DAMAGE = {
+    "model-truncated": (truncate, r"model\.pt is damaged"),
+    "model-empty": (empty, r"model\.pt.*empty|empty.*model\.pt"),
+    "model-random-bytes": (random_bytes, r"model\.pt is damaged"),
+    "model-hostile-pickle": (hostile, r"model\.pt holds Python objects other than tensors"),
+    "model-nan": (nan_weights, r"model\.pt.*(NaN|non-finite|finite)"),
+    "model-wrong-shapes": (wrong_shapes, r"model\.pt.*(shape|size)"),
+    "config-invalid-json": (config_invalid_json, r"config\.json.*(JSON|json)"),
+    "config-without-model": (config_without_model, r"config\.json.*model"),
+    "run-missing": (remove_run, r"run does not exist|nothing to resume in run"),
+}
+
+
+# ----------------------------------------------------------------------------- setups
+
+
+def write(name: str, text: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        p = tmp / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+
+    return setup
+
+
+def config(obj) -> Callable[[Path], None]:
+    return write("cfg.json", json.dumps(obj))
+
+
+def mkdir(name: str) -> Callable[[Path], None]:
+    return lambda tmp: (tmp / name).mkdir()
+
+
+def partial_run(tmp: Path) -> None:
+    shutil.copytree(tmp / RUN, tmp / f".{NEW}.partial")
+
+
+def nothing(tmp: Path) -> None:
+    pass
+
+
+def damaged(fn) -> Callable[[Path], None]:
+    return lambda tmp: fn(tmp / RUN)
+
+
+CSV_GOOD_ROWS = "".join(f"{i % 3}.5,{i % 5}.25\n" for i in range(40))
+
+
+@dataclass
+class Case:
+    argv: list[str]
+    pattern: str
+    setup: Callable[[Path], None] = nothing
+    new_ok: set[str] = field(default_factory=set)  # files allowed to appear (none by default)
+
+
+def train(*flags: str, out: str = NEW) -> list[str]:
+    return ["train", "--out", out, *SMALL, *flags]
+
+
+def csv_train(path: str, *flags: str) -> list[str]:
+    return train("--dataset", "csv", "--data-path", path, *flags)
+
+
+CLI_CASES = {
+    # --- flags
+    "lr-0": Case(train("--lr", "0"), r"train\.lr must be a positive number"),
+    "lr-negative": Case(train("--lr", "-1"), r"train\.lr must be a positive number"),
+    "lr-nan": Case(train("--lr", "nan"), r"train\.lr must be a positive number"),
+    "epochs-0": Case(train("--epochs", "0"), r"train\.epochs must be at least 1"),
+    "epochs-2.5": Case(train("--epochs", "2.5"), r"--epochs.*invalid int value: '2\.5'"),
+    "batch-size-0": Case(train("--batch-size", "0"), r"train\.batch_size must be at least 1"),
+    "eval-samples-0": Case(train("--eval-samples", "0"), r"eval\.num_samples must be at least 1"),
+    "eval-split-bogus": Case(train("--eval-split", "bogus"), r"eval\.split must be one of.*'bogus'"),
+    "likelihood-nope": Case(train("--likelihood", "nope"), r"model\.likelihood must be one of.*'nope'"),
+    "prior-nope": Case(train("--prior", "nope"), r"model\.prior must be one of.*'nope'"),
+    "loss-mse": Case(train("--loss", "mse"), r"train\.loss must be one of.*'mse'"),
+    "iwae-one-particle": Case(
+        train("--loss", "iwae", "--num-particles", "1"), r"iwae.*particle|particle.*iwae"
+    ),
+    "num-particles-0": Case(train("--num-particles", "0"), r"train\.num_particles must be at least 1"),
+    "hidden-0": Case(train("--hidden", "0"), r"model\.hidden widths must be positive"),
+    "hidden-letters": Case(train("--hidden", "a,b"), r"--hidden.*comma-separated widths.*'a,b'"),
+    "latent-dim-0": Case(train("--latent-dim", "0"), r"model\.latent_dim must be at least 1"),
+    "mixture-0-components": Case(
+        train("--prior", "mixture", "--prior-options", '{"num_components": 0}'), r"num_components"
+    ),
+    "likelihood-options-list": Case(
+        train("--likelihood-options", "[1]"), r"--likelihood-options.*JSON object"
+    ),
+    "likelihood-options-unknown": Case(
+        train("--likelihood", "gaussian", "--likelihood-options", '{"bogus": 1}'), r"model\.likelihood.*bogus"
+    ),
+    "device-tpu": Case(train("--device", "tpu"), r"train\.device must be cpu, cuda"),
+    "csv-without-path": Case(train("--dataset", "csv"), r"needs data\.path.*--data-path"),
+    "csv-missing-file": Case(csv_train("missing.csv"), r"missing\.csv"),
+    "csv-path-is-dir": Case(csv_train("adir"), r"no CSV file at adir", setup=mkdir("adir")),
+    "csv-text-cell": Case(
+        csv_train("t.csv"),
+        r"t\.csv.*(hello|number|numeric)",
+        setup=write("t.csv", CSV_GOOD_ROWS + "1.0,hello\n"),
+    ),
+    "csv-nan": Case(csv_train("n.csv"), r"contains NaN", setup=write("n.csv", CSV_GOOD_ROWS + "1.0,nan\n")),
+    "csv-1e300": Case(
+        csv_train("big.csv"),
+        r"1e\+300 do not fit in float32",
+        setup=write("big.csv", CSV_GOOD_ROWS + "1.0,1e300\n"),
+    ),
+    "csv-empty": Case(csv_train("e.csv"), r"e\.csv.* empty", setup=write("e.csv", "")),
+    "csv-label-column-out-of-range": Case(
+        csv_train("two.csv", "--label-column", "5"),
+        r"label.*5|5.*label",
+        setup=write("two.csv", CSV_GOOD_ROWS),
+    ),
+    "mnist-missing-data-dir": Case(
+        train("--dataset", "binarized_mnist", "--data-dir", "/nonexistent"), r"/nonexistent"
+    ),
+    "bernoulli-on-grey-digits": Case(train("--likelihood", "bernoulli"), r"--likelihood"),
+    "max-minutes-negative": Case(
+        train("--max-minutes", "-1"), r"train\.max_minutes must be a positive number"
+    ),
+    "num-threads-0": Case(train("--num-threads", "0"), r"train\.num_threads must be at least 1"),
+    "resume-nothing": Case(train("--resume"), r"nothing to resume in new"),
+    "resume-and-overwrite": Case(
+        train("--resume", "--overwrite", out=RUN), r"--resume and --overwrite exclude"
+    ),
+    # --- config files
+    "config-invalid-json": Case(
+        train("--config", "cfg.json"), r"cfg\.json", setup=write("cfg.json", "{nope")
+    ),
+    "config-json-list": Case(
+        train("--config", "cfg.json"), r"cfg\.json.*(object|list)", setup=config([1, 2])
+    ),
+    "config-unknown-section": Case(
+        train("--config", "cfg.json"), r"unknown section.*'trian'", setup=config({"trian": {}})
+    ),
+    "config-unknown-key": Case(
+        train("--config", "cfg.json"),
+        r"unknown setting.*'epoch'.*train",
+        setup=config({"train": {"epoch": 2}}),
+    ),
+    "config-standardize-string": Case(
+        train("--config", "cfg.json"),
+        r"data\.standardize must be true or false, got 'false'",
+        setup=config({"data": {"standardize": "false"}}),
+    ),
+    "config-epochs-string": Case(
+        train("--config", "cfg.json"),
+        r"train\.epochs must be an integer, got '2'",
+        setup=config({"train": {"epochs": "2"}}),
+    ),
+    "config-batch-size-float": Case(
+        train("--config", "cfg.json"),
+        r"train\.batch_size must be an integer, got 64\.5",
+        setup=config({"train": {"batch_size": 64.5}}),
+    ),
+    "config-chunk-size-0": Case(
+        train("--config", "cfg.json"),
+        r"eval\.chunk_size must be at least 1",
+        setup=config({"eval": {"chunk_size": 0}}),
+    ),
+    "config-eval-split-bogus": Case(
+        train("--config", "cfg.json"),
+        r"eval\.split must be one of",
+        setup=config({"eval": {"split": "bogus"}}),
+    ),
+    "config-beta-string": Case(
+        train("--config", "cfg.json"), r"train\.beta.*'x'", setup=config({"train": {"beta": "x"}})
+    ),
+    "config-missing-file": Case(train("--config", "nowhere.json"), r"nowhere\.json"),
+    "config-is-directory": Case(train("--config", "cfgdir"), r"cfgdir", setup=mkdir("cfgdir")),
+    # --- the output location
+    "out-is-a-file": Case(train(out="afile"), r"--out afile is a file", setup=write("afile", "x")),
+    "out-parent-is-a-file": Case(
+        train(out="afile/sub"), r"cannot create afile/sub: afile is a file", setup=write("afile", "x")
+    ),
+    "out-holds-a-run": Case(train(out=RUN), r"run already holds a run.*--overwrite"),
+    "out-holds-a-run-bad-lr": Case(train("--lr", "0", out=RUN), r"train\.lr must be a positive number"),
+    "overwrite-bad-lr": Case(
+        train("--overwrite", "--lr", "0", out=RUN), r"train\.lr must be a positive number"
+    ),
+    "interrupted-without-resume": Case(train(), r"interrupted run of new.*--resume", setup=partial_run),
+    # --- evaluate
+    "evaluate-num-samples-0": Case(
+        ["evaluate", RUN, "--num-samples", "0", "--no-progress"], r"--num-samples"
+    ),
+    "evaluate-split-bogus": Case(["evaluate", RUN, "--split", "bogus", "--no-progress"], r"--split.*'bogus'"),
+    # --- train --resume from a damaged training state
+    "resume-state-truncated": Case(
+        train("--resume", out=RUN), r"training_state\.pt", setup=damaged(state_truncated)
+    ),
+}
+
+for _name, (_fn, _pattern) in DAMAGE.items():
+    CLI_CASES[f"evaluate-{_name}"] = Case(["evaluate", RUN, "--no-progress"], _pattern, setup=damaged(_fn))
+    CLI_CASES[f"diagnose-{_name}"] = Case(
+        ["diagnose", RUN, "--no-progress", "--num-points", "5", "--num-samples", "10", "--nuts-points", "0"],
+        _pattern,
+        setup=damaged(_fn),
+    )
+    CLI_CASES[f"resume-{_name}"] = Case(train("--resume", out=RUN), _pattern, setup=damaged(_fn))
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES.values()), ids=list(CLI_CASES))
+def test_cli_refuses(case: Case, finished_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    shutil.copytree(finished_run, tmp_path / RUN)
+    case.setup(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+
+    code, err = run_cli(case.argv, capsys)
+
+    assert code != 0, err
+    assert re.search(case.pattern, err, re.S), err
+    assert "error" in err
+    assert "Traceback" not in err
+    assert "unexpected" not in err, err  # an expected failure, not a bug report
+    assert "weights_only=False" not in err
+    after = snapshot(tmp_path)
+    changed = [p for p, b in before.items() if after.get(p, "gone") != b]
+    assert not changed, f"changed or removed: {changed}"
+    assert set(after) - set(before) <= case.new_ok, f"new files: {sorted(set(after) - set(before))}"
+    assert not (tmp_path / "PWNED").exists()
+    if NEW not in before:
+        assert not (tmp_path / NEW).exists()  # a fresh --out that failed is not created
+
+
+SUBPROCESS_CASES = {
+    "lr-0": ["train", "--out", NEW, *SMALL, "--lr", "0"],
+    "evaluate-hostile-pickle": ["evaluate", RUN, "--no-progress"],
+}
+
+
+@pytest.mark.parametrize("argv", list(SUBPROCESS_CASES.values()), ids=list(SUBPROCESS_CASES))
+def test_cli_subprocess_boundary(argv: list[str], finished_run: Path, tmp_path: Path) -> None:
+    shutil.copytree(finished_run, tmp_path / RUN)
+    hostile(tmp_path / RUN)
+    before = snapshot(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.startswith("pyro-vae: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "weights_only=False" not in proc.stderr
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / "PWNED").exists()
+
+
+# ----------------------------------------------------------------------------- the API
+
+
+def _data(n: int = 32, d: int = 4) -> torch.Tensor:
+    return torch.rand(n, d, generator=torch.Generator().manual_seed(0))
+
+
+def _vae(**kw) -> VAE:
+    return VAE(
+        **{"input_dim": 4, "latent_dim": 2, "hidden": (8,), "likelihood": "continuous_bernoulli", **kw}
+    )
+
+
+def _fit(**kw) -> Callable[[Path], object]:
+    return lambda tmp: fit(_vae(), _data(), progress=False, **{"epochs": 1, **kw})
+
+
+def _load_damaged_config(tmp: Path) -> None:
+    vae = _vae()
+    vae.save(tmp / "saved")
+    (tmp / "saved" / "config.json").write_text("{broken")
+    return lambda: VAE.load(tmp / "saved")
+
+
+def _csv_label(tmp: Path):
+    (tmp / "two.csv").write_text(CSV_GOOD_ROWS)
+    return lambda: read_csv(tmp / "two.csv", label_column=5)
+
+
+def _nan_evaluate(tmp: Path):
+    vae = _vae()
+    fit(vae, _data(), progress=False, epochs=1)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.fill_(float("nan"))
+    return lambda: evaluate(vae, _data(), 5)
+
+
+def later(make: Callable[[], object]) -> Callable[[Path], Callable[[], object]]:
+    """A case whose call needs no files."""
+    return lambda tmp: make
+
+
+API_CASES = {
+    "fit-empty-data": (
+        later(lambda: fit(_vae(), torch.empty(0, 4), progress=False, epochs=1)),
+        DataError,
+        r"no data points",
+    ),
+    "fit-valid-wrong-width": (
+        later(lambda: fit(_vae(), _data(), _data(8, 5), progress=False, epochs=1)),
+        DataError,
+        r"5",
+    ),
+    "fit-epochs-string": (
+        later(lambda: _fit(epochs="2")(None)),
+        ConfigError,
+        r"train\.epochs must be an integer",
+    ),
+    "fit-batch-size-float": (
+        later(lambda: _fit(batch_size=64.5)(None)),
+        ConfigError,
+        r"train\.batch_size must be an integer, got 64\.5",
+    ),
+    "fit-unknown-setting": (later(lambda: _fit(bogus=1)(None)), ConfigError, r"unknown setting.*'bogus'"),
+    "fit-patience-without-valid": (later(lambda: _fit(patience=3)(None)), ConfigError, r"patience.*valid"),
+    "fit-beta-string": (later(lambda: _fit(beta="x")(None)), ConfigError, r"train\.beta.*'x'"),
+    "vae-hidden-float": (later(lambda: _vae(hidden=(1.7,))), ConfigError, r"hidden.*1\.7"),
+    "vae-latent-dim-0": (later(lambda: _vae(latent_dim=0)), ConfigError, r"latent_dim"),
+    "vae-encoder-min-scale-negative": (
+        later(lambda: _vae(encoder_min_scale=-1)),
+        ConfigError,
+        r"encoder_min_scale",
+    ),
+    "priors-create-int": (later(lambda: priors.create(42)), (TypeError, ValueError), r"prior.*42|42.*prior"),
+    "likelihoods-create-none": (
+        later(lambda: likelihoods.create(None)),
+        (TypeError, ValueError),
+        r"likelihood.*None|None.*likelihood",
+    ),
+    "vae-load-damaged-config": (_load_damaged_config, ConfigError, r"saved/config\.json"),
+    "read-csv-label-column-out-of-range": (_csv_label, (DataError, ValueError), r"two\.csv.*5|5.*two\.csv"),
+    "evaluate-nan-weights": (_nan_evaluate, (PyroVAEError, ValueError), r"NaN|non-finite|finite"),
+}
+
+
+@pytest.mark.parametrize(("make", "error", "pattern"), list(API_CASES.values()), ids=list(API_CASES))
+def test_api_refuses(make, error, pattern: str, tmp_path: Path) -> None:
+    call = make(tmp_path)
+    before = snapshot(tmp_path)
+    with pytest.raises(error) as info:
+        call()
+    assert re.search(pattern, str(info.value), re.S), str(info.value)
+    assert isinstance(info.value, (PyroVAEError, ValueError, TypeError))
+    assert snapshot(tmp_path) == before
+
+
+def test_latent_dim_numpy_integer_is_accepted() -> None:
+    vae = _vae(latent_dim=np.int64(2))
+    assert vae.latent_dim == 2 and type(vae.latent_dim) is int
+
+
+def test_enough_cases() -> None:
+    assert len(CLI_CASES) + len(SUBPROCESS_CASES) + len(API_CASES) >= 60
+    assert not (set(CLI_CASES) & set(API_CASES))
+    assert RunDirectoryError  # the documented type of the location refusals
