@@ -134,16 +134,7 @@ class Likelihood(nn.Module):
 
 
 REGISTRY: Registry[Likelihood] = Registry("likelihood", base=Likelihood)
-register = REGISTRY.register
-
-
-def create(spec: Any, **options: Any) -> Likelihood:
-    """A likelihood from a registered name (with options), a spec dict, or an instance."""
-    return REGISTRY.create(spec, **options)
-
-
-def names() -> list[str]:
-    return REGISTRY.names()
+register, create, names = REGISTRY.register, REGISTRY.create, REGISTRY.names
 
 
 # --------------------------------------------------------------------------- Gaussian

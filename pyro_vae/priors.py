@@ -154,16 +154,7 @@ class Prior(nn.Module):
 
 
 REGISTRY: Registry[Prior] = Registry("prior", base=Prior)
-register = REGISTRY.register
-
-
-def create(spec: Any, **options: Any) -> Prior:
-    """A prior from a registered name (with options), a spec dict, or an instance."""
-    return REGISTRY.create(spec, **options)
-
-
-def names() -> list[str]:
-    return REGISTRY.names()
+register, create, names = REGISTRY.register, REGISTRY.create, REGISTRY.names
 
 
 class FactorizedPrior(Prior):
