@@ -409,12 +409,16 @@ class StudentT(Likelihood):
 # --------------------------------------------------------------------------- counts
 
 
-@register("poisson")
-class Poisson(Likelihood):
-    r"""Poisson counts with rate :math:`\operatorname{softplus}(h(z))`."""
+class Counts(Likelihood):
+    """Base for likelihoods of counts: non-negative integers."""
 
     support = NONNEGATIVE_INTEGER
     discrete = True
+
+
+@register("poisson")
+class Poisson(Counts):
+    r"""Poisson counts with rate :math:`\operatorname{softplus}(h(z))`."""
 
     def __init__(self, min_rate: float = 1e-6) -> None:
         super().__init__()
@@ -425,7 +429,7 @@ class Poisson(Likelihood):
 
 
 @register("negative_binomial")
-class NegativeBinomial(Likelihood):
+class NegativeBinomial(Counts):
     r"""Negative binomial counts; the decoder outputs the total count (dispersion) and the logits.
 
     Mean :math:`r e^{\ell}`, variance :math:`\text{mean}\,(1 + e^{\ell})`: over-dispersed
@@ -433,8 +437,6 @@ class NegativeBinomial(Likelihood):
     """
 
     num_params = 2
-    support = NONNEGATIVE_INTEGER
-    discrete = True
 
     def __init__(self, min_total_count: float = 1e-3) -> None:
         super().__init__()
