@@ -507,19 +507,9 @@ def read_csv(
     numbers (class numbers) or names; names are numbered 0, 1, ... in sorted order.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no CSV file at {path}")
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if not rows:
-        raise DataError(f"{path} is empty")
-
+    rows = _csv_rows(path)
     first = rows[0]
-    guess = None  # a numbered label column may hold names, even in the first data row
-    if isinstance(label_column, (int, str)) and not isinstance(label_column, bool):
-        text = str(label_column).strip()
-        if text.isdigit() and int(text) < len(first):
-            guess = int(text)
+    guess = _numbered_column(label_column, len(first))
     has_header = not all(_is_number(c) for i, c in enumerate(first) if i != guess)
     header = [c.strip() for c in first] if has_header else None
     body = rows[1:] if header else rows
@@ -529,11 +519,43 @@ def read_csv(
         raise DataError(f"{path} has no data points (only a header row)")
     if label_idx is not None and len(names) == 1:
         raise DataError(f"{path} has no features: its only column is the label column {names[0]!r}")
-    values, label_cells = [], []
     start = 2 if header else 1
+    table, label_cells = _csv_body(path, body, len(names), label_idx, start)
+    keep = [names[i] for i in range(len(names)) if i != label_idx]
+    if label_idx is None:
+        return table, None, keep
+    label_name = names[label_idx] if header else str(label_idx)
+    return table, _csv_labels(path, label_cells, label_name, start), keep
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    """The non-blank rows of the CSV file at ``path`` (at least one)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no CSV file at {path}")
+    with path.open(newline="") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise DataError(f"{path} is empty")
+    return rows
+
+
+def _numbered_column(label_column: str | int | None, num_columns: int) -> int | None:
+    """The label column when given by number: it may hold names, even in the first data row."""
+    if isinstance(label_column, (int, str)) and not isinstance(label_column, bool):
+        text = str(label_column).strip()
+        if text.isdigit() and int(text) < num_columns:
+            return int(text)
+    return None
+
+
+def _csv_body(
+    path: Path, body: list[list[str]], num_columns: int, label_idx: int | None, start: int
+) -> tuple[np.ndarray, list[str]]:
+    """The feature table and the label cells (stripped) of the data rows, numbered from ``start``."""
+    values, label_cells = [], []
     for lineno, row in enumerate(body, start=start):
-        if len(row) != len(names):
-            raise DataError(f"{path}:{lineno}: expected {len(names)} columns, found {len(row)}")
+        if len(row) != num_columns:
+            raise DataError(f"{path}:{lineno}: expected {num_columns} columns, found {len(row)}")
         cells = [c for i, c in enumerate(row) if i != label_idx]
         try:
             values.append([float(c) for c in cells])
@@ -541,11 +563,11 @@ def read_csv(
             raise DataError(f"{path}:{lineno}: non-numeric value in {row}") from None
         if label_idx is not None:
             label_cells.append(row[label_idx].strip())
-    table = np.asarray(values, dtype=np.float64)
-    keep = [names[i] for i in range(len(names)) if i != label_idx]
-    if label_idx is None:
-        return table, None, keep
-    label_name = names[label_idx] if header else str(label_idx)
+    return np.asarray(values, dtype=np.float64), label_cells
+
+
+def _csv_labels(path: Path, label_cells: list[str], label_name: str, start: int) -> np.ndarray:
+    """Class numbers from whole numbers, or from names numbered in sorted order."""
     if all(_is_number(c) for c in label_cells):
         numbers = np.asarray([float(c) for c in label_cells])
         bad = ~np.isfinite(numbers) | (numbers != np.round(numbers))
@@ -555,11 +577,11 @@ def read_csv(
                 f"{path}:{start + i}: label {label_cells[i]!r} (column {label_name!r}) is not a whole "
                 f"number; labels must be class numbers or class names ({int(bad.sum())} are not)"
             )
-        return table, numbers.astype(np.int64), keep
+        return numbers.astype(np.int64)
     if "" in label_cells:
         i = label_cells.index("")
         raise DataError(f"{path}:{start + i}: missing label in column {label_name!r}")
-    return table, integer_labels(np.asarray(label_cells)), keep
+    return integer_labels(np.asarray(label_cells))
 
 
 def load_csv(path: str | Path, label_column: str | int | None = None, **kwargs: Any) -> DataSplits:

@@ -134,16 +134,7 @@ class Likelihood(nn.Module):
 
 
 REGISTRY: Registry[Likelihood] = Registry("likelihood", base=Likelihood)
-register = REGISTRY.register
-
-
-def create(spec: Any, **options: Any) -> Likelihood:
-    """A likelihood from a registered name (with options), a spec dict, or an instance."""
-    return REGISTRY.create(spec, **options)
-
-
-def names() -> list[str]:
-    return REGISTRY.names()
+register, create, names = REGISTRY.register, REGISTRY.create, REGISTRY.names
 
 
 # --------------------------------------------------------------------------- Gaussian
@@ -418,12 +409,16 @@ class StudentT(Likelihood):
 # --------------------------------------------------------------------------- counts
 
 
-@register("poisson")
-class Poisson(Likelihood):
-    r"""Poisson counts with rate :math:`\operatorname{softplus}(h(z))`."""
+class Counts(Likelihood):
+    """Base for likelihoods of counts: non-negative integers."""
 
     support = NONNEGATIVE_INTEGER
     discrete = True
+
+
+@register("poisson")
+class Poisson(Counts):
+    r"""Poisson counts with rate :math:`\operatorname{softplus}(h(z))`."""
 
     def __init__(self, min_rate: float = 1e-6) -> None:
         super().__init__()
@@ -434,7 +429,7 @@ class Poisson(Likelihood):
 
 
 @register("negative_binomial")
-class NegativeBinomial(Likelihood):
+class NegativeBinomial(Counts):
     r"""Negative binomial counts; the decoder outputs the total count (dispersion) and the logits.
 
     Mean :math:`r e^{\ell}`, variance :math:`\text{mean}\,(1 + e^{\ell})`: over-dispersed
@@ -442,8 +437,6 @@ class NegativeBinomial(Likelihood):
     """
 
     num_params = 2
-    support = NONNEGATIVE_INTEGER
-    discrete = True
 
     def __init__(self, min_total_count: float = 1e-3) -> None:
         super().__init__()

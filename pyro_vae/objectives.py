@@ -99,16 +99,7 @@ class Objective:
 
 
 REGISTRY: Registry[Objective] = Registry("objective", base=Objective)
-register = REGISTRY.register
-
-
-def create(spec: Any, **options: Any) -> Objective:
-    """An objective from a registered name (with options), a spec dict, or an instance."""
-    return REGISTRY.create(spec, **options)
-
-
-def names() -> list[str]:
-    return REGISTRY.names()
+register, create, names = REGISTRY.register, REGISTRY.create, REGISTRY.names
 
 
 def particles(num_particles: int) -> dict[str, Any]:

@@ -154,16 +154,7 @@ class Prior(nn.Module):
 
 
 REGISTRY: Registry[Prior] = Registry("prior", base=Prior)
-register = REGISTRY.register
-
-
-def create(spec: Any, **options: Any) -> Prior:
-    """A prior from a registered name (with options), a spec dict, or an instance."""
-    return REGISTRY.create(spec, **options)
-
-
-def names() -> list[str]:
-    return REGISTRY.names()
+register, create, names = REGISTRY.register, REGISTRY.create, REGISTRY.names
 
 
 class FactorizedPrior(Prior):
@@ -187,8 +178,21 @@ class StandardNormal(FactorizedPrior):
         return dist.Normal(self._origin, torch.ones_like(self._origin))
 
 
+class FixedScalePrior(FactorizedPrior):
+    """Base for independent coordinates ``family(0, s)`` with one fixed scale ``s``."""
+
+    family: ClassVar[type[dist.Distribution]]
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = positive("scale", scale)
+
+    def base(self):
+        return self.family(self._origin, torch.full_like(self._origin, self.scale))
+
+
 @register("normal")
-class ScaledNormal(FactorizedPrior):
+class ScaledNormal(FixedScalePrior):
     r""":math:`z \sim \mathcal N(0, s^2 I)` with a fixed scale ``s``.
 
     Per dimension, :math:`\mathrm{KL}(\mathcal N(\mu,\sigma^2)\,\|\,\mathcal N(0,s^2)) =
@@ -196,12 +200,7 @@ class ScaledNormal(FactorizedPrior):
     less for spread-out codes but more for small posterior scales.
     """
 
-    def __init__(self, scale: float = 1.0) -> None:
-        super().__init__()
-        self.scale = positive("scale", scale)
-
-    def base(self):
-        return dist.Normal(self._origin, torch.full_like(self._origin, self.scale))
+    family = dist.Normal
 
 
 @register("learned_normal")
@@ -222,15 +221,10 @@ class LearnedNormal(FactorizedPrior):
 
 
 @register("laplace")
-class LaplacePrior(FactorizedPrior):
-    r""":math:`z_j \sim \mathrm{Laplace}(0, b)`: sparser codes than a Gaussian."""
+class LaplacePrior(FixedScalePrior):
+    r""":math:`z_j \sim \mathrm{Laplace}(0, b)` with a fixed scale ``b``: sparser codes than a Gaussian."""
 
-    def __init__(self, scale: float = 1.0) -> None:
-        super().__init__()
-        self.scale = positive("scale", scale)
-
-    def base(self):
-        return dist.Laplace(self._origin, torch.full_like(self._origin, self.scale))
+    family = dist.Laplace
 
 
 @register("student_t")

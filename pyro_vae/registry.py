@@ -8,6 +8,10 @@ every choice serialisable to JSON as ``{"name": ..., "options": {...}}``.
 ``{"name": ..., "options": {...}}``, or an instance of the registry's base class (used as
 given). Anything else, such as a number, ``None``, a class rather than an instance, or a
 likelihood where a prior is expected, is a :class:`~pyro_vae.errors.ConfigError`.
+
+Each of :mod:`pyro_vae.likelihoods`, :mod:`pyro_vae.priors` and :mod:`pyro_vae.objectives`
+holds one ``REGISTRY`` and exports its bound methods as the module's ``register``,
+``create`` and ``names``.
 """
 
 from __future__ import annotations

@@ -129,6 +129,16 @@ def resolve_priors(
         raise TypeError("priors must be a list of prior names or specs, not one string")
     if len(priors) == 0:
         raise ValueError(f"no priors to compare; choose from: {', '.join(names)}")
+    scales = _normal_scales(normal_scales, priors)
+    entries = [entry for item in priors for entry in _entries_of(item, scales)]
+    _check_entries(entries)
+    return entries
+
+
+def _normal_scales(
+    normal_scales: Sequence[float] | None, priors: Sequence[str | dict[str, Any]]
+) -> tuple[float, ...]:
+    """The validated scales of ``normal`` (default :data:`DEFAULT_NORMAL_SCALES`)."""
     scales = DEFAULT_NORMAL_SCALES if normal_scales is None else tuple(normal_scales)
     for s in scales:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not (s > 0 and math.isfinite(s)):
@@ -137,19 +147,24 @@ def resolve_priors(
         raise ValueError(f"normal scales listed twice: {list(scales)}")
     if normal_scales and "normal" not in priors:
         raise ValueError("normal scales were given but 'normal' is not among the priors to compare")
-    entries: list[PriorEntry] = []
-    for item in priors:
-        if isinstance(item, str):
-            prior_registry.REGISTRY.get(item)  # an unknown name lists the registered ones
-            if item == "normal" and scales:
-                entries += [_entry("normal", {"scale": float(s)}) for s in scales]
-            else:
-                entries.append(_entry(item, {}))
-        elif isinstance(item, dict):
-            spec = prior_registry.create(item).spec()  # validates the name and the options
-            entries.append(_entry(spec["name"], item.get("options", {})))
-        else:
-            raise TypeError(f"a prior must be a name or a {{'name', 'options'}} dict, got {item!r}")
+    return scales
+
+
+def _entries_of(item: str | dict[str, Any], scales: tuple[float, ...]) -> list[PriorEntry]:
+    """The entries of one listed prior: a name (``normal``: one per scale) or a spec dict."""
+    if isinstance(item, str):
+        prior_registry.REGISTRY.get(item)  # an unknown name lists the registered ones
+        if item == "normal" and scales:
+            return [_entry("normal", {"scale": float(s)}) for s in scales]
+        return [_entry(item, {})]
+    if isinstance(item, dict):
+        spec = prior_registry.create(item).spec()  # validates the name and the options
+        return [_entry(spec["name"], item.get("options", {}))]
+    raise TypeError(f"a prior must be a name or a {{'name', 'options'}} dict, got {item!r}")
+
+
+def _check_entries(entries: list[PriorEntry]) -> None:
+    """Every entry builds its prior, and none is listed twice."""
     for e in entries:
         try:
             prior_registry.create(e.spec)  # bad option values fail here, before any training
@@ -160,7 +175,6 @@ def resolve_priors(
         if e.slug in seen:
             raise ValueError(f"prior {e.label} is listed twice")
         seen.add(e.slug)
-    return entries
 
 
 @dataclass

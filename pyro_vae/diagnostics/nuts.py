@@ -76,6 +76,31 @@ def _conditioned_model(vae: VAE, x_i: torch.Tensor):
     return model
 
 
+# The entries of each point in NutsResult.to_dict: one number per point (under the
+# attribute's name), and one per latent dimension (JSON key: attribute).
+_POINT_NUMBERS = ("log_px", "elbo", "amortization_gap", "khat")
+_POINT_ARRAYS = {
+    "nuts_mean": "mean",
+    "nuts_sd": "sd",
+    "q_mean": "q_loc",
+    "q_sd": "q_scale",
+    "mcse_mean": "mcse_mean",
+    "mcse_sd": "mcse_sd",
+    "r_hat": "r_hat",
+    "ess_bulk": "ess_bulk",
+    "ess_tail": "ess_tail",
+}
+
+
+def _worst_convergence(r_hat: np.ndarray, ess_bulk: np.ndarray, ess_tail: np.ndarray) -> dict[str, Any]:
+    """The largest r-hat and the smallest bulk and tail ESS (of one point, or of all)."""
+    return {
+        "r_hat_max": _json_number(np.max(r_hat)),
+        "ess_bulk_min": _json_number(np.min(ess_bulk)),
+        "ess_tail_min": _json_number(np.min(ess_tail)),
+    }
+
+
 @dataclass
 class NutsResult:
     r"""NUTS draws of :math:`p(z \mid x_i)` for a few points, beside the encoder's :math:`q(z \mid x_i)`.
@@ -130,50 +155,32 @@ class NutsResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: settings, and per point the comparison with q and the chains' health."""
-
-        def numbers(a: np.ndarray) -> list:
-            return [_json_number(v) for v in np.asarray(a).ravel()]
-
-        points = []
-        for i in range(len(self.index)):
-            points.append(
-                {
-                    "index": int(self.index[i]),
-                    "label": None if self.labels is None else _json_number(self.labels[i]),
-                    "seconds": float(self.seconds[i]),
-                    "divergences": int(self.divergences[i]),
-                    "stuck_chains": int(self.stuck_chains[i]),
-                    "r_hat_max": _json_number(np.max(self.r_hat[i])),
-                    "ess_bulk_min": _json_number(np.min(self.ess_bulk[i])),
-                    "ess_tail_min": _json_number(np.min(self.ess_tail[i])),
-                    "log_px": _json_number(self.log_px[i]),
-                    "elbo": _json_number(self.elbo[i]),
-                    "amortization_gap": _json_number(self.amortization_gap[i]),
-                    "khat": _json_number(self.khat[i]),
-                    "nuts_mean": numbers(self.mean[i]),
-                    "nuts_sd": numbers(self.sd[i]),
-                    "q_mean": numbers(self.q_loc[i]),
-                    "q_sd": numbers(self.q_scale[i]),
-                    "mcse_mean": numbers(self.mcse_mean[i]),
-                    "mcse_sd": numbers(self.mcse_sd[i]),
-                    "r_hat": numbers(self.r_hat[i]),
-                    "ess_bulk": numbers(self.ess_bulk[i]),
-                    "ess_tail": numbers(self.ess_tail[i]),
-                }
-            )
         return {
             "num_chains": self.num_chains,
             "warmup": self.warmup,
             "draws": self.draws,
             "num_is_samples": self.num_is_samples,
             "seconds_per_point": float(np.mean(self.seconds)),
-            "r_hat_max": _json_number(np.max(self.r_hat)),
-            "ess_bulk_min": _json_number(np.min(self.ess_bulk)),
-            "ess_tail_min": _json_number(np.min(self.ess_tail)),
+            **_worst_convergence(self.r_hat, self.ess_bulk, self.ess_tail),
             "divergences": int(np.sum(self.divergences)),
             "stuck_chains": int(np.sum(self.stuck_chains)),
-            "points": points,
+            "points": [self._point_dict(i) for i in range(len(self.index))],
         }
+
+    def _point_dict(self, i: int) -> dict[str, Any]:
+        """Point ``i`` of :meth:`to_dict`: its chains' health, its numbers, its per-dimension arrays."""
+        point = {
+            "index": int(self.index[i]),
+            "label": None if self.labels is None else _json_number(self.labels[i]),
+            "seconds": float(self.seconds[i]),
+            "divergences": int(self.divergences[i]),
+            "stuck_chains": int(self.stuck_chains[i]),
+            **_worst_convergence(self.r_hat[i], self.ess_bulk[i], self.ess_tail[i]),
+        }
+        point.update({key: _json_number(getattr(self, key)[i]) for key in _POINT_NUMBERS})
+        for key, attribute in _POINT_ARRAYS.items():
+            point[key] = [_json_number(v) for v in np.ravel(getattr(self, attribute)[i])]
+        return point
 
     def plot(self, max_points: int = 4, max_dims: int = 6) -> Figure:
         """NUTS marginals against q's densities (and for 2-D latents, a scatter with q's ellipses)."""
