@@ -139,7 +139,9 @@ def test_two_processes_on_one_out(tmp_path: Path) -> None:
     (_, _, err) = next(r for r in results if r[0] != 0)
     assert "being written by another pyro-vae process" in err, err
     assert "Traceback" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "run"
+    ]  # no partial, and the lock file went with its run
     for name in ("config.json", "model.pt", "metrics.json", "training_state.pt", "history.csv"):
         assert (out / name).is_file(), name
     vae = VAE.load(out)

@@ -147,7 +147,5 @@ class RunConfig:
 def _plugin(where: str, build) -> None:
     try:
         build()
-    except ConfigError:
-        raise
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None

@@ -109,11 +109,11 @@ def to_inference_data(
     x: Any,
     num_samples: int = 500,
     *,
+    num_predictive: int | None = None,
+    num_prior: int | None = None,
     labels: Any = None,
     index: Any = None,
     seed: int = 0,
-    num_predictive: int | None = None,
-    num_prior: int | None = None,
     chunk_size: int | None = None,
     progress: bool = False,
 ) -> az.InferenceData:
