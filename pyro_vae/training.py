@@ -495,8 +495,13 @@ class _Loop:
 
         Either way the epoch's final weights are checked before they count as good.
         """
-        data = self.valid if self.valid is not None else self.check_batch
-        return validation_elbo(self.vae, data, seed=self.cfg.seed)
+        if self.valid is not None:
+            return validation_elbo(self.vae, self.valid, seed=self.cfg.seed)
+        # The training objective itself (whatever the guide), at beta = 1, in this process alone.
+        objective = getattr(self.objective, "module", self.objective)  # unwrapped from DDP
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)
+            return -float(objective(self.check_batch, 1.0))
 
     def diverged(self, what: str) -> TrainingDiverged:
         best = self.stopping.best_state

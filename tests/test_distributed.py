@@ -98,9 +98,10 @@ def test_a_killed_process_stops_the_other_with_a_clear_error_and_resume_continue
                 args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
         )
+    partial = tmp_path / ".run.partial"  # a run trains here and moves to --out when it succeeds
     try:
         deadline = time.monotonic() + 120
-        while not (out / TRAINING_STATE_FILE).exists():
+        while not (partial / TRAINING_STATE_FILE).exists():
             assert time.monotonic() < deadline, "training never wrote a checkpoint"
             assert procs[0].poll() is None, procs[0].communicate()
             time.sleep(0.2)
@@ -116,10 +117,12 @@ def test_a_killed_process_stops_the_other_with_a_clear_error_and_resume_continue
     assert procs[0].returncode == 1
     assert "another training process failed or timed out" in err and "--resume" in err, err[-2000:]
 
-    # The last checkpoint is loadable, and --resume continues from it.
-    done_epochs = torch.load(out / TRAINING_STATE_FILE, weights_only=True)["epoch"]
+    # The interrupted run stays in its partial directory: the last checkpoint is loadable, and
+    # --resume continues from it.
+    assert not out.exists()
+    done_epochs = torch.load(partial / TRAINING_STATE_FILE, weights_only=True)["epoch"]
     assert done_epochs >= 1
-    VAE.load(out)
+    VAE.load(partial)
     target = done_epochs + 2
     run(
         [
