@@ -153,6 +153,41 @@ def mnist_nll_rows(r: dict) -> list[list[str]]:
     return rows
 
 
+AIS_WHAT = {
+    "standard": "standard prior",
+    "mixture": "mixture prior",
+    "vamp": "VampPrior",
+    "iwae": "IWAE (K = 50)",
+}
+
+
+def ais_vs_is_rows(r: dict) -> list[list[str]]:
+    rows = []
+    st = r["settings"]
+    for name in ("standard", "mixture", "vamp", "iwae"):
+        e = r["configs"].get(name)
+        if not e:
+            continue
+        i, a, g, b = e["importance"], e["ais"], e["ais_minus_importance"], e["bdmc"]
+        result = (
+            f"NLL by IS **{-i['log_likelihood']:.2f}**, by AIS **{-a['log_likelihood']:.2f}**: "
+            f"AIS − IS {g['mean']:+.2f} ± {g['se']:.2f} nats per point (paired; > 0: IS was low); "
+            f"AIS ESS {a['ess_mean']:.1f} of {a['num_chains']}, acceptance {a['acceptance_mean']:.2f}; "
+            f"BDMC on {b['num_points']} simulated images: lower {b['lower']:.2f}, upper {b['upper']:.2f}, "
+            f"gap {b['gap_mean']:.2f} nats; seconds per point: IS {i['seconds_per_point']:.3f}, "
+            f"AIS {a['seconds_per_point']:.2f}, BDMC {b['seconds_per_point']:.2f}"
+        )
+        what = (
+            f"binarized MNIST, {AIS_WHAT[name]}: IS (K = {st['is_samples']}) against AIS (T = {st['ais_steps']}, "
+            f"{st['ais_chains']} chains, {st['ais_leapfrog']} leapfrog steps) on the same {e['num_points']} "
+            "test images"
+        )
+        rows.append(
+            [what, result, _when(r["machine"], e["date"], r.get("torch_threads")), _code(e["command"])]
+        )
+    return rows
+
+
 def likelihoods_rows(r: dict) -> list[list[str]]:
     s, lik = r["settings"], r["likelihoods"]
     scored = sorted(
@@ -218,6 +253,7 @@ ROWS: list[tuple[str, Callable[[dict], list[list[str]]]]] = [
     ("speed", speed_rows),
     ("eval_speed", eval_speed_rows),
     ("mnist_nll", mnist_nll_rows),
+    ("ais_vs_is", ais_vs_is_rows),
     ("likelihoods", likelihoods_rows),
     ("main_job", main_job_rows),
     ("ddp_scaling", ddp_rows),
