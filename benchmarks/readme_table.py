@@ -109,6 +109,22 @@ MNIST_WHAT = {
 }
 
 
+def _remaining(e: dict) -> str:
+    """For a configuration not yet early-stopped: the training still ahead, at the measured rate."""
+    tr, st = e["training"], e["settings"]
+    if tr["stopped_by"] == "early_stopping" or not tr["epochs_run"] or st.get("patience") is None:
+        return ""
+    minutes = tr.get("training_seconds_all_slices", tr["training_seconds"]) / 60
+    per_epoch = minutes / tr["epochs_run"]
+    at_least = max(0, (tr["best_epoch"] or 0) + st["patience"] - tr["epochs_run"])
+    at_most = st["epochs_max"] - tr["epochs_run"]
+    return (
+        f"; not converged: at the measured {per_epoch * 60:.0f} s per epoch, early stopping needs at least "
+        f"{at_least} more epochs ({at_least * per_epoch / 60:.1f} h), the {st['epochs_max']}-epoch cap "
+        f"{at_most * per_epoch / 60:.0f} h"
+    )
+
+
 def mnist_nll_rows(r: dict) -> list[list[str]]:
     rows = []
     for name in ("standard", "mixture", "vamp", "iwae"):
@@ -134,6 +150,7 @@ def mnist_nll_rows(r: dict) -> list[list[str]]:
             f"**{e['test']['nll']:.2f} ± {e['test']['nll_se']:.2f} nats** ({verdict}{published}); "
             f"{tr['epochs_run']} epochs ({stop}, best {tr['best_epoch']}), {minutes:.0f} min training"
             f"{f' in {slices} slices' if slices > 1 else ''} + {e['evaluation_seconds'] / 60:.0f} min evaluation"
+            + _remaining(e)
         )
         threads = e["run"].get("torch_threads", r.get("torch_threads"))
         commands = [
