@@ -39,7 +39,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -104,7 +104,6 @@ class AISResult:
     num_leapfrog: int
     initial: str
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def seconds_per_point(self) -> float:
