@@ -21,22 +21,33 @@ and test log p(x) estimated with K = 5000 importance samples on the 10000 test i
 * ``iwae``: ``loss="iwae"`` with ``num_particles=50`` (Burda et al. 2015), N(0, I) prior, no
   warm-up by default (``--iwae-warmup-epochs``).
 
-``--max-minutes`` bounds each configuration's training (the epoch in progress finishes);
-``--resume`` continues a configuration from the checkpoint a previous run left in ``--out-dir``
-(weights, Adam state, early-stopping counters, epoch count), so a long training can be run in
-slices; each slice is recorded under ``training.slices``.
+``--max-minutes`` bounds each configuration's training in this session (the epoch in
+progress finishes). Training adds up across sessions: each configuration keeps its
+checkpoint *in the repository*, ``benchmarks/results/mnist_nll_checkpoints/<config>/``
+(``model.pt``: the best weights; ``training_state.pt``: current weights, Adam state,
+early-stopping counters, every random generator, the history; ``config.json``,
+``history.csv``; about 11 MB, 16 MB for ``vamp``), replaced after every epoch, and every
+run continues from it by default (``--fresh`` starts over) until early stopping with the
+protocol's patience ends it; a configuration that has early-stopped is not trained again
+(its last entry is kept). Commit the checkpoint
+directory with the results file at the end of a session. Each slice is recorded under
+``training.slices``: start and end (ISO times), epochs, training and wall seconds, the
+command, threads, and the machine's load averages at both ends (``os.getloadavg()``).
 pyro_vae's ``fit(max_seconds=...)`` is used when it exists, otherwise fit is called in chunks
 of epochs and the restarts of Adam are recorded. Published numbers need long training: a
 configuration stopped by the budget, or before its warm-up ended, is flagged as such. Results
 are written after every configuration, merged into the existing results file (one entry per
 configuration, each with its own date and command), and every trained model is saved to
-``--out-dir`` (default ``benchmarks/results/mnist_nll_models``, not for git).
+``--out-dir`` (default ``benchmarks/results/mnist_nll_checkpoints``, committed).
+``benchmarks/ais_vs_is.py`` then scores the same models by AIS and BDMC.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -56,7 +67,10 @@ from pyro_vae.training import TRAINING_STATE_FILE  # noqa: E402
 
 NAME = "mnist_nll"
 CONFIGS = ("standard", "mixture", "vamp", "iwae")
-DEFAULT_OUT_DIR = _common.RESULTS_DIR / "mnist_nll_models"
+DEFAULT_OUT_DIR = _common.RESULTS_DIR / "mnist_nll_checkpoints"
+LEGACY_OUT_DIR = (
+    _common.RESULTS_DIR / "mnist_nll_models"
+)  # git-ignored; used before the checkpoints were kept
 REFERENCES = {
     "standard": {"log_likelihood": -88.56, "source": "Tomczak & Welling 2018, Table 1 (VAE, standard prior)"},
     "vamp": {"log_likelihood": -85.57, "source": "Tomczak & Welling 2018, Table 1 (VAE, VampPrior)"},
@@ -105,8 +119,26 @@ def target_check(config: str, nll: float, configs: dict) -> dict:
     }
 
 
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def finished(config: str, args, previous: dict | None) -> bool:
+    """Has this configuration early-stopped in an earlier session (so that there is nothing to train)?"""
+    if not args.resume or not previous or "training" not in previous:
+        return False
+    done = previous["training"].get("converged_by_early_stopping", False)
+    return bool(done) and (Path(args.out_dir) / config / TRAINING_STATE_FILE).is_file()
+
+
 def run_config(config: str, args, splits, log, previous: dict | None = None) -> dict:
     """Train and evaluate one configuration; ``previous`` is its last results entry (for --resume)."""
+    if finished(config, args, previous):
+        log(f"[{config}] early-stopped in an earlier session: nothing to train (--fresh starts it over)")
+        return previous
     components = args.components
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
@@ -116,7 +148,7 @@ def run_config(config: str, args, splits, log, previous: dict | None = None) -> 
     out_dir = Path(args.out_dir) / config
     resume = bool(args.resume) and (out_dir / TRAINING_STATE_FILE).is_file()
     if args.resume and not resume:
-        log(f"[{config}] --resume: no {TRAINING_STATE_FILE} in {out_dir}; starting afresh")
+        log(f"[{config}] no {TRAINING_STATE_FILE} in {out_dir}: starting afresh")
     resumed_after = 0
     if resume:  # fit overwrites the state; read where it stands first
         state = load_tensors(out_dir / TRAINING_STATE_FILE, what="training state")
@@ -134,6 +166,7 @@ def run_config(config: str, args, splits, log, previous: dict | None = None) -> 
         resume=resume,
         **fit_options,
     )
+    slice_start, load_start, wall_start = _common.now(), _load_average(), time.perf_counter()
     training = _common.fit_with_budget(
         vae,
         splits.train,
@@ -153,10 +186,15 @@ def run_config(config: str, args, splits, log, previous: dict | None = None) -> 
         training["resumed_after_epoch"] = resumed_after
     this_slice = {
         "date": _common.now(),
+        "start": slice_start,
+        "end": _common.now(),
         "command": _common.command_line("mnist_nll.py", args.argv),
         "torch_threads": _common.THREADS,
         "epochs_run_in_slice": training["epochs_run"] - resumed_after,
         "training_seconds": training["training_seconds"],
+        "wall_seconds": time.perf_counter() - wall_start,
+        "load_average_1_5_15_min_start": load_start,
+        "load_average_1_5_15_min_end": _load_average(),
     }
     training["slices"] = [*earlier, this_slice]
     training["training_seconds_all_slices"] = sum(e["training_seconds"] for e in training["slices"])
@@ -265,6 +303,15 @@ def _earlier_slices(previous: dict | None, records_before: list[dict]) -> list[d
     return slices
 
 
+def adopt_legacy_checkpoints(configs: list[str], log) -> None:
+    """Copy a configuration's checkpoint from the old, git-ignored directory when the kept one has none."""
+    for config in configs:
+        old, new = LEGACY_OUT_DIR / config, DEFAULT_OUT_DIR / config
+        if (old / TRAINING_STATE_FILE).is_file() and not (new / TRAINING_STATE_FILE).is_file():
+            shutil.copytree(old, new, dirs_exist_ok=True)
+            log(f"[{config}] continuing the checkpoint of {old} in {new}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     _common.add_common_arguments(parser)
@@ -293,8 +340,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue each configuration from its checkpoint in --out-dir; --max-minutes is this slice's budget",
+        default=True,
+        help="continue each configuration from its checkpoint in --out-dir (the default; "
+        "--max-minutes is this slice's budget)",
     )
+    parser.add_argument("--fresh", dest="resume", action="store_false", help="start every configuration over")
     args = parser.parse_args(argv)
     args.argv = argv
     data_dir = _common.require_data_dir(args.data_dir, parser)
@@ -320,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.out_dir = scratch.name
         else:
             args.out_dir = str(DEFAULT_OUT_DIR)
+            adopt_legacy_checkpoints(configs, log)
 
     threads = _common.setup_threads()
     splits = pyro_vae.data.load_binarized_mnist(data_dir)

@@ -109,6 +109,22 @@ MNIST_WHAT = {
 }
 
 
+def _remaining(e: dict) -> str:
+    """For a configuration not yet early-stopped: the training still ahead, at the measured rate."""
+    tr, st = e["training"], e["settings"]
+    if tr["stopped_by"] == "early_stopping" or not tr["epochs_run"] or st.get("patience") is None:
+        return ""
+    minutes = tr.get("training_seconds_all_slices", tr["training_seconds"]) / 60
+    per_epoch = minutes / tr["epochs_run"]
+    at_least = max(0, (tr["best_epoch"] or 0) + st["patience"] - tr["epochs_run"])
+    at_most = st["epochs_max"] - tr["epochs_run"]
+    return (
+        f"; not converged: at the measured {per_epoch * 60:.0f} s per epoch, early stopping needs at least "
+        f"{at_least} more epochs ({at_least * per_epoch / 60:.1f} h), the {st['epochs_max']}-epoch cap "
+        f"{at_most * per_epoch / 60:.0f} h"
+    )
+
+
 def mnist_nll_rows(r: dict) -> list[list[str]]:
     rows = []
     for name in ("standard", "mixture", "vamp", "iwae"):
@@ -134,6 +150,7 @@ def mnist_nll_rows(r: dict) -> list[list[str]]:
             f"**{e['test']['nll']:.2f} ± {e['test']['nll_se']:.2f} nats** ({verdict}{published}); "
             f"{tr['epochs_run']} epochs ({stop}, best {tr['best_epoch']}), {minutes:.0f} min training"
             f"{f' in {slices} slices' if slices > 1 else ''} + {e['evaluation_seconds'] / 60:.0f} min evaluation"
+            + _remaining(e)
         )
         threads = e["run"].get("torch_threads", r.get("torch_threads"))
         commands = [
@@ -149,6 +166,41 @@ def mnist_nll_rows(r: dict) -> list[list[str]]:
                 _when(r["machine"], e["run"]["date"], threads),
                 "; then ".join(commands),
             ]
+        )
+    return rows
+
+
+AIS_WHAT = {
+    "standard": "standard prior",
+    "mixture": "mixture prior",
+    "vamp": "VampPrior",
+    "iwae": "IWAE (K = 50)",
+}
+
+
+def ais_vs_is_rows(r: dict) -> list[list[str]]:
+    rows = []
+    st = r["settings"]
+    for name in ("standard", "mixture", "vamp", "iwae"):
+        e = r["configs"].get(name)
+        if not e:
+            continue
+        i, a, g, b = e["importance"], e["ais"], e["ais_minus_importance"], e["bdmc"]
+        result = (
+            f"NLL by IS **{-i['log_likelihood']:.2f}**, by AIS **{-a['log_likelihood']:.2f}**: "
+            f"AIS − IS {g['mean']:+.2f} ± {g['se']:.2f} nats per point (paired; > 0: IS was low); "
+            f"AIS ESS {a['ess_mean']:.1f} of {a['num_chains']}, acceptance {a['acceptance_mean']:.2f}; "
+            f"BDMC on {b['num_points']} simulated images: lower {b['lower']:.2f}, upper {b['upper']:.2f}, "
+            f"gap {b['gap_mean']:.2f} nats; seconds per point: IS {i['seconds_per_point']:.3f}, "
+            f"AIS {a['seconds_per_point']:.2f}, BDMC {b['seconds_per_point']:.2f}"
+        )
+        what = (
+            f"binarized MNIST, {AIS_WHAT[name]}: IS (K = {st['is_samples']}) against AIS (T = {st['ais_steps']}, "
+            f"{st['ais_chains']} chains, {st['ais_leapfrog']} leapfrog steps) on the same {e['num_points']} "
+            "test images"
+        )
+        rows.append(
+            [what, result, _when(r["machine"], e["date"], r.get("torch_threads")), _code(e["command"])]
         )
     return rows
 
@@ -218,6 +270,7 @@ ROWS: list[tuple[str, Callable[[dict], list[list[str]]]]] = [
     ("speed", speed_rows),
     ("eval_speed", eval_speed_rows),
     ("mnist_nll", mnist_nll_rows),
+    ("ais_vs_is", ais_vs_is_rows),
     ("likelihoods", likelihoods_rows),
     ("main_job", main_job_rows),
     ("ddp_scaling", ddp_rows),

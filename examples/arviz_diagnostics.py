@@ -41,7 +41,8 @@ def main(quick: bool = False, out: str | Path | None = None) -> dict:
     x, labels = splits.test[:num_points], splits.test_labels[:num_points]
 
     # 1. The amortized posterior as InferenceData: groups posterior, posterior_predictive,
-    #    log_likelihood, sample_stats, observed_data, prior; dims obs, latent, feature.
+    #    sample_stats (log_weight, lp, log_px_given_z), observed_data, prior; dims obs,
+    #    latent, feature. No log_likelihood group: az.loo would be the harmonic-mean estimator.
     idata = diagnostics.to_inference_data(vae, x, k, labels=labels)
     idata.to_netcdf(str(out / "diagnostics.nc"))
     idata = az.from_netcdf(str(out / "diagnostics.nc"))

@@ -39,11 +39,12 @@ from tqdm.auto import tqdm
 
 from pyro_vae import distributed as dist_utils
 from pyro_vae.data import as_tensor, evaluation_data, iter_batches
-from pyro_vae.errors import NonFiniteError
+from pyro_vae.errors import ConfigError, NonFiniteError
 from pyro_vae.model import VAE
 from pyro_vae.priors import FactorizedPrior
 from pyro_vae.utils import positive_int
 
+METHODS = ("importance", "ais")
 ACTIVE_UNIT_THRESHOLD = 0.01
 CHUNK_ELEMENTS = 2**21
 # Samples per point for the Monte Carlo KL per dimension where no closed form exists: the
@@ -166,6 +167,11 @@ def evaluate(
     kl_per_dim: bool = True,
     distributed: bool | None = None,
     progress: bool = False,
+    method: str = "importance",
+    ais_steps: int = 500,
+    ais_chains: int = 16,
+    ais_leapfrog: int = 10,
+    ais_initial: str = "encoder",
 ) -> dict[str, Any]:
     r"""Evaluate ``vae`` on ``data`` (tensor, array, ``Dataset`` or ``DataLoader``).
 
@@ -190,6 +196,16 @@ def evaluate(
 
     and ``pointwise``: per-point tensors ``log_likelihood`` and ``elbo``.
 
+    ``method="ais"`` estimates :math:`\log p(x)` by annealed importance sampling instead
+    (:func:`pyro_vae.ais.ais` with ``ais_steps`` temperatures, ``ais_chains`` chains per
+    point, ``ais_leapfrog`` leapfrog steps per HMC transition, from ``ais_initial``:
+    ``"encoder"`` or ``"prior"``), in the calling process alone; the ELBO and its parts
+    still come from the ``num_samples`` draws of q. It adds ``method``, ``ais_steps``,
+    ``ais_chains``, ``ais_ess`` and ``ais_acceptance`` (means over points),
+    ``log_likelihood_importance`` (the importance-sampled value with ``num_samples``), and
+    per point ``log_likelihood_se`` (AIS's own standard error), ``ais_ess``,
+    ``ais_acceptance``, ``ais_log_weight_sd`` and ``log_likelihood_importance``.
+
     In a ``torchrun`` launch (an initialised process group) the data are split over the
     processes and the results gathered, so *every* process must call ``evaluate``; pass
     ``distributed=False`` to evaluate everything in the calling process alone.
@@ -198,14 +214,63 @@ def evaluate(
     parameter or buffer of ``vae`` holds NaN or infinite values, and after it if
     ``log_likelihood``, ``elbo``, ``reconstruction``, ``kl`` or ``kl_per_dim`` is not finite.
     """
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     data, log_abs_det_jacobian = evaluation_data(data, split, log_abs_det_jacobian)
     check_finite_weights(vae)
+    if method == "ais":
+        distributed = False  # AIS runs in the calling process; so must the ELBO beside it
     options = dict(chunk_size=chunk_size, seed=seed, kl_per_dim=kl_per_dim, distributed=distributed)
     result = _evaluate(
         vae, data, num_samples, log_abs_det_jacobian=log_abs_det_jacobian, progress=progress, **options
     )
+    if method == "ais":
+        ais_options = dict(num_leapfrog=ais_leapfrog, initial=ais_initial, seed=seed)
+        _replace_with_ais(result, vae, data, ais_steps, ais_chains, log_abs_det_jacobian, **ais_options)
     check_finite_results(result)
     return result
+
+
+def _replace_with_ais(
+    result: dict[str, Any],
+    vae: VAE,
+    data: Any,
+    steps: int,
+    chains: int,
+    log_abs_det_jacobian: float,
+    **options: Any,
+) -> None:
+    """Put AIS's log p(x) in ``result`` in place of the importance-sampled one (kept beside it)."""
+    from pyro_vae.ais import ais
+
+    run = ais(vae, data, num_steps=steps, num_chains=chains, **options)
+    pointwise = result["pointwise"]
+    n = run.log_px.numel()
+    result["log_likelihood_importance"] = result["log_likelihood"]
+    result["log_likelihood"] = run.log_px.mean().item()
+    result["log_likelihood_se"] = run.log_px.std().item() / math.sqrt(n) if n > 1 else float("nan")
+    result.update(
+        method="ais",
+        ais_steps=steps,
+        ais_chains=chains,
+        ais_leapfrog=options["num_leapfrog"],
+        ais_initial=options["initial"],
+        ais_ess=run.ess.mean().item(),
+        ais_acceptance=run.acceptance.mean().item(),
+        ais_seconds=run.seconds,
+    )
+    if "bits_per_dim" in result:
+        result["bits_per_dim"] = -(result["log_likelihood"] + log_abs_det_jacobian) / (
+            vae.input_dim * math.log(2)
+        )
+    pointwise["log_likelihood_importance"] = pointwise["log_likelihood"]
+    pointwise.update(
+        log_likelihood=run.log_px.float(),
+        log_likelihood_se=run.log_px_se.float(),
+        ais_ess=run.ess.float(),
+        ais_acceptance=run.acceptance.float(),
+        ais_log_weight_sd=run.log_weight_sd.float(),
+    )
 
 
 def check_finite_weights(vae: torch.nn.Module) -> None:

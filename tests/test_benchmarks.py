@@ -211,6 +211,9 @@ def test_mnist_nll_resume_continues_from_the_checkpoint(shared_data_dir, tmp_pat
         sum(s["training_seconds"] for s in training["slices"])
     )
     assert "--resume" in training["slices"][1]["command"]
+    for s in training["slices"]:  # when, how long, and how busy the machine was
+        assert s["start"] <= s["end"] and s["wall_seconds"] >= s["training_seconds"] > 0
+        assert len(s["load_average_1_5_15_min_start"]) == 3 and len(s["load_average_1_5_15_min_end"]) == 3
     # A slice whose run never wrote its results is rebuilt from the checkpoint's history.
     (results / "mnist_nll_quick.json").unlink()
     third, _ = run_quick("mnist_nll.py", shared_data_dir, results, *common[:-1], "5", "--resume")
@@ -218,6 +221,19 @@ def test_mnist_nll_resume_continues_from_the_checkpoint(shared_data_dir, tmp_pat
     assert [s["epochs_run_in_slice"] for s in slices] == [4, 1]
     assert slices[0]["command"] is None and "checkpoint" in slices[0]["note"]
     assert slices[0]["training_seconds"] > 0
+
+
+def test_ais_vs_is_quick(shared_data_dir, tmp_path):
+    result, out = run_quick("ais_vs_is.py", shared_data_dir, tmp_path)
+    assert_provenance(result, "ais_vs_is.py")
+    e = result["configs"]["quick"]
+    assert e["num_points"] == 10 and result["settings"]["is_samples"] == 50
+    assert_finite(e, "importance.log_likelihood", "ais.log_likelihood", "ais_minus_importance.mean")
+    assert_finite(e, "bdmc.lower", "bdmc.upper", "bdmc.gap_mean")
+    for method in ("importance", "ais", "bdmc"):
+        assert_finite(e, f"{method}.seconds_per_point", positive=True)
+    assert 1 <= e["ais"]["ess_mean"] <= 2 and 0 <= e["ais"]["acceptance_mean"] <= 1
+    assert "BDMC on 4 simulated points" in out
 
 
 def test_ddp_scaling_quick(tmp_path):

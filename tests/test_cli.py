@@ -11,7 +11,7 @@ import torch
 
 from pyro_vae import VAE
 from pyro_vae.app.cli import main
-from pyro_vae.app.run import FIGURES
+from pyro_vae.app.run import FIGURES, read_pointwise
 
 FAST = ["--epochs", "3", "--hidden", "32", "--latent-dim", "2", "--eval-samples", "20", "--no-progress"]
 
@@ -48,6 +48,21 @@ def test_train_writes_every_file_and_evaluate_reproduces_it(tmp_path, capsys):
     assert main(["evaluate", str(out), "--no-progress", "--output", str(result_file)]) == 0
     again = json.loads(result_file.read_text())
     assert again["log_likelihood"] == pytest.approx(metrics["log_likelihood"], abs=1e-4)
+
+    pointwise = read_pointwise(out)  # each test point's log p(x), for paired comparisons
+    assert str(pointwise["split"]) == "test"
+    assert pointwise["log_likelihood"].shape == (metrics["num_points"],)
+    assert pointwise["log_likelihood"].mean() == pytest.approx(metrics["log_likelihood"], abs=1e-4)
+
+    ais_file = tmp_path / "ais.json"
+    flags = ["--method", "ais", "--ais-steps", "5", "--ais-chains", "2", "--output", str(ais_file)]
+    assert main(["evaluate", str(out), "--no-progress", *flags]) == 0
+    assert "by AIS (T=5, 2 chains" in capsys.readouterr().out
+    ais = json.loads(ais_file.read_text())
+    assert ais["method"] == "ais" and ais["ais_steps"] == 5 and ais["ais_chains"] == 2
+    assert ais["log_likelihood_importance"] == pytest.approx(metrics["log_likelihood"], abs=1e-4)
+    assert math.isfinite(ais["log_likelihood"]) and math.isfinite(ais["bits_per_dim"])
+    assert main(["evaluate", str(out), "--method", "ais", "--ais-chains", "0"]) == 2
 
 
 def test_config_file_repeats_a_run(tmp_path):

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,8 @@ from pyro_vae.app.compare import (
     aggregate_posterior_log_prob,
     compare_priors,
     default_config,
+    elpd_data,
+    paired_differences,
     plot_latent_panels,
     resolve_priors,
 )
@@ -71,6 +74,10 @@ def check_outputs(out, rows_expected: int) -> tuple[list[dict], dict]:
             else:
                 assert float(m[header]) == pytest.approx(row[key], abs=0.0051)
         if row["error"] is None:
+            if sum(r["error"] is None for r in rows) > 1:
+                assert row["diff_to_best"] <= 0 and row["diff_to_best_se"] >= 0
+                assert float(m["− best"]) == pytest.approx(row["diff_to_best"], abs=0.0051)
+                assert float(c["diff_to_best_se"]) == row["diff_to_best_se"]
             assert m["active units"] == f"{row['active_units']}/{row['latent_dim']}"
             # the importance-sampled bound is above the ELBO, up to Monte Carlo error
             assert row["elbo"] <= row["log_likelihood"] + 0.2
@@ -191,3 +198,29 @@ def test_a_latent_of_more_than_two_dimensions_is_shown_in_principal_components(t
     assert len(report["rows"][0]["options"]) == 0 and report["networks"]["latent_dim"] == 3
     fig = plot_latent_panels(["a", "b"], [torch.randn(50, 3), None], torch.arange(50) % 10)
     assert "first two principal components" in fig._suptitle.get_text()
+
+
+def test_paired_differences_are_the_mean_and_standard_error_of_pointwise_differences():
+    """Three models scored on the same 400 points; the hand computation: d_i = log p_A(x_i) -
+    log p_best(x_i), mean(d), and sd(d) / sqrt(n) with the population sd (ddof 0, as ArviZ)."""
+    g = np.random.default_rng(0)
+    n = 400
+    shared = g.normal(-90, 20, n)  # the points' difficulty, common to every model
+    scores = {
+        "a": shared + g.normal(0, 0.5, n),
+        "b": shared - 0.3 + g.normal(0, 0.5, n),
+        "c": shared - 1.0 + g.normal(0, 2.0, n),
+    }
+    paired = paired_differences(scores)
+    best = max(scores, key=lambda k: scores[k].mean())
+    assert best == "a" and paired["a"] == {"diff_to_best": 0.0, "diff_to_best_se": 0.0}
+    for name in ("b", "c"):
+        d = scores[name] - scores[best]
+        assert paired[name]["diff_to_best"] == pytest.approx(d.mean(), rel=1e-12)
+        assert paired[name]["diff_to_best_se"] == pytest.approx(d.std() / math.sqrt(n), rel=1e-12)
+        # the paired error is far below each model's own, which the shared difficulty dominates
+        assert paired[name]["diff_to_best_se"] < 0.2 * scores[name].std() / math.sqrt(n)
+    e = elpd_data(scores["b"])
+    assert e["elpd_loo"] == pytest.approx(scores["b"].sum()) and e["n_data_points"] == n
+    with pytest.raises(ValueError, match="same points"):
+        paired_differences({"a": scores["a"], "short": scores["b"][:10]})

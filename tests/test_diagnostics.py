@@ -96,7 +96,6 @@ def test_inference_data_has_every_group_with_named_dims_and_consistent_values():
     assert set(idata.groups()) == {
         "posterior",
         "posterior_predictive",
-        "log_likelihood",
         "observed_data",
         "prior",
         "sample_stats",
@@ -105,7 +104,7 @@ def test_inference_data_has_every_group_with_named_dims_and_consistent_values():
     assert idata.posterior["z"].shape == (1, 400, 30, L)
     assert idata.posterior_predictive["x"].dims == ("chain", "draw", "obs", "feature")
     assert idata.posterior_predictive["x"].shape == (1, 5, 30, D)
-    assert idata.log_likelihood["x"].dims == ("chain", "draw", "obs")
+    assert idata.sample_stats["log_px_given_z"].dims == ("chain", "draw", "obs")
     assert idata.sample_stats["log_weight"].dims == ("chain", "draw", "obs")
     assert idata.observed_data["x"].dims == ("obs", "feature")
     assert idata.prior["z"].dims == ("chain", "draw", "latent") and idata.prior["z"].shape == (1, 50, L)
@@ -121,7 +120,7 @@ def test_inference_data_has_every_group_with_named_dims_and_consistent_values():
         loc, scale = vae.encode(x)
         log_q = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1).numpy()
         log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1).numpy()
-    np.testing.assert_allclose(idata.log_likelihood["x"].values[0], log_px_z, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(idata.sample_stats["log_px_given_z"].values[0], log_px_z, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(idata.sample_stats["lp"].values[0], log_px_z + log_pz, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(
         idata.sample_stats["log_weight"].values[0], log_px_z + log_pz - log_q, rtol=1e-5, atol=1e-4
@@ -389,3 +388,17 @@ def test_plots_depend_on_no_other_diagnostics_module_and_take_plain_arrays():
     khat = np.array([0.1, 0.6, 0.8, 1.3, np.inf, np.nan])
     fig = diagnostics.plot_khat(SimpleNamespace(khat=khat, index=np.arange(10, 16), num_samples=100))
     assert "50.0% of points above 0.7" in fig.axes[0].get_title()
+
+
+def test_arviz_model_comparison_refuses_the_amortized_posterior():
+    """log p(x_i | z) at draws of each point's own q(z | x_i) is no likelihood over shared
+    parameters: az.loo on it would be the harmonic-mean estimator of log p(x) under the name
+    elpd_loo. The InferenceData has no log_likelihood group, so ArviZ refuses."""
+    vae = fa_vae(1.25)
+    idata = diagnostics.to_inference_data(vae, draw(vae, 10), 50, num_predictive=2, num_prior=5)
+    assert "log_likelihood" not in idata.groups()
+    for fn in (az.loo, az.waic):
+        with pytest.raises(TypeError, match="log likelihood not found"):
+            fn(idata)
+    with pytest.raises(Exception, match="ELPD"):
+        az.compare({"a": idata, "b": idata})

@@ -146,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=["train", "valid", "test"])
     e.add_argument("--data-dir")
     e.add_argument("--output", type=Path, help="also write the metrics as JSON here")
+    e.add_argument(
+        "--method",
+        choices=["importance", "ais"],
+        default="importance",
+        help="log p(x) by importance sampling (K = --num-samples) or annealed importance sampling",
+    )
+    e.add_argument("--ais-steps", type=int, default=500, help="AIS: intermediate distributions (default 500)")
+    e.add_argument("--ais-chains", type=int, default=16, help="AIS: chains per point (default 16)")
     e.add_argument("--no-progress", action="store_true")
 
     d = sub.add_parser(
@@ -375,14 +383,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pyro_vae.app.run import evaluate_run
     from pyro_vae.io import atomic_write_json
 
-    if args.num_samples is not None and args.num_samples < 1:
-        raise PyroVAEError(f"--num-samples must be a positive integer, got {args.num_samples}")
+    for flag in ("num_samples", "ais_steps", "ais_chains"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise PyroVAEError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    ais = {"method": "ais", "ais_steps": args.ais_steps, "ais_chains": args.ais_chains}
     metrics = evaluate_run(
         args.run_dir,
         num_samples=args.num_samples,
         split=args.split,
         data_dir=args.data_dir,
         progress=not args.no_progress,
+        **(ais if args.method == "ais" else {}),
     )
     if args.output:
         atomic_write_json(args.output, metrics)

@@ -7,7 +7,9 @@ differs), keeps every run under ``OUT/runs/<name>/`` (each repeatable from its
 
 * ``comparison.md``, ``comparison.csv``, ``comparison.json``: one row per prior with the
   importance-sampled log p(x), ELBO, KL, reconstruction, active units and training time
-  (the JSON adds the seed, the budget and the base config);
+  (the JSON adds the seed, the budget and the base config), and the *paired* comparison:
+  each prior's difference in log p(x) to the best one on the same test points, with the
+  standard error of that paired difference (:func:`paired_differences`, by ``az.compare``);
 * ``samples.png``: decoder means at prior draws, one panel per prior;
 * ``latent_means.png``: posterior means of the test set coloured by label;
 * ``kl_per_dim.png``: KL per latent dimension, per prior;
@@ -28,20 +30,23 @@ import math
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import arviz as az
 import numpy as np
 import pyro.distributions as dist
 import torch
+import xarray as xr
 from matplotlib.figure import Figure
 
 from pyro_vae import priors as prior_registry
 from pyro_vae.app import plotting
 from pyro_vae.app.config import RunConfig
-from pyro_vae.app.run import build_vae, load_data, train_run
+from pyro_vae.app.run import build_vae, load_data, read_pointwise, train_run
 from pyro_vae.data import DataSplits
 from pyro_vae.io import atomic_write_text, save_figure
 from pyro_vae.model import VAE
@@ -57,6 +62,8 @@ COLUMNS = (
     "options",
     "log_likelihood",
     "log_likelihood_se",
+    "diff_to_best",
+    "diff_to_best_se",
     "elbo",
     "kl",
     "reconstruction",
@@ -186,6 +193,7 @@ class PriorResult:
     metrics: dict[str, Any] | None = None
     error: str | None = None
     wall_seconds: float = 0.0
+    pointwise: np.ndarray | None = None  # each test point's log p(x), for paired differences
 
     @property
     def ok(self) -> bool:
@@ -200,6 +208,8 @@ class PriorResult:
             "options": self.entry.spec["options"],
             "log_likelihood": m.get("log_likelihood"),
             "log_likelihood_se": m.get("log_likelihood_se"),
+            "diff_to_best": None,
+            "diff_to_best_se": None,
             "elbo": m.get("elbo"),
             "kl": m.get("kl"),
             "reconstruction": m.get("reconstruction"),
@@ -232,7 +242,12 @@ class ComparisonResult:
 
     @property
     def rows(self) -> list[dict[str, Any]]:
-        return [r.row(self.config.model.latent_dim) for r in self.results]
+        rows = [r.row(self.config.model.latent_dim) for r in self.results]
+        scored = {r.entry.label: r.pointwise for r in self.results if r.ok and r.pointwise is not None}
+        paired = paired_differences(scored) if len(scored) > 1 else {}
+        for row in rows:
+            row.update(paired.get(row["prior"], {}))
+        return rows
 
     @property
     def failed(self) -> list[PriorResult]:
@@ -316,6 +331,7 @@ def compare_priors(
         t0 = time.perf_counter()
         try:
             pr.metrics = train_run(cfg, run_dir, progress=progress, overwrite=True, echo=_silent)
+            pr.pointwise = read_pointwise(run_dir)["log_likelihood"]
         except Exception as err:  # one prior's failure must not cost the others
             pr.error = f"{type(err).__name__}: {err}"
         pr.wall_seconds = time.perf_counter() - t0
@@ -340,6 +356,76 @@ def compare_priors(
     echo(_markdown_table(result.rows, summary))
     echo(f"wrote   {out}/: {' '.join(result.files)} runs/ ({result.seconds:.0f} s in all)")
     return result
+
+
+# --------------------------------------------------------------------------- paired differences
+
+
+def elpd_data(pointwise_log_px: Any) -> az.ELPDData:
+    r"""Held-out pointwise :math:`\log p(x_i)` as ArviZ ``ELPDData`` (``loo`` form, log scale).
+
+    For test points the model never saw, :math:`\log p(x_i)` *is* the expected log
+    predictive density of point i: there is nothing to leave out, so ``loo_i`` holds it as
+    it is (``p_loo`` 0, no Pareto k: no importance sampling over posterior draws is
+    involved) and ``az.compare`` can rank models on it.
+    """
+    values = np.asarray(pointwise_log_px, dtype=np.float64).reshape(-1)
+    n = values.size
+    return az.ELPDData(
+        data=[
+            values.sum(),
+            math.sqrt(n * values.var()),
+            0.0,
+            1,
+            n,
+            False,
+            xr.DataArray(values, dims="obs"),
+            "log",
+            0.7,
+        ],
+        index=[
+            "elpd_loo",
+            "se",
+            "p_loo",
+            "n_samples",
+            "n_data_points",
+            "warning",
+            "loo_i",
+            "scale",
+            "good_k",
+        ],
+    )
+
+
+def paired_differences(pointwise: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    r"""Each model's log p(x) minus the best one's, per point, with the paired standard error.
+
+    ``pointwise`` maps a name to the log p(x) of the *same* held-out points, in the same
+    order. Two models scored on the same points share most of their point-to-point
+    variation, so the standard error of their difference, :math:`\operatorname{sd}_i(d_i)
+    / \sqrt n` with :math:`d_i = \log p_A(x_i) - \log p_B(x_i)`, is much smaller than
+    either model's own. Computed by ``az.compare`` on :func:`elpd_data` (its ``elpd_diff``
+    and ``dse`` are sums over points; here divided by n, per point, so the standard error
+    uses the population sd, ddof 0, as ArviZ does). Returns per name ``diff_to_best`` (0
+    for the best, negative otherwise) and ``diff_to_best_se`` (0 for the best).
+    """
+    elpds = {name: elpd_data(v) for name, v in pointwise.items()}
+    sizes = {int(e["n_data_points"]) for e in elpds.values()}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"paired differences need the same points for every model, got sizes {sorted(sizes)}"
+        )
+    n = sizes.pop()
+    with warnings.catch_warnings():  # arviz 0.23 sorts in place, which pandas now deprecates
+        warnings.filterwarnings("ignore", message="The inplace keyword")
+        table = az.compare(elpds, ic="loo", method="pseudo-BMA", scale="log")
+    return {
+        name: {
+            "diff_to_best": -float(table.loc[name, "elpd_diff"]) / n,
+            "diff_to_best_se": float(table.loc[name, "dse"]) / n,
+        }
+        for name in table.index
+    }
 
 
 # --------------------------------------------------------------------------- text
@@ -413,6 +499,8 @@ _MD_COLUMNS = (
     ("prior", "prior", None),
     ("log p(x)", "log_likelihood", "{:.2f}"),
     ("± s.e.", "log_likelihood_se", "{:.2f}"),
+    ("− best", "diff_to_best", "{:.2f}"),
+    ("± paired s.e.", "diff_to_best_se", "{:.2f}"),
     ("ELBO", "elbo", "{:.2f}"),
     ("KL", "kl", "{:.2f}"),
     ("reconstruction", "reconstruction", "{:.2f}"),
@@ -471,7 +559,10 @@ def comparison_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], fig
         f"{summary['budget']['description']}.",
         "",
         f"Nats per data point. log p(x) is importance sampled with K = {n} (± its standard error over "
-        "data points); ELBO = reconstruction − KL; log p(x) − ELBO estimates the posterior gap "
+        "data points); '− best' is its difference to the best prior's on the same test points, "
+        "± the standard error of that paired difference (sd of the pointwise differences / √n, "
+        "by ArviZ's compare): judge two priors by it, not by their separate errors. "
+        "ELBO = reconstruction − KL; log p(x) − ELBO estimates the posterior gap "
         "KL(q(z|x) ‖ p(z|x)). Active units: latent dimensions whose posterior mean varies over "
         "the data with variance above 0.01.",
         "",

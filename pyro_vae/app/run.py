@@ -2,7 +2,8 @@
 
 A run directory holds ``config.json`` (model and run settings, preprocessing),
 ``model.pt`` (weights), ``training_state.pt`` (optimizer state), ``history.csv``,
-``metrics.json`` and the figures.
+``metrics.json``, ``pointwise.npz`` (each test point's log p(x) and ELBO, for paired
+comparisons) and the figures.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pyro_vae import data as data_module
@@ -22,10 +24,11 @@ from pyro_vae.app.config import SPLITS, RunConfig
 from pyro_vae.app.rundir import RunDirectory
 from pyro_vae.errors import DataError
 from pyro_vae.evaluation import evaluate
-from pyro_vae.io import atomic_write_json, load_tensors, save_figure
+from pyro_vae.io import atomic_write, atomic_write_json, load_tensors, save_figure
 from pyro_vae.model import VAE
 from pyro_vae.training import HISTORY_FILE, TRAINING_STATE_FILE, History, fit
 
+POINTWISE_FILE = "pointwise.npz"
 FIGURES = ("training_curves.png", "reconstructions.png", "samples.png", "latent_means.png")
 
 
@@ -55,8 +58,10 @@ def _public_metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_split(
-    vae: VAE, splits: data_module.DataSplits, cfg: RunConfig, progress: bool
+    vae: VAE, splits: data_module.DataSplits, cfg: RunConfig, progress: bool, **options: Any
 ) -> dict[str, Any]:
+    """The metrics of ``cfg.eval.split``, with the per-point values under ``"pointwise"``
+    (numpy, float64); ``options`` go to :func:`~pyro_vae.evaluate` (``method="ais"``, ...)."""
     x, _ = splits.split(cfg.eval.split)
     result = evaluate(
         vae,
@@ -66,8 +71,29 @@ def evaluate_split(
         seed=cfg.train.seed,
         log_abs_det_jacobian=splits.preprocessing.log_abs_det_jacobian(splits.num_features),
         progress=progress,
+        **options,
     )
-    return {"split": cfg.eval.split, **_public_metrics(result)}
+    pointwise = {k: v.double().numpy() for k, v in result["pointwise"].items()}
+    return {"split": cfg.eval.split, **_public_metrics(result), "pointwise": pointwise}
+
+
+def write_pointwise(path: Path, pointwise: dict[str, np.ndarray], split: str) -> None:
+    """``pointwise.npz``: one float64 array per per-point metric, and the split's name."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, split=np.array(split), **pointwise)
+
+    atomic_write(path, write)
+
+
+def read_pointwise(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a run's ``pointwise.npz`` (``log_likelihood``, ``elbo``, ``split``)."""
+    path = Path(run_dir) / POINTWISE_FILE
+    if not path.is_file():
+        raise DataError(f"{path} is missing: the run predates per-point results; re-run it to compare pairs")
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
 
 
 def write_figures(
@@ -142,7 +168,10 @@ def train_run(
         + (" (early stop)" if history.stopped_early else "")
     )
     echo(summary_line(metrics, vae))
-    echo(f"wrote   {rundir.out}/: config.json model.pt metrics.json history.csv {' '.join(FIGURES)}")
+    echo(
+        f"wrote   {rundir.out}/: config.json model.pt metrics.json {POINTWISE_FILE} history.csv "
+        + " ".join(FIGURES)
+    )
     return metrics
 
 
@@ -165,7 +194,9 @@ def _train_and_write(cfg, vae, splits, rundir, ctx, distributed, progress, echo)
         resume=resume,
     )
     metrics = evaluate_split(vae, splits, cfg, progress and ctx.is_main)  # sharded under DDP
+    pointwise = metrics.pop("pointwise")
     if ctx.is_main:
+        write_pointwise(work / POINTWISE_FILE, pointwise, cfg.eval.split)
         metrics["training"] = _training_summary(history, vae)
         vae.save(work, extra=extra)
         history.to_csv(work / HISTORY_FILE)
@@ -232,6 +263,11 @@ def summary_line(m: dict[str, Any], vae: VAE) -> str:
     )
     if "bits_per_dim" in m and math.isfinite(m["bits_per_dim"]):
         line += f", {m['bits_per_dim']:.3f} bits/dim"
+    if m.get("method") == "ais":
+        line += (
+            f"; log p(x) by AIS (T={m['ais_steps']}, {m['ais_chains']} chains: ESS {m['ais_ess']:.1f}, "
+            f"acceptance {m['ais_acceptance']:.2f}; importance sampling {m['log_likelihood_importance']:.2f})"
+        )
     return line
 
 
@@ -256,11 +292,14 @@ def evaluate_run(
     data_dir: str | None = None,
     progress: bool = True,
     echo=print,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Re-evaluate a saved run on its data (optionally another split or K)."""
+    """Re-evaluate a saved run on its data (optionally another split or K; ``options`` go to
+    :func:`~pyro_vae.evaluate`, e.g. ``method="ais", ais_steps=..., ais_chains=...``)."""
     cfg, vae, splits = load_run(run_dir, split=split, data_dir=data_dir)
     if num_samples is not None:
         cfg = cfg.replace("eval", num_samples=num_samples)
-    metrics = evaluate_split(vae, splits, cfg, progress)
+    metrics = evaluate_split(vae, splits, cfg, progress, **options)
+    metrics.pop("pointwise")
     echo(summary_line(metrics, vae))
     return metrics

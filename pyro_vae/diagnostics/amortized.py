@@ -122,10 +122,10 @@ def to_inference_data(
     Groups (``chain`` has length 1: the draws are independent):
 
     * ``posterior``: ``z`` ``(chain, draw, obs, latent)``, :math:`z_k \sim q(z \mid x)`;
-    * ``log_likelihood``: ``x`` ``(chain, draw, obs)``, :math:`\log p(x \mid z_k)`;
     * ``sample_stats``: ``log_weight`` :math:`= \log p(x, z_k) - \log q(z_k \mid x)`, the
-      importance weights of :func:`pyro_vae.evaluate` and :func:`psis_diagnostic`, and
-      ``lp`` :math:`= \log p(x, z_k)`, each ``(chain, draw, obs)``;
+      importance weights of :func:`pyro_vae.evaluate` and :func:`psis_diagnostic`,
+      ``lp`` :math:`= \log p(x, z_k)` and ``log_px_given_z`` :math:`= \log p(x \mid z_k)`,
+      each ``(chain, draw, obs)``;
     * ``posterior_predictive``: ``x`` ``(chain, draw, obs, feature)``,
       :math:`\tilde x \sim p(x \mid z_k)` for the first ``num_predictive`` draws;
     * ``observed_data``: ``x`` ``(obs, feature)``;
@@ -136,6 +136,13 @@ def to_inference_data(
     the data set they were drawn from); ``labels`` (one per point) become a coordinate
     ``label`` along ``obs``. Save with ``idata.to_netcdf(path)``, read with
     ``az.from_netcdf(path)``.
+
+    There is deliberately **no** ``log_likelihood`` group: each point has its own latent,
+    so :math:`\log p(x_i \mid z_k)` at draws of :math:`q(z \mid x_i)` is not a likelihood
+    over shared parameters, and ``az.loo`` / ``az.waic`` / ``az.compare`` on it would
+    return the harmonic-mean estimate of :math:`\log p(x)` (the worst there is) under the
+    name elpd_loo. Without the group they raise. Compare models by their held-out
+    :math:`\log p(x_i)` instead (:func:`pyro_vae.app.compare.paired_differences`).
 
     Memory: the draws are made in chunks of at most ``chunk_size`` (sample, point) pairs
     (the default of :func:`pyro_vae.evaluate`); what is kept is ``K x n x latent_dim``
@@ -184,17 +191,18 @@ def to_inference_data(
         x_prior = vae.decode(z_prior).sample()
     groups = {
         "posterior": {"z": cat("z", 1)[None]},
-        "log_likelihood": {"x": cat("log_px_z", 1)[None]},
-        "sample_stats": {"log_weight": cat("log_w", 1)[None], "lp": cat("lp", 1)[None]},
+        "sample_stats": {
+            "log_weight": cat("log_w", 1)[None],
+            "lp": cat("lp", 1)[None],
+            "log_px_given_z": cat("log_px_z", 1)[None],
+        },
         "posterior_predictive": {"x": cat("x_pred", 1)[None]},
         "observed_data": {"x": observed},
         "prior": {"z": z_prior.cpu().numpy()[None], "x": x_prior.cpu().numpy()[None]},
     }
-    per_point = {"x": ["obs"]}
     dims = {
         "posterior": {"z": ["obs", "latent"]},
-        "log_likelihood": per_point,
-        "sample_stats": {"log_weight": ["obs"], "lp": ["obs"]},
+        "sample_stats": {"log_weight": ["obs"], "lp": ["obs"], "log_px_given_z": ["obs"]},
         "posterior_predictive": {"x": ["obs", "feature"]},
         "observed_data": {"x": ["obs", "feature"]},
         "prior": {"z": ["latent"], "x": ["feature"]},
