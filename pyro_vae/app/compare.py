@@ -41,7 +41,7 @@ from matplotlib.figure import Figure
 from pyro_vae import priors as prior_registry
 from pyro_vae.app import plotting
 from pyro_vae.app.config import RunConfig
-from pyro_vae.app.run import build_vae, load_data, train_run
+from pyro_vae.app.run import build_vae, input_shape, load_data, train_run
 from pyro_vae.data import DataSplits
 from pyro_vae.io import atomic_write_text, save_figure
 from pyro_vae.model import VAE
@@ -251,7 +251,7 @@ def _check_shared_settings(cfg: RunConfig, splits: DataSplits, first: PriorEntry
     t = cfg.validate().train
     splits.split(cfg.eval.split)
     probe = cfg.replace("model", prior=first.spec["name"], prior_options=first.spec["options"])
-    vae = build_vae(probe, splits.num_features)  # latent size, widths, likelihood, activation
+    vae = build_vae(probe, input_shape(probe, splits))  # latent size, widths, likelihood, activation
     name, reason = vae.resolve_likelihood(splits.train)
     vae.check_data(splits.train)
     # One throw-away step: the first training in a process pays one-off start-up costs
@@ -300,7 +300,7 @@ def compare_priors(
     echo(f"compare {len(entries)} priors on {splits.summary()}")
     echo(
         f"        likelihood {likelihood}; latent {base_config.model.latent_dim}, hidden "
-        f"{list(base_config.model.hidden)}; seed {t.seed}; {_budget_text(base_config)}"
+        f"{base_config.model.widths()}; seed {t.seed}; {_budget_text(base_config)}"
     )
     result = ComparisonResult(out, base_config, [], summary)
     views: list[_Views | None] = []
@@ -383,7 +383,8 @@ def _summary(
         "likelihood": likelihood,
         "networks": {
             "latent_dim": cfg.model.latent_dim,
-            "hidden": list(cfg.model.hidden),
+            "network": cfg.model.network,
+            "hidden": cfg.model.widths(),
             "activation": cfg.model.activation,
         },
         "budget": {
