@@ -480,9 +480,7 @@ def load_array(
         image_shape = x.shape[1:]
         x = x.reshape(len(x), -1)
     if x.ndim != 2:
-        raise DataError(
-            f"expected an array (n, features), (n, H, W) or (n, C, H, W), got shape {x.shape}"
-        )
+        raise DataError(f"expected an array (n, features), (n, H, W) or (n, C, H, W), got shape {x.shape}")
     _check_not_empty(x.shape, name)
     idx = _split_indices(len(x), valid_fraction, test_fraction, seed)
     y = None if labels is None else integer_labels(labels)

@@ -153,7 +153,7 @@ class VAE(PyroModule):
             encoder = nets.network(self.network).encoder(
                 self.input_shape, self.latent_dim, self.hidden, activation
             )
-        self._decoder_net = decoder
+        self.__dict__["_decoder_net"] = decoder  # registered once, as decoder.net, when the likelihood is set
         self.encoder = GaussianEncoder(encoder, self.latent_dim, self.input_shape, self.encoder_min_scale)
         self.encoder.check()
         self.prior = priors.create(prior)
