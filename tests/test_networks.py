@@ -203,3 +203,24 @@ def test_cli_network_flag_builds_and_records_the_network(tmp_path, capsys):
     assert VAE.load(out).network == "gated"
     assert main(["train", "--out", str(tmp_path / "conv"), "--network", "conv", *args]) != 0
     assert "network 'conv' supports images" in capsys.readouterr().err
+
+
+def test_diagnostics_and_figures_take_images(tmp_path):
+    from pyro_vae.app import plotting
+    from pyro_vae.diagnostics import psis_diagnostic, to_inference_data
+
+    x = grey_images(6)
+    vae = VAE(SHAPE, 2, network="conv", likelihood="beta")
+    pyro_vae.fit(vae, x, epochs=1, batch_size=6, progress=False)
+    idata = to_inference_data(vae, x, num_samples=10, num_predictive=2)
+    assert idata.observed_data["x"].shape == (6, 784) and idata.posterior_predictive["x"].shape == (
+        1,
+        2,
+        6,
+        784,
+    )
+    assert idata.attrs["input_shape"] == "(1, 28, 28)" and idata.attrs["network"] == "conv"
+    assert psis_diagnostic(vae, x, 10).khat.shape == (6,)
+    fig = plotting.plot_reconstructions(x[:4], vae.reconstruct(x[:4]), (28, 28))
+    fig.savefig(tmp_path / "rec.png")
+    plotting.plot_samples(vae.sample(4, mean=True), SHAPE).savefig(tmp_path / "samples.png")

@@ -562,7 +562,9 @@ def _views(run_dir: Path, splits: DataSplits, seed: int, kl_per_dim: list[float]
     vae.eval()
     x, _ = splits.split("test")
     torch.manual_seed(seed)
-    samples = splits.preprocessing.inverse(vae.sample(64 if splits.image_shape else 2000, mean=True))
+    samples = splits.preprocessing.inverse(
+        vae.sample(64 if splits.image_shape else 2000, mean=True).flatten(1)
+    )
     loc, scale = vae.encode(x)
     density = _density_grid(vae, loc, scale, seed) if vae.latent_dim == 2 else None
     return _Views(samples.numpy(), loc, scale, kl_per_dim, density)
