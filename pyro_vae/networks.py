@@ -136,6 +136,9 @@ class Decoder(nn.Module):
         self.latent_dim = latent_dim
         self.output_shape = tuple(output_shape)
         self.num_params = num_params
+        #: The most numbers any layer of ``net`` produces per code (measured by :meth:`check`):
+        #: what sizes evaluation's chunks, as a convolution's feature maps can outgrow its output.
+        self.widest = num_params * math.prod(self.output_shape)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]
@@ -146,7 +149,21 @@ class Decoder(nn.Module):
         """One forward pass on zeros; a :class:`~pyro_vae.errors.ConfigError` naming the module
         and the expected shape unless the output is ``(B, num_params, *output_shape)`` or flat."""
         want = (2, self.num_params, *self.output_shape)
-        out = _dry_run(self.net, torch.zeros(2, self.latent_dim, device=_device_of(self)), "decoder", want)
+        widths: list[int] = [self.widest]
+
+        def record(module, inputs, output) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() > 0:
+                widths.append(output.numel() // max(1, output.shape[0]))
+
+        hooks = [m.register_forward_hook(record) for m in self.net.modules()]
+        try:
+            out = _dry_run(
+                self.net, torch.zeros(2, self.latent_dim, device=_device_of(self)), "decoder", want
+            )
+        finally:
+            for h in hooks:
+                h.remove()
+        self.widest = max(widths)
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         if got not in (want, (2, self.num_params * math.prod(self.output_shape))):
             raise ConfigError(

@@ -224,3 +224,13 @@ def test_diagnostics_and_figures_take_images(tmp_path):
     fig = plotting.plot_reconstructions(x[:4], vae.reconstruct(x[:4]), (28, 28))
     fig.savefig(tmp_path / "rec.png")
     plotting.plot_samples(vae.sample(4, mean=True), SHAPE).savefig(tmp_path / "samples.png")
+
+
+def test_evaluation_chunks_are_sized_by_the_decoders_widest_layer():
+    from pyro_vae.evaluation import CHUNK_ELEMENTS, default_chunk_size
+
+    conv = VAE(SHAPE, 4, network="conv", likelihood="beta")
+    assert conv.decoder.widest == 32 * 14 * 14  # the first transposed convolution's feature maps
+    assert default_chunk_size(conv) == CHUNK_ELEMENTS // (32 * 14 * 14)
+    mlp = VAE(784, 4, hidden=(300, 300), likelihood="beta")
+    assert mlp.decoder.widest == 2 * 784 and default_chunk_size(mlp) == CHUNK_ELEMENTS // (2 * 784)
