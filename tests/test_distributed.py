@@ -114,6 +114,7 @@ def free_port() -> int:
 
 def test_a_killed_process_stops_the_other_with_a_clear_error_and_resume_continues(tmp_path):
     out = tmp_path / "run"
+    partial = tmp_path / ".run.partial"  # a run trains there until it has succeeded
     port = free_port()
     args = [sys.executable, "-m", "pyro_vae", "train", "--out", str(out), "--no-progress", "--hidden", "32"]
     args += ["--epochs", "100000", "--patience", "0", "--eval-samples", "10", "--ddp-timeout", "30"]
@@ -128,7 +129,7 @@ def test_a_killed_process_stops_the_other_with_a_clear_error_and_resume_continue
         )
     try:
         deadline = time.monotonic() + 120
-        while not (out / TRAINING_STATE_FILE).exists():
+        while not (partial / TRAINING_STATE_FILE).exists():
             assert time.monotonic() < deadline, "training never wrote a checkpoint"
             assert procs[0].poll() is None, procs[0].communicate()
             time.sleep(0.2)
@@ -144,10 +145,11 @@ def test_a_killed_process_stops_the_other_with_a_clear_error_and_resume_continue
     assert procs[0].returncode == 1
     assert "another training process failed or timed out" in err and "--resume" in err, err[-2000:]
 
-    # The last checkpoint is loadable, and --resume continues from it.
-    done_epochs = torch.load(out / TRAINING_STATE_FILE, weights_only=True)["epoch"]
+    # The last checkpoint, in the interrupted run's partial directory, is loadable, and --resume
+    # continues from it.
+    done_epochs = torch.load(partial / TRAINING_STATE_FILE, weights_only=True)["epoch"]
     assert done_epochs >= 1
-    VAE.load(out)
+    VAE.load(partial)
     target = done_epochs + 2
     run(
         [
