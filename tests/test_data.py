@@ -80,6 +80,11 @@ def test_fake_mnist_files_by_argument_and_environment(tmp_path, monkeypatch):
     np.testing.assert_array_equal(grey.preprocessing.inverse(grey.test).numpy(), raw)
     plain = data.load_mnist(dequantize=False)
     assert plain.train.max() <= 1 and plain.preprocessing.is_identity
+    # images=True: each point a (1, 28, 28) image, the same numbers
+    images = data.load_mnist(images=True)
+    assert images.train.shape == (30, 1, 28, 28) and images.num_features == 784
+    np.testing.assert_array_equal(images.preprocessing.inverse(images.test).reshape(8, -1).numpy(), raw)
+    assert data.load_binarized_mnist(tmp_path, images=True).test.shape == (8, 1, 28, 28)
 
 
 def test_missing_data_directory_and_files(tmp_path, monkeypatch):

@@ -234,3 +234,20 @@ def test_evaluation_chunks_are_sized_by_the_decoders_widest_layer():
     assert default_chunk_size(conv) == CHUNK_ELEMENTS // (32 * 14 * 14)
     mlp = VAE(784, 4, hidden=(300, 300), likelihood="beta")
     assert mlp.decoder.widest == 2 * 784 and default_chunk_size(mlp) == CHUNK_ELEMENTS // (2 * 784)
+
+
+@pytest.mark.parametrize("network", ["conv", "mlp"])
+def test_cli_trains_on_an_array_of_images_as_images(tmp_path, capsys, network):
+    import numpy as np
+
+    path = tmp_path / "images.npy"
+    rng = np.random.default_rng(0)
+    np.save(path, rng.integers(0, 4, size=(40, 28, 28)).astype(np.float64))
+    out = tmp_path / network
+    args = ["--dataset", "npy", "--data-path", str(path), "--dequantize", "--network", network]
+    args += ["--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--eval-samples", "5", "--no-progress"]
+    assert main(["train", "--out", str(out), *args]) == 0, capsys.readouterr().err
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert model["input_shape"] == [1, 28, 28] and model["network"] == network
+    assert (out / "reconstructions.png").stat().st_size > 0
+    assert json.loads((out / "metrics.json").read_text())["bits_per_dim"] > 0

@@ -36,8 +36,11 @@ def load_data(cfg: RunConfig) -> data_module.DataSplits:
 
 
 def input_shape(cfg: RunConfig, splits: data_module.DataSplits) -> int | tuple[int, ...]:
-    """What the VAE of a run sees: the number of features for ``mlp`` and ``gated``, the
-    image shape (channels first) for ``conv``."""
+    """What the VAE of a run sees: the data's own shape when they are images ``(n, C, H, W)``;
+    for flattened images (MNIST, digits) the image shape, channels first, with ``conv`` and
+    the number of features with ``mlp`` and ``gated``."""
+    if splits.train.dim() > 2:
+        return tuple(splits.train.shape[1:])
     shape = splits.image_shape
     if cfg.model.network != "conv" or shape is None:
         return splits.num_features
