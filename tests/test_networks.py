@@ -251,3 +251,28 @@ def test_cli_trains_on_an_array_of_images_as_images(tmp_path, capsys, network):
     assert model["input_shape"] == [1, 28, 28] and model["network"] == network
     assert (out / "reconstructions.png").stat().st_size > 0
     assert json.loads((out / "metrics.json").read_text())["bits_per_dim"] > 0
+
+
+def test_image_datasets_and_loaders_are_taken_as_they_are():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = grey_images(16)
+    dataset = TensorDataset(x, torch.arange(16))  # (image, label) items, images (1, 28, 28)
+    vae = VAE(SHAPE, 2, network="conv", likelihood="beta")
+    pyro_vae.fit(
+        vae, dataset, DataLoader(TensorDataset(x[:4]), batch_size=2), epochs=1, batch_size=8, progress=False
+    )
+    from_loader = pyro_vae.evaluate(vae, DataLoader(dataset, batch_size=16), num_samples=5, seed=2)
+    from_tensor = pyro_vae.evaluate(vae, x, num_samples=5, seed=2)
+    assert from_loader["log_likelihood"] == pytest.approx(from_tensor["log_likelihood"], abs=1e-4)
+
+
+def test_the_hidden_setting_defaults_to_the_networks_widths():
+    from pyro_vae.app.config import ModelConfig
+
+    assert ModelConfig().widths() == [256, 256] and ModelConfig(network="gated").widths() == [300, 300]
+    assert (
+        ModelConfig(network="conv").widths() == [] and ModelConfig(network="gated", hidden=[]).widths() == []
+    )
+    with pytest.raises(ConfigError, match="model.network must be one of conv, gated, mlp"):
+        ModelConfig(network="resnet")

@@ -36,8 +36,8 @@ class ModelConfig(Settings):
     )
     hidden: list[int] | None = setting(
         None,
-        "hidden layer widths of both networks (default: the network's own, mlp 256,256, conv none, "
-        "gated 300,300; 'linear' on the command line: none)",
+        "hidden layer widths of both networks (null: the network's own, mlp 256,256, conv none, "
+        "gated 300,300; 'linear' on the command line: no hidden layer)",
         check=lambda v: None if v is None else each_positive(v),
     )
     likelihood: str = setting(
