@@ -362,21 +362,28 @@ class VAE(PyroModule):
     ) -> VAE:
         """The VAE that ``config`` (from :meth:`config`) describes; a ``"custom"`` network
         needs the ``encoder`` and ``decoder`` modules, the built-ins are rebuilt by name."""
+        cls.check_modules(config, encoder, decoder)
         config = dict(config)
+        if config.get("network") == CUSTOM:
+            del config["network"]
+            return cls(**config, encoder=encoder, decoder=decoder)
+        return cls(**config)
+
+    @staticmethod
+    def check_modules(config: dict[str, Any], encoder, decoder) -> None:
+        """A :class:`~pyro_vae.errors.ConfigError` unless the modules suit the saved network:
+        both for ``"custom"``, none for a built-in one (rebuilt from the config)."""
         if config.get("network") == CUSTOM:
             if encoder is None or decoder is None:
                 raise ConfigError(
                     "this VAE was built from your own encoder and decoder modules (network 'custom'): "
                     "pass them again, VAE.load(directory, encoder=..., decoder=...)"
                 )
-            del config["network"]
-            return cls(**config, encoder=encoder, decoder=decoder)
-        if encoder is not None or decoder is not None:
+        elif encoder is not None or decoder is not None:
             raise ConfigError(
                 f"this VAE uses the built-in network {config.get('network', 'mlp')!r}, rebuilt from its "
                 "config: do not pass encoder= or decoder="
             )
-        return cls(**config)
 
     def save(
         self,
@@ -438,11 +445,10 @@ class VAE(PyroModule):
         if not isinstance(payload.get("model"), dict):
             raise ConfigError(f"{config_path} has no 'model' section: not written by VAE.save")
         custom = payload["model"].get("network") == CUSTOM
-        if custom != (encoder is not None or decoder is not None) or (custom and None in (encoder, decoder)):
-            try:
-                cls.from_config(payload["model"], encoder=encoder, decoder=decoder)
-            except ConfigError as exc:  # says which modules are missing or not wanted
-                raise ConfigError(f"{config_path}: {exc}") from None
+        try:
+            cls.check_modules(payload["model"], encoder, decoder)
+        except ConfigError as exc:  # which modules are missing or not wanted
+            raise ConfigError(f"{config_path}: {exc}") from None
         try:
             vae = cls.from_config(payload["model"], encoder=encoder, decoder=decoder)
         except (TypeError, ValueError, KeyError) as exc:
