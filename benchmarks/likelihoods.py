@@ -67,10 +67,18 @@ def clamp_count(x: torch.Tensor) -> int:
     return int(((x < LOW) | (x > HIGH)).sum())
 
 
-def run_likelihood(name: str, args, data: dict, log) -> dict:
+def build_vae(name: str, network: str = "mlp") -> pyro_vae.VAE:
+    """The VAE of one likelihood: 784-300-300-40 dense networks, or the built-in ``conv``
+    networks on (1, 28, 28) images (the flat data are reshaped by the VAE)."""
+    if network == "mlp":
+        return pyro_vae.VAE(784, 40, hidden=(300, 300), likelihood=make_likelihood(name))
+    return pyro_vae.VAE((1, 28, 28), 40, network=network, likelihood=make_likelihood(name))
+
+
+def run_likelihood(name: str, args, data: dict, log, network: str = "mlp") -> dict:
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
-    vae = pyro_vae.VAE(784, 40, hidden=(300, 300), likelihood=make_likelihood(name))
+    vae = build_vae(name, network)
     log(f"[{name}] training: up to {args.epochs} epochs / {args.max_minutes} min")
     training = _common.fit_with_budget(
         vae,
@@ -85,6 +93,7 @@ def run_likelihood(name: str, args, data: dict, log) -> dict:
         lr=args.lr,
         progress=False,
         num_threads=_common.THREADS,
+        device=getattr(args, "device", "cpu"),
     )
     records = training.pop("records")
     start = time.perf_counter()
@@ -99,6 +108,8 @@ def run_likelihood(name: str, args, data: dict, log) -> dict:
     to_bits = 1.0 / (784 * math.log(2))
     entry = {
         "likelihood": vae.likelihood.spec(),
+        "network": vae.network,
+        "parameters": sum(p.numel() for p in vae.parameters()),
         "valid_density": name != "bernoulli",
         "test": {
             "bits_per_dim": metrics.get("bits_per_dim"),
@@ -128,12 +139,20 @@ def run_likelihood(name: str, args, data: dict, log) -> dict:
     return entry
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    _common.add_common_arguments(parser)
-    parser.add_argument(
-        "--likelihoods", default=",".join(LIKELIHOODS), help=f"subset of {','.join(LIKELIHOODS)}"
-    )
+# (full, quick) defaults of the options left unset
+DEFAULTS = {
+    "epochs": (200, 1),
+    "max_minutes": (20.0, 0.1),
+    "train_size": (50000, 300),
+    "valid_size": (10000, 100),
+    "test_size": (10000, 20),
+    "eval_samples": (1000, 10),
+    "patience": (20, 5),
+}
+
+
+def add_training_arguments(parser) -> None:
+    """The training, data-size and evaluation options (shared with ``networks.py``)."""
     parser.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default 200)")
     parser.add_argument(
         "--max-minutes", type=float, default=None, help="training budget per likelihood (default 20)"
@@ -150,24 +169,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    data_dir = _common.require_data_dir(args.data_dir, parser)
-    quick = args.quick
-    names = _common.choices_list(args.likelihoods, LIKELIHOODS, "likelihoods", parser)
-    _common.fill_defaults(
-        args,
-        {
-            "epochs": (200, 1),
-            "max_minutes": (20.0, 0.1),
-            "train_size": (50000, 300),
-            "valid_size": (10000, 100),
-            "test_size": (10000, 20),
-            "eval_samples": (1000, 10),
-            "patience": (20, 5),
-        },
-    )
 
-    threads = _common.setup_threads()
+
+def load_data(data_dir: str, args) -> tuple[dict, dict, dict]:
+    """Grey-level MNIST for the benchmark: (data, values clamped in valid/test, a counter of
+    those clamped in training batches). ``data["train"]`` draws fresh noise for every batch."""
     splits = pyro_vae.data.load_mnist(data_dir, dequantize=True, seed=args.seed)
     pre = splits.preprocessing
     raw_train = splits.raw_train[: args.train_size]
@@ -187,6 +193,25 @@ def main(argv: list[str] | None = None) -> dict:
         "test": test.clamp(LOW, HIGH),
         "log_abs_det_jacobian": pre.log_abs_det_jacobian(784),
     }
+    return data, clamped, clamped_in_training
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    _common.add_common_arguments(parser)
+    parser.add_argument(
+        "--likelihoods", default=",".join(LIKELIHOODS), help=f"subset of {','.join(LIKELIHOODS)}"
+    )
+    add_training_arguments(parser)
+    args = parser.parse_args(argv)
+    data_dir = _common.require_data_dir(args.data_dir, parser)
+    quick = args.quick
+    names = _common.choices_list(args.likelihoods, LIKELIHOODS, "likelihoods", parser)
+    _common.fill_defaults(args, DEFAULTS)
+
+    threads = _common.setup_threads()
+    data, clamped, clamped_in_training = load_data(data_dir, args)
+    raw_train, valid, test = data["train"].x, data["valid"], data["test"]
     path = _common.results_path(NAME, quick, args.results_dir)
     result = {
         "benchmark": NAME,

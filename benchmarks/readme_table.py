@@ -106,6 +106,7 @@ MNIST_WHAT = {
     "mixture": "the same, mixture prior (500 learned components)",
     "vamp": "the same, VampPrior (500 learned pseudo-inputs)",
     "iwae": '`loss="iwae"`, K = 50, standard prior, no warm-up',
+    "gated": '`network="gated"` (GatedDense 784-300-300-40, Tomczak & Welling), standard prior, same protocol',
 }
 
 
@@ -127,7 +128,7 @@ def _remaining(e: dict) -> str:
 
 def mnist_nll_rows(r: dict) -> list[list[str]]:
     rows = []
-    for name in ("standard", "mixture", "vamp", "iwae"):
+    for name in MNIST_WHAT:
         e = r["configs"].get(name)
         if not e or "test" not in e:
             continue
@@ -233,6 +234,33 @@ def likelihoods_rows(r: dict) -> list[list[str]]:
     return [[what, result, _when(r["machine"], r["date"]), _code(r["command"])]]
 
 
+def networks_rows(r: dict) -> list[list[str]]:
+    s, rows = r["settings"], []
+    for name, runs in r["runs"].items():
+        scored = [(e["test"]["bits_per_dim"], n, e) for n, e in runs.items() if "test" in e]
+        parts = [
+            f"`{n}` {b:.3f} ({e['training']['epochs_run']} epochs, {e['parameters'] / 1e6:.2f}M weights)"
+            for b, n, e in sorted(scored, key=lambda t: t[0])
+        ]
+        parts += [f"`{n}` failed" for n, e in runs.items() if "test" not in e]
+        what = (
+            f"grey-level MNIST, `{name}` likelihood: conv vs mlp at {s['max_minutes']:g} min training each "
+            f"({s['device']}), K = {s['eval_samples']}; test bits/dim, lower is better"
+        )
+        rows.append([what, ", ".join(parts), _when(r["machine"], r["date"]), _code(r["command"])])
+    if "speed" in r:
+        sp = r["speed"]
+        result = (
+            f"fit {sp['fit_epochs_per_second']:.3f} epochs/s, plain PyTorch loop {sp['plain_epochs_per_second']:.3f} "
+            f"epochs/s ({sp['images']} images, batch {sp['batch_size']})"
+        )
+        what = (
+            f"conv VAE training speed on {sp['device_name']}: `pyro_vae.fit` vs a plain loop, same networks"
+        )
+        rows.append([what, result, _when(r["machine"], r["date"]), _code(r["command"])])
+    return rows
+
+
 def main_job_rows(r: dict) -> list[list[str]]:
     result = (
         f"{r['wall_seconds']:.0f} s in all, {r['epochs']} epochs, `{r['likelihood']}` chosen; "
@@ -272,6 +300,7 @@ ROWS: list[tuple[str, Callable[[dict], list[list[str]]]]] = [
     ("mnist_nll", mnist_nll_rows),
     ("ais_vs_is", ais_vs_is_rows),
     ("likelihoods", likelihoods_rows),
+    ("networks", networks_rows),
     ("main_job", main_job_rows),
     ("ddp_scaling", ddp_rows),
 ]

@@ -12,6 +12,7 @@ environment variable; nothing is downloaded.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import operator
 import os
@@ -232,7 +233,7 @@ class Preprocessing:
             u = torch.rand(y.shape, generator=generator, dtype=torch.float64)
             y = ((y.double() + u) / self.levels).clamp(_OPEN_EPS, 1 - _OPEN_EPS).float()
         if self.mean is not None:
-            y = (y - torch.tensor(self.mean)) / torch.tensor(self.std)
+            y = (y - _per_feature(self.mean, y)) / _per_feature(self.std, y)
         return y
 
     __call__ = forward
@@ -240,7 +241,7 @@ class Preprocessing:
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         x = y.detach().cpu().to(torch.float32)
         if self.mean is not None:
-            x = x * torch.tensor(self.std) + torch.tensor(self.mean)
+            x = x * _per_feature(self.std, x) + _per_feature(self.mean, x)
         if self.levels is not None:
             x = torch.floor(x * self.levels).clamp(0, self.levels - 1)
         return x
@@ -260,6 +261,11 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         return cls(**d)
+
+
+def _per_feature(values: list[float], like: torch.Tensor) -> torch.Tensor:
+    """Per-feature statistics shaped like one data point of ``like`` (a vector or an image)."""
+    return torch.tensor(values).reshape(like.shape[1:])
 
 
 def fit_standardization(x: torch.Tensor, min_std: float = 1e-8) -> tuple[list[float], list[float]]:
@@ -290,7 +296,26 @@ class DataSplits:
 
     @property
     def num_features(self) -> int:
-        return self.train.shape[1]
+        return math.prod(self.train.shape[1:])
+
+    def as_images(self) -> DataSplits:
+        """The same splits with each data point an image ``(C, H, W)`` (``(1, H, W)`` for grey
+        levels) instead of a vector: for ``VAE(input_dim=(1, 28, 28), network="conv")`` and any
+        network of your own that takes images."""
+        if self.image_shape is None:
+            raise DataError(f"{self.name} holds no images (no image_shape): its rows stay vectors")
+        shape = (1, *self.image_shape) if len(self.image_shape) == 2 else tuple(self.image_shape)
+
+        def image(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.reshape(x.shape[0], *shape)
+
+        return dataclasses.replace(
+            self,
+            train=image(self.train),
+            valid=image(self.valid),
+            test=image(self.test),
+            raw_train=image(self.raw_train),
+        )
 
     @property
     def log_abs_det_jacobian(self) -> float:
@@ -447,16 +472,21 @@ def load_array(
     image_shape: tuple[int, ...] | None = None,
     seed: int = 0,
 ) -> DataSplits:
-    """Random train/valid/test split of an array ``(n, features)`` (images: flatten first)."""
+    """Random train/valid/test split of an array ``(n, features)``, or of images ``(n, H, W)``
+    or ``(n, C, H, W)``, which stay images (``image_shape`` is then theirs)."""
     x = np.asarray(as_tensor(x))
+    images = x.ndim in (3, 4)
+    if images:
+        image_shape = x.shape[1:]
+        x = x.reshape(len(x), -1)
     if x.ndim != 2:
-        raise DataError(f"expected a 2-D array (n, features), got shape {x.shape}; flatten images first")
+        raise DataError(f"expected an array (n, features), (n, H, W) or (n, C, H, W), got shape {x.shape}")
     _check_not_empty(x.shape, name)
     idx = _split_indices(len(x), valid_fraction, test_fraction, seed)
     y = None if labels is None else integer_labels(labels)
     if y is not None and len(y) != len(x):
         raise DataError(f"{len(y)} labels for {len(x)} rows")
-    return make_splits(
+    splits = make_splits(
         name,
         *(x[i] for i in idx),
         labels=tuple(None if y is None else y[i] for i in idx),
@@ -465,6 +495,7 @@ def load_array(
         image_shape=image_shape,
         seed=seed,
     )
+    return splits.as_images() if images else splits
 
 
 def _is_number(cell: str) -> bool:
@@ -639,27 +670,39 @@ def _open_npz(directory: str | Path | None, filename: str, keys: list[str]):
     return npz
 
 
-def load_binarized_mnist(data_dir: str | Path | None = None, *, seed: int = 0) -> DataSplits:
-    """Statically binarized MNIST, Larochelle's 50000/10000/10000 split."""
+def load_binarized_mnist(
+    data_dir: str | Path | None = None, *, seed: int = 0, images: bool = False
+) -> DataSplits:
+    """Statically binarized MNIST, Larochelle's 50000/10000/10000 split.
+
+    ``images=True``: each point is a ``(1, 28, 28)`` image rather than 784 features.
+    """
     keys = ["train", "valid", "test"]
     npz = _open_npz(data_dir, BINARIZED_MNIST_FILE, keys)
     labels = tuple(npz[f"{k}_labels"] if f"{k}_labels" in npz.files else None for k in keys)
-    return make_splits(
+    splits = make_splits(
         "binarized_mnist",
         *(npz[k].reshape(len(npz[k]), -1) for k in keys),
         labels=labels,
         image_shape=(28, 28),
         seed=seed,
     )
+    return splits.as_images() if images else splits
 
 
 def load_mnist(
-    data_dir: str | Path | None = None, *, dequantize: bool = True, standardize: bool = False, seed: int = 0
+    data_dir: str | Path | None = None,
+    *,
+    dequantize: bool = True,
+    standardize: bool = False,
+    seed: int = 0,
+    images: bool = False,
 ) -> DataSplits:
     """Grayscale MNIST: train = first 50000 of the official training set, valid = the next 10000.
 
     ``dequantize=True`` (default) gives ``(x + u) / 256`` in (0, 1), a proper density
-    target; ``False`` gives ``x / 255`` in [0, 1].
+    target; ``False`` gives ``x / 255`` in [0, 1]. ``images=True``: each point is a
+    ``(1, 28, 28)`` image rather than 784 features.
     """
     npz = _open_npz(data_dir, MNIST_FILE, ["x_train", "y_train", "x_test", "y_test"])
     x_train = npz["x_train"].reshape(len(npz["x_train"]), -1)
@@ -668,7 +711,7 @@ def load_mnist(
     if not dequantize:
         x_train, x_test = x_train / 255.0, x_test / 255.0
     n = len(x_train) - 10000
-    return make_splits(
+    splits = make_splits(
         "mnist",
         x_train[:n],
         x_train[n:],
@@ -679,6 +722,7 @@ def load_mnist(
         image_shape=(28, 28),
         seed=seed,
     )
+    return splits.as_images() if images else splits
 
 
 DATASETS = ("digits", "binarized_mnist", "mnist", "csv", "npy")
@@ -728,12 +772,20 @@ def load_dataset(
 
 
 def tile_images(images: np.ndarray, shape: Sequence[int], rows: int) -> np.ndarray:
-    """Images laid out on a ``rows``-row canvas, one NaN pixel between them (for ``imshow``)."""
+    """Images laid out on a ``rows``-row canvas, one blank pixel between them (for ``imshow``).
+
+    ``shape`` is ``(H, W)`` or ``(C, H, W)``; grey levels (``C = 1``) give a 2-D canvas with
+    NaN between the images, colour (``C = 3``) an ``(H', W', 3)`` canvas with white between.
+    """
+    shape = tuple(shape)
+    colour = len(shape) == 3 and shape[0] == 3
+    h, w = shape[-2:]
     n = len(images)
     cols = int(np.ceil(n / rows))
-    h, w = shape
-    canvas = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+    size = (rows * (h + 1) - 1, cols * (w + 1) - 1)
+    canvas = np.full((*size, 3), 1.0) if colour else np.full(size, np.nan)
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
-        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img.reshape(h, w)
+        img = np.moveaxis(img.reshape(3, h, w), 0, -1) if colour else img.reshape(h, w)
+        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img
     return canvas

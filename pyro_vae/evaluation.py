@@ -56,6 +56,7 @@ def default_chunk_size(vae: VAE, elements: int = CHUNK_ELEMENTS) -> int:
     """(sample, data point) pairs per chunk so that no intermediate exceeds ``elements`` numbers."""
     per_pair = max(
         vae.input_dim * vae.likelihood.num_params,
+        getattr(vae.decoder, "widest", 0),  # the decoder's largest layer (feature maps of a conv)
         max(vae.hidden, default=0),
         getattr(vae.prior, "num_components", 1),
     )

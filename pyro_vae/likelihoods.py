@@ -1,7 +1,9 @@
 r"""Likelihoods: the distribution of the observation site ``"x"``.
 
-A likelihood turns the decoder's unconstrained outputs into a distribution over one
-data point, with one batch element per feature (the model adds ``.to_event(1)``).
+A likelihood turns the decoder's unconstrained outputs ``(..., num_params, *event_shape)``
+into a distribution over one data point, with one batch element per feature (the model
+adds ``.to_event(len(event_shape))``): a data point is a vector ``(D,)`` or an image such as
+``(1, 28, 28)``, and the parameter axis is ``param_dim = -(len(event_shape) + 1)``.
 Each class declares
 
 * ``num_params``: how many decoder outputs it needs per feature;
@@ -9,7 +11,8 @@ Each class declares
 * ``discrete``: whether ``log_prob`` is a log probability (``True``) or a log density.
 
 Parameters that do not depend on ``z`` (a shared noise scale, Student-t degrees of
-freedom) are created in :meth:`Likelihood.setup`, once the number of features is known.
+freedom) are created in :meth:`Likelihood.setup`, once the shape of a data point is known,
+and have that shape (one value per feature).
 
 Every class is registered by name; ``likelihoods.create("gaussian", min_scale=1e-2)``
 and ``likelihoods.Gaussian(min_scale=1e-2)`` are the same thing.
@@ -89,14 +92,30 @@ class Likelihood(nn.Module):
     num_params: ClassVar[int] = 1
     support: ClassVar[Support] = REAL
     discrete: ClassVar[bool] = False
+    #: The axis of ``params`` that indexes the parameters: ``-(len(event_shape) + 1)``.
+    param_dim: int = -2
 
-    def setup(self, input_dim: int) -> None:
-        """Create per-feature parameters; called once by the VAE."""
-        self.input_dim = input_dim
+    def setup(self, input_shape: int | tuple[int, ...]) -> None:
+        """Create per-feature parameters of shape ``event_shape``; called once by the VAE.
+
+        ``input_shape`` is the number of features ``D`` (vectors) or the shape of one data
+        point (images); ``event_shape`` is ``(D,)`` or that shape, ``input_dim`` its size.
+        """
+        self.event_shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+        self.input_dim = math.prod(self.event_shape)
+        self.param_dim = -(len(self.event_shape) + 1)
 
     def forward(self, params: torch.Tensor) -> dist.Distribution:
-        """``params`` has shape ``(..., num_params, input_dim)``; returns batch shape ``(..., input_dim)``."""
+        """``params`` has shape ``(..., num_params, *event_shape)``; returns batch shape ``(..., *event_shape)``."""
         raise NotImplementedError
+
+    def unbind(self, params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The ``num_params`` parameter tensors, each ``(..., *event_shape)``."""
+        return params.unbind(self.param_dim)
+
+    def only(self, params: torch.Tensor) -> torch.Tensor:
+        """The one parameter tensor of a ``num_params = 1`` likelihood, ``(..., *event_shape)``."""
+        return params.squeeze(self.param_dim)
 
     def observation(self, params: torch.Tensor, x: torch.Tensor) -> dist.Distribution:
         """The distribution of the observation site given the observed batch ``x``.
@@ -155,7 +174,7 @@ class LocationScale(Likelihood):
         self.min_scale = positive("min_scale", min_scale)
 
     def forward(self, params):
-        loc, raw_scale = params.unbind(-2)
+        loc, raw_scale = self.unbind(params)
         return self.family(loc, F.softplus(raw_scale) + self.min_scale, validate_args=False)
 
 
@@ -180,17 +199,17 @@ class GaussianShared(Likelihood):
         self.init_scale = init_scale
         self.min_scale = min_scale
 
-    def setup(self, input_dim):
-        super().setup(input_dim)
+    def setup(self, input_shape):
+        super().setup(input_shape)
         raw = _inverse_softplus(self.init_scale - self.min_scale)
-        self.raw_scale = nn.Parameter(torch.full((input_dim,), raw))
+        self.raw_scale = nn.Parameter(torch.full(self.event_shape, raw))
 
     @property
     def scale(self) -> torch.Tensor:
         return F.softplus(self.raw_scale) + self.min_scale
 
     def forward(self, params):
-        loc = params.squeeze(-2)
+        loc = self.only(params)
         return dist.Normal(loc, self.scale.expand(loc.shape), validate_args=False)
 
 
@@ -218,7 +237,7 @@ class GaussianFixed(Likelihood):
         self.scale = positive("scale", scale)
 
     def forward(self, params):
-        loc = params.squeeze(-2)
+        loc = self.only(params)
         return dist.Normal(loc, torch.full_like(loc, self.scale), validate_args=False)
 
 
@@ -251,8 +270,8 @@ class GaussianOptimal(Likelihood):
         self.min_log_scale = float(min_log_scale)
         self.momentum = float(momentum)
 
-    def setup(self, input_dim):
-        super().setup(input_dim)
+    def setup(self, input_shape):
+        super().setup(input_shape)
         self.register_buffer("running_variance", torch.ones(()))
 
     def _clamp(self, variance: torch.Tensor) -> torch.Tensor:
@@ -268,13 +287,13 @@ class GaussianOptimal(Likelihood):
         return self._clamp((x - loc).detach().pow(2).mean())
 
     def forward(self, params):
-        loc = params.squeeze(-2)
+        loc = self.only(params)
         return dist.Normal(loc, self.scale.to(loc).expand(loc.shape), validate_args=False)
 
     def observation(self, params, x):
         if not self.training:
             return self(params)
-        loc = params.squeeze(-2)
+        loc = self.only(params)
         scale = self.batch_scale(loc, x)
         with torch.no_grad():
             self.running_variance.lerp_(scale.pow(2), self.momentum)
@@ -325,7 +344,7 @@ class Bernoulli(Likelihood):
             self.discrete = False
 
     def forward(self, params):
-        return BernoulliLogits(logits=params.squeeze(-2), validate_args=False)
+        return BernoulliLogits(logits=self.only(params), validate_args=False)
 
 
 @register("continuous_bernoulli")
@@ -340,7 +359,7 @@ class ContinuousBernoulli(Likelihood):
     support = UNIT_INTERVAL
 
     def forward(self, params):
-        return dist.ContinuousBernoulli(logits=params.squeeze(-2), validate_args=False)
+        return dist.ContinuousBernoulli(logits=self.only(params), validate_args=False)
 
 
 @register("beta")
@@ -358,7 +377,7 @@ class Beta(Likelihood):
         self.min_concentration = positive("min_concentration", min_concentration)
 
     def forward(self, params):
-        c1, c0 = (F.softplus(p) + self.min_concentration for p in params.unbind(-2))
+        c1, c0 = (F.softplus(p) + self.min_concentration for p in self.unbind(params))
         return dist.Beta(c1, c0, validate_args=False)
 
 
@@ -387,10 +406,10 @@ class StudentT(Likelihood):
         self.df = None if df is None else positive("df", df)
         self.min_scale = positive("min_scale", min_scale)
 
-    def setup(self, input_dim):
-        super().setup(input_dim)
+    def setup(self, input_shape):
+        super().setup(input_shape)
         if self.df is None:
-            self.raw_df = nn.Parameter(torch.full((input_dim,), _inverse_softplus(3.0)))
+            self.raw_df = nn.Parameter(torch.full(self.event_shape, _inverse_softplus(3.0)))
 
     def degrees_of_freedom(self) -> torch.Tensor:
         if self.df is None:
@@ -398,7 +417,7 @@ class StudentT(Likelihood):
         return torch.tensor(float(self.df))
 
     def forward(self, params):
-        loc, raw_scale = params.unbind(-2)
+        loc, raw_scale = self.unbind(params)
         df = self.degrees_of_freedom().to(loc).expand(loc.shape)
         return dist.StudentT(df, loc, F.softplus(raw_scale) + self.min_scale, validate_args=False)
 
@@ -425,7 +444,7 @@ class Poisson(Counts):
         self.min_rate = positive("min_rate", min_rate)
 
     def forward(self, params):
-        return dist.Poisson(F.softplus(params.squeeze(-2)) + self.min_rate, validate_args=False)
+        return dist.Poisson(F.softplus(self.only(params)) + self.min_rate, validate_args=False)
 
 
 @register("negative_binomial")
@@ -443,6 +462,6 @@ class NegativeBinomial(Counts):
         self.min_total_count = positive("min_total_count", min_total_count)
 
     def forward(self, params):
-        raw_count, logits = params.unbind(-2)
+        raw_count, logits = self.unbind(params)
         total_count = F.softplus(raw_count) + self.min_total_count
         return dist.NegativeBinomial(total_count, logits=logits, validate_args=False)

@@ -5,7 +5,8 @@ r"""The probabilistic module: a VAE as a Pyro model/guide pair.
     q_\phi(z_n \mid x_n) = \mathcal N(\mu_\phi(x_n), \operatorname{diag}\sigma_\phi(x_n)^2).
 
 ``vae.model`` and ``vae.guide`` are ordinary Pyro functions with one plate over the batch,
-a latent site ``"z"`` and an observation site ``"x"`` (both ``.to_event(1)``); any Pyro
+a latent site ``"z"`` (``.to_event(1)``) and an observation site ``"x"``
+(``.to_event(len(input_shape))``: a data point may be a vector or an image); any Pyro
 ELBO derives the loss from them. ``beta`` scales the latent site in *both* functions with
 ``poutine.scale``, which multiplies :math:`\log p(z) - \log q(z \mid x)`, the KL term,
 and nothing else.
@@ -27,6 +28,7 @@ from pyro import poutine
 from pyro.nn import PyroModule
 
 from pyro_vae import likelihoods, priors
+from pyro_vae import networks as nets
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.networks import ACTIVATIONS, Decoder, GaussianEncoder
 from pyro_vae.utils import positive_int
@@ -59,6 +61,17 @@ _UNRESOLVED = _Unresolved()
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
 FORMAT_VERSION = 1
+CUSTOM = "custom"  # the network name recorded for a VAE built from the user's own modules
+
+
+def input_shape_of(input_dim: int | Sequence[int]) -> tuple[int, ...]:
+    """The shape of one data point: ``(input_dim,)`` for a number, the tuple for a shape."""
+    if isinstance(input_dim, Sequence) and not isinstance(input_dim, (str, bytes)):
+        shape = tuple(positive_int("each entry of input_dim", d) for d in input_dim)
+        if not shape:
+            raise ConfigError("input_dim must be a number of features or a shape such as (1, 28, 28), got ()")
+        return shape
+    return (positive_int("input_dim", input_dim),)
 
 
 def kl_weight(beta: float | torch.Tensor):
@@ -81,10 +94,12 @@ class VAE(PyroModule):
     """A variational autoencoder with a selectable likelihood and prior.
 
     Args:
-        input_dim: number of features of one data point (flatten images first).
+        input_dim: number of features of one data point, or its shape, e.g. ``(1, 28, 28)``
+            (``input_shape``; ``input_dim`` is then the number of features, the product).
         latent_dim: dimension of ``z``.
-        hidden: hidden layer widths of both networks; ``()`` gives linear maps, and
-            with ``likelihood="gaussian_shared"`` and the standard normal prior the
+        hidden: hidden layer widths of both built-in networks (default: the network's own,
+            :data:`pyro_vae.networks.NETWORKS`); ``()`` with ``network="mlp"`` gives linear
+            maps, and with ``likelihood="gaussian_shared"`` and the standard normal prior the
             model is exactly factor analysis.
         likelihood: a name from :func:`pyro_vae.likelihoods.names`, a
             :class:`~pyro_vae.likelihoods.Likelihood` instance, or ``"auto"`` to choose
@@ -93,24 +108,39 @@ class VAE(PyroModule):
             :class:`~pyro_vae.priors.Prior` instance.
         activation: hidden-layer nonlinearity.
         encoder_min_scale: floor of the encoder's posterior scale.
+        network: the built-in networks, ``"mlp"``, ``"conv"`` (28x28 or 32x32 images) or
+            ``"gated"`` (gated dense layers).
+        encoder, decoder: your own ``nn.Module`` s instead (both): the encoder maps
+            ``(B, *input_shape)`` to ``(B, 2 * latent_dim)`` (location, unconstrained scale)
+            or to a pair ``(loc, scale)``; the decoder maps ``(B, latent_dim)`` to
+            ``(B, num_params, *input_shape)``, ``num_params`` being the likelihood's
+            (``pyro_vae.likelihoods.create(name).num_params``). Both are checked by one
+            forward pass here. Such a VAE is saved with ``"network": "custom"`` and loads
+            with ``VAE.load(directory, encoder=..., decoder=...)``.
     """
 
     def __init__(
         self,
-        input_dim: int,
+        input_dim: int | Sequence[int],
         latent_dim: int,
-        hidden: Sequence[int] = (256, 256),
+        hidden: Sequence[int] | None = None,
         likelihood: str | likelihoods.Likelihood | dict = "auto",
         prior: str | priors.Prior | dict = "standard_normal",
         activation: str = "relu",
         encoder_min_scale: float = 1e-4,
+        network: str = "mlp",
+        encoder: torch.nn.Module | None = None,
+        decoder: torch.nn.Module | None = None,
+        input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        self.input_dim = positive_int("input_dim", input_dim)
+        self.input_shape = input_shape_of(input_dim if input_shape is None else input_shape)
+        self.input_dim = math.prod(self.input_shape)
+        if input_shape is not None and isinstance(input_dim, int) and input_dim != self.input_dim:
+            raise ConfigError(f"input_dim {input_dim} is not the size of input_shape {tuple(input_shape)}")
         self.latent_dim = positive_int("latent_dim", latent_dim)
-        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
-            raise ConfigError(f"hidden must be a sequence of layer widths such as (256, 256), got {hidden!r}")
-        self.hidden = tuple(positive_int("hidden layer width", h) for h in hidden)
+        self.network = self._network_name(network, encoder, decoder, likelihood)
+        self.hidden = self._widths(hidden)
         if activation not in ACTIVATIONS:
             raise ConfigError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         self.activation = activation
@@ -119,9 +149,15 @@ class VAE(PyroModule):
         ):
             raise ConfigError(f"encoder_min_scale must be a positive number, got {encoder_min_scale!r}")
         self.encoder_min_scale = float(encoder_min_scale)
-        self.encoder = GaussianEncoder(input_dim, latent_dim, self.hidden, activation, encoder_min_scale)
+        if encoder is None:
+            encoder = nets.network(self.network).encoder(
+                self.input_shape, self.latent_dim, self.hidden, activation
+            )
+        self.__dict__["_decoder_net"] = decoder  # registered once, as decoder.net, when the likelihood is set
+        self.encoder = GaussianEncoder(encoder, self.latent_dim, self.input_shape, self.encoder_min_scale)
+        self.encoder.check()
         self.prior = priors.create(prior)
-        self.prior.setup(latent_dim, input_dim, self.encoder)
+        self.prior.setup(self.latent_dim, self.input_dim, self.encoder)
         self.fitted = False  # set by fit(); data-dependent initialisation happens only once
         # With "auto", the likelihood and the decoder wait for data (resolve_likelihood, the
         # one place that chooses); until then both are a placeholder that explains itself.
@@ -130,17 +166,57 @@ class VAE(PyroModule):
         if not (isinstance(likelihood, str) and likelihood == "auto"):
             self._set_likelihood(likelihoods.create(likelihood))
 
+    @staticmethod
+    def _network_name(network: str, encoder, decoder, likelihood) -> str:
+        if (encoder is None) != (decoder is None):
+            raise ConfigError("pass both encoder= and decoder= (your own modules), or neither (network=...)")
+        if encoder is None:
+            nets.network(network)  # a clear error for an unknown name
+            return network
+        for role, module in (("encoder", encoder), ("decoder", decoder)):
+            if not isinstance(module, torch.nn.Module):
+                raise ConfigError(f"{role} must be a torch.nn.Module, got {type(module).__name__}")
+        if isinstance(likelihood, str) and likelihood == "auto":
+            raise ConfigError(
+                "a custom decoder needs a named likelihood (its num_params fixes the decoder's output "
+                "shape), not 'auto': e.g. likelihood='bernoulli', whose num_params is "
+                "pyro_vae.likelihoods.create('bernoulli').num_params"
+            )
+        return CUSTOM
+
+    def _widths(self, hidden: Sequence[int] | None) -> tuple[int, ...]:
+        if hidden is None:
+            return nets.NETWORKS[self.network].default_hidden if self.network != CUSTOM else ()
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+            raise ConfigError(f"hidden must be a sequence of layer widths such as (256, 256), got {hidden!r}")
+        return tuple(positive_int("hidden layer width", h) for h in hidden)
+
     # ------------------------------------------------------------------ likelihood
 
+    @property
+    def _likelihood_shape(self) -> int | tuple[int, ...]:
+        """What ``Likelihood.setup`` gets: the number of features for vectors, else the shape."""
+        return self.input_dim if len(self.input_shape) == 1 else self.input_shape
+
+    @property
+    def device(self) -> torch.device:
+        return nets._device_of(self.encoder)
+
     def _set_likelihood(self, likelihood: likelihoods.Likelihood) -> None:
-        likelihood.setup(self.input_dim)
+        likelihood.setup(self._likelihood_shape)
+        net = self._decoder_net
+        if net is None:
+            build = nets.network(self.network).decoder
+            net = build(
+                self.input_shape, self.latent_dim, self.hidden, likelihood.num_params, self.activation
+            )
+        decoder = Decoder(net, self.latent_dim, self.input_shape, likelihood.num_params)
+        device = self.device
+        decoder.to(device)
+        decoder.check()
         self.likelihood = likelihood
-        self.decoder = Decoder(
-            self.latent_dim, self.input_dim, self.hidden, likelihood.num_params, self.activation
-        )
-        device = self.encoder.net[0].weight.device
+        self.decoder = decoder
         self.likelihood.to(device)
-        self.decoder.to(device)
 
     @property
     def is_resolved(self) -> bool:
@@ -170,9 +246,9 @@ class VAE(PyroModule):
             for module in self.modules():
                 if module is not self and callable(getattr(module, "reset_parameters", None)):
                     module.reset_parameters()
-            device = self.encoder.net[0].weight.device
+            device = self.device
             self.prior.setup(self.latent_dim, self.input_dim, self.encoder)
-            self.likelihood.setup(self.input_dim)
+            self.likelihood.setup(self._likelihood_shape)
             self.prior.to(device)
             self.likelihood.to(device)
 
@@ -180,13 +256,16 @@ class VAE(PyroModule):
 
     def model(self, x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> None:
         r""":math:`p(z)\,p_\theta(x \mid z)`, with the latent site scaled by ``beta``."""
+        x = self.shaped(x)
         with pyro.plate("data", x.shape[0], dim=-1):
             with kl_weight(beta):
                 z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.likelihood.observation(self.decoder(z), x).to_event(1), obs=x)
+            observation = self.likelihood.observation(self.decoder(z), x)
+            pyro.sample("x", observation.to_event(len(self.input_shape)), obs=x)
 
     def guide(self, x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> None:
         r""":math:`q_\phi(z \mid x)`, with the latent site scaled by ``beta``."""
+        x = self.shaped(x)
         with pyro.plate("data", x.shape[0], dim=-1):
             loc, scale = self.encoder(x)
             with kl_weight(beta):
@@ -194,15 +273,32 @@ class VAE(PyroModule):
 
     # ------------------------------------------------------------------ user-facing maps
 
+    def accepts_shape(self, shape: Sequence[int]) -> bool:
+        """Whether a batch of this shape is data for this VAE: ``(n, *input_shape)``, or for
+        images also ``(n, input_dim)`` (flattened) and ``(n, H, W)`` for ``input_shape=(1, H, W)``."""
+        shape, own = tuple(shape[1:]), self.input_shape
+        if len(own) == 1:
+            return shape == own
+        return shape in (own, (self.input_dim,), tuple(d for d in own if d != 1))
+
+    def shaped(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as ``(n, *input_shape)`` (a view; flattened images regain their shape)."""
+        if tuple(x.shape[1:]) == self.input_shape:
+            return x
+        return x.reshape(x.shape[0], *self.input_shape)
+
     def check_data(self, x: torch.Tensor, *, support: bool = True, finite: bool = True) -> None:
-        """Raise ``ValueError`` unless ``x`` is a finite ``(n, input_dim)`` batch in the likelihood's support."""
+        """Raise ``ValueError`` unless ``x`` is a finite ``(n, *input_shape)`` batch in the likelihood's support."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 2 or x.shape[1] != self.input_dim:
-            raise DataError(
-                f"expected data of shape (n, {self.input_dim}), got {tuple(x.shape)}; "
-                "flatten images to vectors first"
+        if x.dim() < 2 or not self.accepts_shape(x.shape):
+            shape = ", ".join(map(str, self.input_shape))
+            hint = (
+                "flatten images to vectors first, or build the VAE with input_dim=<the image shape>"
+                if len(self.input_shape) == 1
+                else f"images of shape ({shape}) or flattened to {self.input_dim} features"
             )
+            raise DataError(f"expected data of shape (n, {shape}), got {tuple(x.shape)}; {hint}")
         # One reduction first (a finite sum means finite entries); the full check only on failure.
         if finite and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
             n = int((~torch.isfinite(x)).sum())
@@ -213,13 +309,13 @@ class VAE(PyroModule):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior's mean and standard deviation, each ``(n, latent_dim)``."""
         self.check_data(x, support=False)
-        return self.encoder(x)
+        return self.encoder(self.shaped(x))
 
     def decode(self, z: torch.Tensor) -> dist.Distribution:
-        """:math:`p_\\theta(x \\mid z)` with event shape ``(input_dim,)``."""
+        """:math:`p_\\theta(x \\mid z)` with event shape ``input_shape``."""
         if z.shape[-1] != self.latent_dim:
             raise ValueError(f"expected codes with last dimension {self.latent_dim}, got {tuple(z.shape)}")
-        return self.likelihood(self.decoder(z)).to_event(1)
+        return self.likelihood(self.decoder(z)).to_event(len(self.input_shape))
 
     def data_mean(self, d: dist.Distribution) -> torch.Tensor:
         """The mean of a distribution returned by :meth:`decode`."""
@@ -243,8 +339,11 @@ class VAE(PyroModule):
 
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this model (not its weights), as JSON-ready data."""
-        return {
-            "input_dim": self.input_dim,
+        config: dict[str, Any] = {"input_dim": self.input_dim}
+        if len(self.input_shape) > 1:
+            config["input_shape"] = list(self.input_shape)
+        return config | {
+            "network": self.network,
             "latent_dim": self.latent_dim,
             "hidden": list(self.hidden),
             "likelihood": self.likelihood.spec(),
@@ -254,8 +353,37 @@ class VAE(PyroModule):
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> VAE:
+    def from_config(
+        cls,
+        config: dict[str, Any],
+        *,
+        encoder: torch.nn.Module | None = None,
+        decoder: torch.nn.Module | None = None,
+    ) -> VAE:
+        """The VAE that ``config`` (from :meth:`config`) describes; a ``"custom"`` network
+        needs the ``encoder`` and ``decoder`` modules, the built-ins are rebuilt by name."""
+        cls.check_modules(config, encoder, decoder)
+        config = dict(config)
+        if config.get("network") == CUSTOM:
+            del config["network"]
+            return cls(**config, encoder=encoder, decoder=decoder)
         return cls(**config)
+
+    @staticmethod
+    def check_modules(config: dict[str, Any], encoder, decoder) -> None:
+        """A :class:`~pyro_vae.errors.ConfigError` unless the modules suit the saved network:
+        both for ``"custom"``, none for a built-in one (rebuilt from the config)."""
+        if config.get("network") == CUSTOM:
+            if encoder is None or decoder is None:
+                raise ConfigError(
+                    "this VAE was built from your own encoder and decoder modules (network 'custom'): "
+                    "pass them again, VAE.load(directory, encoder=..., decoder=...)"
+                )
+        elif encoder is not None or decoder is not None:
+            raise ConfigError(
+                f"this VAE uses the built-in network {config.get('network', 'mlp')!r}, rebuilt from its "
+                "config: do not pass encoder= or decoder="
+            )
 
     def save(
         self,
@@ -286,9 +414,19 @@ class VAE(PyroModule):
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> VAE:
+    def load(
+        cls,
+        directory: str | Path,
+        map_location: str | torch.device = "cpu",
+        *,
+        encoder: torch.nn.Module | None = None,
+        decoder: torch.nn.Module | None = None,
+    ) -> VAE:
         """Rebuild a model saved by :meth:`save`.
 
+        A VAE built from your own modules (``"network": "custom"`` in ``config.json``) needs
+        them again as ``encoder=`` and ``decoder=``; their weights come from ``model.pt``, and
+        modules that do not fit those weights are a :class:`~pyro_vae.errors.CheckpointError`.
         The weights load with ``weights_only=True`` (a file never runs code) and must be
         finite; a missing, damaged or mismatched ``config.json`` or ``model.pt`` raises a
         :class:`~pyro_vae.errors.ConfigError` or :class:`~pyro_vae.errors.CheckpointError`
@@ -306,8 +444,13 @@ class VAE(PyroModule):
         payload = read_json(config_path)
         if not isinstance(payload.get("model"), dict):
             raise ConfigError(f"{config_path} has no 'model' section: not written by VAE.save")
+        custom = payload["model"].get("network") == CUSTOM
         try:
-            vae = cls.from_config(payload["model"])
+            cls.check_modules(payload["model"], encoder, decoder)
+        except ConfigError as exc:  # which modules are missing or not wanted
+            raise ConfigError(f"{config_path}: {exc}") from None
+        try:
+            vae = cls.from_config(payload["model"], encoder=encoder, decoder=decoder)
         except (TypeError, ValueError, KeyError) as exc:
             raise ConfigError(
                 f"{config_path}: its 'model' section does not describe a VAE ({exc}); "
@@ -315,6 +458,14 @@ class VAE(PyroModule):
             ) from exc
         weights = directory / WEIGHTS_FILE
         state = load_tensors(weights, what="model weights", map_location=map_location, finite=True)
-        load_state_into(vae, state, weights, config=config_path)
+        try:
+            load_state_into(vae, state, weights, config=config_path)
+        except CheckpointError as exc:
+            if not custom:
+                raise
+            raise CheckpointError(
+                f"the encoder and decoder passed to VAE.load do not fit the weights saved in {weights}: "
+                f"pass modules built as for training ({exc})"
+            ) from None
         vae.fitted = True
         return vae.to(map_location)

@@ -348,13 +348,14 @@ class VampPrior(DiagonalGaussianMixturePrior):
         # Kept outside the module tree: the encoder already belongs to the VAE, and
         # registering it twice would duplicate its weights in the state dict.
         self.__dict__["_encoder"] = encoder
-        self.pseudo_inputs = nn.Parameter(0.5 + self.init_noise * torch.randn(self.num_components, input_dim))
+        shape = getattr(encoder, "input_shape", (input_dim,))  # images: pseudo-images of their shape
+        self.pseudo_inputs = nn.Parameter(0.5 + self.init_noise * torch.randn(self.num_components, *shape))
 
     def initialize(self, x):
         idx = torch.randperm(x.shape[0])[: self.num_components]
         if idx.numel() < self.num_components:
             idx = idx[torch.randint(idx.numel(), (self.num_components,))]
-        init = x[idx].to(self.pseudo_inputs)
+        init = x[idx].to(self.pseudo_inputs).reshape(self.pseudo_inputs.shape)
         with torch.no_grad():
             self.pseudo_inputs.copy_(init + self.init_noise * torch.randn_like(init))
 

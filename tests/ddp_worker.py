@@ -11,15 +11,27 @@ import torch
 
 import pyro_vae
 from pyro_vae import distributed
+from pyro_vae.objectives import ELBOLoss, make_elbo
+from pyro_vae.training import TrainConfig, _objective
+
+# z = loc + 1e-15 * eps equals the encoder mean in float32 wherever |loc| > 1e-7, and the
+# variance 1e-30 is still a normal float32 (1e-30 ** 2 would underflow to 0 and give NaN)
+NOISE_FREE_SCALE = 1e-15
 
 
 def mean_guide(vae):
-    """A noise-free guide (z = encoder mean), so runs can be compared number for number."""
+    """A noise-free guide (z = encoder mean), so runs can be compared number for number.
+
+    A Normal of scale 1e-15 rather than a ``Delta``: the validation ELBO that ``fit`` scores
+    after each epoch reads the guide's location and scale (a Delta has neither), and
+    log q(z|x) = -eps**2 / 2 - log(1e-15) - log(2 pi) / 2 does not depend on the weights, so
+    the gradients are those of z = loc.
+    """
 
     def guide(x, beta=1.0):
         with pyro.plate("data", x.shape[0]):
-            loc, _ = vae.encoder(x)
-            pyro.sample("z", dist.Delta(loc).to_event(1))
+            loc, _ = vae.encoder(vae.shaped(x))
+            pyro.sample("z", dist.Normal(loc, torch.full_like(loc, NOISE_FREE_SCALE)).to_event(1))
 
     return guide
 
@@ -72,10 +84,56 @@ def every_choice(out: str) -> None:
         torch.save({"checked": checked}, out)
 
 
+def gradient_problems():
+    """(name, 16 data points, a VAE) built identically in every process, for the one-step test."""
+    x, vae = make_problem("standard_normal")
+    yield "mlp", x[:16], vae
+    g = torch.Generator().manual_seed(3)
+    images = 0.05 + 0.9 * torch.rand(16, 1, 28, 28, generator=g)
+    torch.manual_seed(4)
+    yield "conv", images, pyro_vae.VAE((1, 28, 28), 3, network="conv", likelihood="beta")
+
+
+def flat_gradients(vae) -> torch.Tensor:
+    return torch.cat(
+        [(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in vae.parameters()]
+    )
+
+
+def local_gradients(vae, x) -> torch.Tensor:
+    """The gradient of the objective ``fit`` uses (-ELBO per point, noise-free guide) on ``x`` alone."""
+    vae.zero_grad(set_to_none=True)
+    ELBOLoss(vae, make_elbo("elbo", 1))(x).backward()
+    grads = flat_gradients(vae)
+    vae.zero_grad(set_to_none=True)
+    return grads
+
+
+def one_step_gradients(out: str) -> None:
+    """Each process: the gradient of its 8 points alone, and the one DDP leaves after a single
+    backward through the objective ``fit`` builds (no optimizer step); process 0 saves both."""
+    ctx = distributed.setup("cpu")
+    result = {}
+    for name, x, vae in gradient_problems():
+        vae.guide = mean_guide(vae)
+        share = torch.tensor_split(x, ctx.world_size)[ctx.rank]
+        local = local_gradients(vae, share)
+        objective = _objective(vae, TrainConfig(), ctx, torch.device("cpu"))
+        objective(share, 1.0).backward()  # DistributedDataParallel reduces the gradients here
+        gathered = [torch.empty_like(local) for _ in range(ctx.world_size)]
+        torch.distributed.all_gather(gathered, local)
+        result[name] = {"ddp": flat_gradients(vae), "local": torch.stack(gathered)}
+    if ctx.is_main:
+        torch.save(result, out)
+
+
 if __name__ == "__main__":
     out, prior = sys.argv[1], sys.argv[2]
     if prior == "every_choice":
         every_choice(out)
+        distributed.exit_process(0)
+    if prior == "gradients":
+        one_step_gradients(out)
         distributed.exit_process(0)
     x, vae = make_problem(prior)
     train(vae, x, batch_size=8, distributed_run=True)

@@ -178,11 +178,28 @@ def test_likelihoods_quick(shared_data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_networks_quick(shared_data_dir, tmp_path):
+    if not (shared_data_dir / "mnist.npz").is_file():
+        pytest.skip("no mnist.npz in PYRO_VAE_DATA")
+    result, stdout = run_quick("networks.py", shared_data_dir, tmp_path, "--likelihoods", "beta,laplace")
+    assert_provenance(result, "networks.py")
+    assert set(result["runs"]) == {"beta", "laplace"}
+    for name, runs in result["runs"].items():
+        assert set(runs) == {"mlp", "conv"}
+        for network, e in runs.items():
+            assert "error" not in e, f"{network}/{name}: {e.get('error')}"
+            assert e["network"] == network
+            assert_finite(e, "test.bits_per_dim", "training.training_seconds", "parameters", positive=True)
+    assert_finite(result, "speed.fit_epochs_per_second", "speed.plain_epochs_per_second", positive=True)
+    assert "plain loop" in stdout
+
+
+@pytest.mark.slow
 def test_mnist_nll_quick(shared_data_dir, tmp_path):
     result, _ = run_quick("mnist_nll.py", shared_data_dir, tmp_path)
     assert_provenance(result, "mnist_nll.py")
     configs = result["configs"]
-    assert set(configs) == {"standard", "mixture", "vamp", "iwae"}
+    assert set(configs) == {"standard", "mixture", "vamp", "iwae", "gated"}
     for name, e in configs.items():
         assert "error" not in e, f"{name}: {e.get('error')}"
         assert_finite(e, "test.nll", "test.nll_se", "test.elbo", "test.kl", "evaluation_seconds")
@@ -193,6 +210,13 @@ def test_mnist_nll_quick(shared_data_dir, tmp_path):
         assert "source" in e["reference"]
     assert configs["iwae"]["settings"]["num_particles"] == 50
     assert configs["vamp"]["settings"]["prior"]["name"] == "vamp"
+    gated = configs["gated"]["settings"]
+    assert (
+        gated["network"] == "gated"
+        and gated["hidden"] == [300, 300]
+        and gated["prior"]["name"] == "standard_normal"
+    )
+    assert configs["gated"]["target_check"]["target"] == "NLL <= 88.56"
     assert not any(tmp_path.glob("**/model.pt")), "quick runs keep no models"
 
 

@@ -80,6 +80,11 @@ def test_fake_mnist_files_by_argument_and_environment(tmp_path, monkeypatch):
     np.testing.assert_array_equal(grey.preprocessing.inverse(grey.test).numpy(), raw)
     plain = data.load_mnist(dequantize=False)
     assert plain.train.max() <= 1 and plain.preprocessing.is_identity
+    # images=True: each point a (1, 28, 28) image, the same numbers
+    images = data.load_mnist(images=True)
+    assert images.train.shape == (30, 1, 28, 28) and images.num_features == 784
+    np.testing.assert_array_equal(images.preprocessing.inverse(images.test).reshape(8, -1).numpy(), raw)
+    assert data.load_binarized_mnist(tmp_path, images=True).test.shape == (8, 1, 28, 28)
 
 
 def test_missing_data_directory_and_files(tmp_path, monkeypatch):
@@ -131,8 +136,8 @@ def test_bad_csv_files(tmp_path, content, match):
 
 
 def test_bad_arrays_and_options():
-    with pytest.raises(ValueError, match="2-D"):
-        data.load_array(np.zeros((10, 2, 2)))
+    with pytest.raises(ValueError, match=r"\(n, features\), \(n, H, W\) or \(n, C, H, W\)"):
+        data.load_array(np.zeros((10, 2, 2, 2, 2)))
     with pytest.raises(ValueError, match="labels"):
         data.load_array(np.zeros((10, 2)), labels=np.zeros(3))
     with pytest.raises(ValueError, match="integer data"):
@@ -279,3 +284,21 @@ def test_readme_snippet_scores_dequantized_digits_per_raw_grey_level():
         evaluate(vae, splits.test, split="test", num_samples=20)
     with pytest.raises(ConfigError, match="unknown split"):
         evaluate(vae, splits, split="tests", num_samples=20)
+
+
+def test_image_arrays_stay_images_and_preprocessing_keeps_their_shape():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, size=(20, 1, 6, 6)).astype(float)
+    splits = data.load_array(x, dequantize_levels=4, standardize=True)
+    assert splits.train.shape[1:] == (1, 6, 6) and splits.image_shape == (1, 6, 6)
+    assert splits.num_features == 36
+    raw = splits.preprocessing.inverse(splits.train)
+    assert raw.shape[1:] == (1, 6, 6) and set(raw.unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}
+    grey = data.load_array(rng.random((20, 5, 5)))
+    assert grey.train.shape[1:] == (1, 5, 5) and grey.image_shape == (5, 5)
+    flat = data.load_digits().as_images()
+    assert flat.train.shape[1:] == (1, 8, 8) and flat.num_features == 64
+    with pytest.raises(ValueError, match="no images"):
+        data.load_array(rng.random((20, 3))).as_images()
+    colour = data.tile_images(rng.random((4, 3, 5, 5)), (3, 5, 5), rows=2)
+    assert colour.shape == (11, 11, 3)

@@ -15,7 +15,7 @@ import torch
 import pyro_vae
 from pyro_vae import VAE
 from pyro_vae.training import TRAINING_STATE_FILE
-from tests.ddp_worker import make_problem, train
+from tests.ddp_worker import gradient_problems, local_gradients, make_problem, mean_guide, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -59,6 +59,34 @@ def test_two_processes_follow_one_process_with_twice_the_batch(tmp_path, prior):
     torch.testing.assert_close(ddp["alone"], alone, rtol=1e-4, atol=1e-4)
 
 
+def test_one_step_gradients_of_two_processes_are_the_average_as_one_process_would_compute(tmp_path):
+    """2 processes x 8 points against 1 process x 16, after one backward and before any step.
+
+    The Adam-based test above cannot tell averaging from summing: Adam's update m / sqrt(v)
+    is invariant to a constant factor on the gradients. Here the gradients themselves are
+    compared. With a noise-free guide the objective is deterministic, so the only differences
+    are float32 rounding in the order of summation (two means of 8 averaged vs one mean of
+    16, plus the all-reduce): relative errors of order 1e-7 per term, far below rtol=1e-4;
+    atol=1e-6 covers entries that nearly cancel (the median entry is ~2e-3, the largest 0.2
+    for the MLP and 124 for the conv VAE). A sum would be twice the average, a relative
+    difference of 1, ten thousand times the tolerance; the test checks that it would be caught.
+    """
+    out = tmp_path / "grads.pt"
+    run([*TORCHRUN, "--nproc_per_node=2", str(ROOT / "tests" / "ddp_worker.py"), str(out), "gradients"])
+    ddp = torch.load(out, weights_only=True)
+    for name, x, vae in gradient_problems():
+        vae.guide = mean_guide(vae)
+        single = local_gradients(vae, x)  # one process, all 16 points
+        assert single.abs().max() > 1e-3, name  # there is a gradient to compare
+        got, local = ddp[name]["ddp"], ddp[name]["local"]
+        torch.testing.assert_close(got, single, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(local.mean(0), single, rtol=1e-4, atol=1e-6)
+        assert not torch.allclose(local[0], local[1], rtol=1e-4, atol=1e-6)  # the halves differ
+        summed = local.sum(0)  # what DDP would leave if it summed instead of averaging
+        assert not torch.allclose(summed, single, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(summed, 2 * single, rtol=1e-4, atol=1e-6)
+
+
 def test_every_likelihood_and_prior_trains_in_sync(tmp_path):
     out = tmp_path / "checked.pt"
     run([*TORCHRUN, "--nproc_per_node=2", str(ROOT / "tests" / "ddp_worker.py"), str(out), "every_choice"])
@@ -86,6 +114,7 @@ def free_port() -> int:
 
 def test_a_killed_process_stops_the_other_with_a_clear_error_and_resume_continues(tmp_path):
     out = tmp_path / "run"
+    partial = tmp_path / ".run.partial"  # a run trains there until it has succeeded
     port = free_port()
     args = [sys.executable, "-m", "pyro_vae", "train", "--out", str(out), "--no-progress", "--hidden", "32"]
     args += ["--epochs", "100000", "--patience", "0", "--eval-samples", "10", "--ddp-timeout", "30"]
@@ -98,7 +127,6 @@ def test_a_killed_process_stops_the_other_with_a_clear_error_and_resume_continue
                 args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
         )
-    partial = tmp_path / ".run.partial"  # a run trains here and moves to --out when it succeeds
     try:
         deadline = time.monotonic() + 120
         while not (partial / TRAINING_STATE_FILE).exists():

@@ -78,3 +78,14 @@ def test_arviz_diagnostics_example_runs(tmp_path):
     assert abs(np.mean(psis.log_px_is) - result["metrics"]["log_likelihood"]) < 1e-4
     assert nuts.index[0] == psis.worst(1)[0]["index"]
     assert np.isfinite(nuts.r_hat).all() and np.isfinite(nuts.amortization_gap).all()
+
+
+def test_custom_networks_example_runs_quick_into_its_out_folder(tmp_path):
+    before = committed_files(ROOT / "examples")
+    result = load(ROOT / "examples" / "custom_networks.py").main(["--quick", "--out", str(tmp_path)])
+    assert committed_files(ROOT / "examples") == before
+    metrics, reloaded = result["metrics"], result["reloaded"]
+    assert metrics["log_likelihood"] >= metrics["elbo"]
+    assert reloaded["log_likelihood"] == pytest.approx(metrics["log_likelihood"], abs=1e-4)
+    assert {"reconstructions.png", "samples.png", "model"} <= {p.name for p in tmp_path.iterdir()}
+    assert (tmp_path / "model" / "config.json").is_file() and len(result["history"]) == 2

@@ -46,7 +46,7 @@ from matplotlib.figure import Figure
 from pyro_vae import priors as prior_registry
 from pyro_vae.app import plotting
 from pyro_vae.app.config import RunConfig
-from pyro_vae.app.run import build_vae, load_data, read_pointwise, train_run
+from pyro_vae.app.run import build_vae, input_shape, load_data, read_pointwise, train_run
 from pyro_vae.data import DataSplits
 from pyro_vae.io import atomic_write_text, save_figure
 from pyro_vae.model import VAE
@@ -266,7 +266,7 @@ def _check_shared_settings(cfg: RunConfig, splits: DataSplits, first: PriorEntry
     t = cfg.validate().train
     splits.split(cfg.eval.split)
     probe = cfg.replace("model", prior=first.spec["name"], prior_options=first.spec["options"])
-    vae = build_vae(probe, splits.num_features)  # latent size, widths, likelihood, activation
+    vae = build_vae(probe, input_shape(probe, splits))  # latent size, widths, likelihood, activation
     name, reason = vae.resolve_likelihood(splits.train)
     vae.check_data(splits.train)
     # One throw-away step: the first training in a process pays one-off start-up costs
@@ -315,7 +315,7 @@ def compare_priors(
     echo(f"compare {len(entries)} priors on {splits.summary()}")
     echo(
         f"        likelihood {likelihood}; latent {base_config.model.latent_dim}, hidden "
-        f"{list(base_config.model.hidden)}; seed {t.seed}; {_budget_text(base_config)}"
+        f"{base_config.model.widths()}; seed {t.seed}; {_budget_text(base_config)}"
     )
     result = ComparisonResult(out, base_config, [], summary)
     views: list[_Views | None] = []
@@ -469,7 +469,8 @@ def _summary(
         "likelihood": likelihood,
         "networks": {
             "latent_dim": cfg.model.latent_dim,
-            "hidden": list(cfg.model.hidden),
+            "network": cfg.model.network,
+            "hidden": cfg.model.widths(),
             "activation": cfg.model.activation,
         },
         "budget": {
@@ -652,7 +653,9 @@ def _views(run_dir: Path, splits: DataSplits, seed: int, kl_per_dim: list[float]
     vae.eval()
     x, _ = splits.split("test")
     torch.manual_seed(seed)
-    samples = splits.preprocessing.inverse(vae.sample(64 if splits.image_shape else 2000, mean=True))
+    samples = splits.preprocessing.inverse(
+        vae.sample(64 if splits.image_shape else 2000, mean=True).flatten(1)
+    )
     loc, scale = vae.encode(x)
     density = _density_grid(vae, loc, scale, seed) if vae.latent_dim == 2 else None
     return _Views(samples.numpy(), loc, scale, kl_per_dim, density)

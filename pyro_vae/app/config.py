@@ -16,7 +16,7 @@ from typing import Any
 from pyro_vae import likelihoods, priors
 from pyro_vae.data import DATASETS
 from pyro_vae.errors import ConfigError
-from pyro_vae.networks import ACTIVATIONS
+from pyro_vae.networks import ACTIVATIONS, NETWORKS
 from pyro_vae.objectives import make_elbo
 from pyro_vae.settings import Settings, at_least, each_positive, setting
 from pyro_vae.training import TrainConfig
@@ -29,10 +29,16 @@ class ModelConfig(Settings):
     SECTION = "model"
 
     latent_dim: int = setting(8, "dimension of the latent code z", check=at_least(1))
-    hidden: list[int] = setting(
-        [256, 256],
-        "hidden layer widths of both networks ('linear' on the command line: none)",
-        check=each_positive,
+    network: str = setting(
+        "mlp",
+        "the encoder and decoder: mlp (dense), conv (28x28 or 32x32 images) or gated (gated dense)",
+        choices=lambda: sorted(NETWORKS),
+    )
+    hidden: list[int] | None = setting(
+        None,
+        "hidden layer widths of both networks (null: the network's own, mlp 256,256, conv none, "
+        "gated 300,300; 'linear' on the command line: no hidden layer)",
+        check=lambda v: None if v is None else each_positive(v),
     )
     likelihood: str = setting(
         "auto",
@@ -43,6 +49,10 @@ class ModelConfig(Settings):
     prior: str = setting("standard_normal", "the prior p(z)", choices=lambda: priors.names())
     prior_options: dict = setting({}, 'options of the prior, e.g. {"num_components": 20}')
     activation: str = setting("relu", "hidden-layer nonlinearity", choices=lambda: sorted(ACTIVATIONS))
+
+    def widths(self) -> list[int]:
+        """``hidden``, or the network's default widths when it is not set."""
+        return list(NETWORKS[self.network].default_hidden if self.hidden is None else self.hidden)
 
 
 @dataclass

@@ -38,7 +38,19 @@ def load_data(cfg: RunConfig) -> data_module.DataSplits:
     return data_module.load_dataset(settings.pop("dataset"), **settings)
 
 
-def build_vae(cfg: RunConfig, num_features: int) -> VAE:
+def input_shape(cfg: RunConfig, splits: data_module.DataSplits) -> int | tuple[int, ...]:
+    """What the VAE of a run sees: the data's own shape when they are images ``(n, C, H, W)``;
+    for flattened images (MNIST, digits) the image shape, channels first, with ``conv`` and
+    the number of features with ``mlp`` and ``gated``."""
+    if splits.train.dim() > 2:
+        return tuple(splits.train.shape[1:])
+    shape = splits.image_shape
+    if cfg.model.network != "conv" or shape is None:
+        return splits.num_features
+    return (1, *shape) if len(shape) == 2 else tuple(shape)
+
+
+def build_vae(cfg: RunConfig, num_features: int | tuple[int, ...]) -> VAE:
     m = cfg.model
     likelihood = m.likelihood
     if likelihood != "auto":
@@ -46,10 +58,11 @@ def build_vae(cfg: RunConfig, num_features: int) -> VAE:
     return VAE(
         num_features,
         m.latent_dim,
-        hidden=tuple(m.hidden),
+        hidden=m.widths(),
         likelihood=likelihood,
         prior={"name": m.prior, "options": m.prior_options},
         activation=m.activation,
+        network=m.network,
     )
 
 
@@ -106,11 +119,13 @@ def write_figures(
         figures = {
             "reconstructions.png": plotting.plot_reconstructions(
                 splits.preprocessing.inverse(x[:16]),
-                splits.preprocessing.inverse(vae.reconstruct(x[:16])),
+                splits.preprocessing.inverse(vae.reconstruct(x[:16]).flatten(1)),
                 splits.image_shape,
             ),
             "samples.png": plotting.plot_samples(
-                splits.preprocessing.inverse(vae.sample(64 if splits.image_shape else 2000, mean=True)),
+                splits.preprocessing.inverse(
+                    vae.sample(64 if splits.image_shape else 2000, mean=True).flatten(1)
+                ),
                 splits.image_shape,
                 data=splits.preprocessing.inverse(x),
             ),
@@ -214,7 +229,7 @@ def _prepared_vae(cfg: RunConfig, splits: data_module.DataSplits, rundir: RunDir
         load_tensors(rundir.source / TRAINING_STATE_FILE, what="training state", finite=True)
         echo(f"resume  from {rundir.source}/{TRAINING_STATE_FILE}")
     else:
-        vae = build_vae(cfg, splits.num_features)
+        vae = build_vae(cfg, input_shape(cfg, splits))
         name, reason = vae.resolve_likelihood(splits.train)
         if reason is not None:
             echo(f"model   likelihood 'auto' -> {name!r} ({reason})")
@@ -234,7 +249,7 @@ def _describe(cfg: RunConfig, vae: VAE, ctx, distributed: bool, echo) -> None:
         echo(f"ddp     {ctx.world_size} processes, {backend}, batch {t.batch_size} each")
     echo(
         f"model   likelihood {vae.likelihood.name}, prior {vae.prior.name}, latent {vae.latent_dim}, "
-        f"hidden {list(vae.hidden)}; loss {t.loss} x{t.num_particles}, beta {t.beta.end}"
+        f"network {vae.network}, hidden {list(vae.hidden)}; loss {t.loss} x{t.num_particles}, beta {t.beta.end}"
         + (f" (warm-up {t.beta.warmup_epochs} epochs)" if t.beta.warmup_epochs else "")
     )
 

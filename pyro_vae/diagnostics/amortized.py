@@ -75,12 +75,12 @@ def _posterior_batches(
                 if keep_z:
                     parts["z"].append(z)
             out = {k: torch.cat(v).cpu().numpy() for k, v in parts.items() if v}
-            out["x"] = x.cpu().numpy()
+            out["x"] = x.reshape(x.shape[0], -1).cpu().numpy()  # images: their pixels as features
             if keep_z and num_predictive > 0:
                 z = torch.cat(parts["z"])[:num_predictive]
                 with _fork(device):
                     torch.manual_seed(seed + 1 + batch)
-                    out["x_pred"] = vae.decode(z).sample().cpu().numpy()
+                    out["x_pred"] = vae.decode(z).sample().flatten(2).cpu().numpy()
             bar.update(x.shape[0])
             yield out
         bar.close()
@@ -128,7 +128,8 @@ def to_inference_data(
       each ``(chain, draw, obs)``;
     * ``posterior_predictive``: ``x`` ``(chain, draw, obs, feature)``,
       :math:`\tilde x \sim p(x \mid z_k)` for the first ``num_predictive`` draws;
-    * ``observed_data``: ``x`` ``(obs, feature)``;
+    * ``observed_data``: ``x`` ``(obs, feature)`` (an image's pixels are its features, in
+      C order; the ``input_shape`` attribute gives the shape back);
     * ``prior``: ``z`` ``(chain, draw, latent)`` from :math:`p(z)` and ``x``
       ``(chain, draw, feature)`` from :math:`p(x \mid z)` at those draws.
 
@@ -162,8 +163,8 @@ def to_inference_data(
         min(num_samples, DEFAULT_PRIOR_DRAWS) if num_prior is None else positive_int("num_prior", num_prior)
     )
     x = as_tensor(x)  # kept whole anyway, as observed_data
-    if cap_predictive and x.dim() == 2 and x.shape[0] > 0:
-        num_predictive = max(1, min(num_predictive, PREDICTIVE_ELEMENTS // (x.shape[0] * x.shape[1])))
+    if cap_predictive and x.dim() >= 2 and x.numel() > 0:
+        num_predictive = max(1, min(num_predictive, PREDICTIVE_ELEMENTS // x.numel()))
     batches = list(
         _posterior_batches(
             vae,
@@ -188,7 +189,7 @@ def to_inference_data(
     index = _check_index(index, n)
     with torch.no_grad(), sampling(vae, seed + 10_007, _device(vae)):  # prior draws: a stream of their own
         z_prior = vae.prior().sample((num_prior,))
-        x_prior = vae.decode(z_prior).sample()
+        x_prior = vae.decode(z_prior).sample().flatten(1)
     groups = {
         "posterior": {"z": cat("z", 1)[None]},
         "sample_stats": {
@@ -220,6 +221,8 @@ def _model_attrs(vae: VAE, **extra: int | float | str) -> dict[str, int | float 
         "prior": vae.prior.name,
         "latent_dim": vae.latent_dim,
         "input_dim": vae.input_dim,
+        "input_shape": str(tuple(vae.input_shape)),  # "feature" runs over its pixels in C order
+        "network": vae.network,
         **extra,
     }
 

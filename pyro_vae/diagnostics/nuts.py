@@ -326,7 +326,7 @@ def nuts_posterior(
         {
             "posterior": {"z": z_draws},
             "sample_stats": {"diverging": diverging, "lp": lp, "step_size": step_size},
-            "observed_data": {"x": x.cpu().numpy()},
+            "observed_data": {"x": x.reshape(x.shape[0], -1).cpu().numpy()},
             "constant_data": {
                 "q_loc": q_loc,
                 "q_scale": q_scale,
