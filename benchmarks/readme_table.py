@@ -107,6 +107,7 @@ MNIST_WHAT = {
     "vamp": "the same, VampPrior (500 learned pseudo-inputs)",
     "iwae": '`loss="iwae"`, K = 50, standard prior, no warm-up',
     "gated": '`network="gated"` (GatedDense 784-300-300-40, Tomczak & Welling), standard prior, same protocol',
+    "gated_vamp": '`network="gated"`, VampPrior (500 learned pseudo-inputs), same protocol',
 }
 
 

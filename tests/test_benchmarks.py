@@ -199,7 +199,7 @@ def test_mnist_nll_quick(shared_data_dir, tmp_path):
     result, _ = run_quick("mnist_nll.py", shared_data_dir, tmp_path)
     assert_provenance(result, "mnist_nll.py")
     configs = result["configs"]
-    assert set(configs) == {"standard", "mixture", "vamp", "iwae", "gated"}
+    assert set(configs) == {"standard", "mixture", "vamp", "iwae", "gated", "gated_vamp"}
     for name, e in configs.items():
         assert "error" not in e, f"{name}: {e.get('error')}"
         assert_finite(e, "test.nll", "test.nll_se", "test.elbo", "test.kl", "evaluation_seconds")
@@ -217,6 +217,9 @@ def test_mnist_nll_quick(shared_data_dir, tmp_path):
         and gated["prior"]["name"] == "standard_normal"
     )
     assert configs["gated"]["target_check"]["target"] == "NLL <= 88.56"
+    both = configs["gated_vamp"]["settings"]
+    assert both["network"] == "gated" and both["prior"]["name"] == "vamp"
+    assert configs["gated_vamp"]["target_check"]["target"] == "NLL <= 85.57"
     assert not any(tmp_path.glob("**/model.pt")), "quick runs keep no models"
 
 
