@@ -100,15 +100,21 @@ def choose_likelihood(x: torch.Tensor | Iterable[torch.Tensor]) -> tuple[str, st
     return "gaussian", "the data are real-valued"
 
 
+MIN_ROWS_PER_COLUMN = 20
+
+
 def choose_columns(x: torch.Tensor) -> tuple[dict | None, str]:
     """A per-column ``"columns"`` spec for a table ``x`` ``(n, D)`` whose columns are of
     different kinds (say real, binary and counts), else ``None``; with the reason.
 
     Used by ``"auto"`` when the whole table would get a ``gaussian`` or a
     ``negative_binomial``: each column then gets :func:`choose_likelihood`'s choice for it.
-    Tables inside [0, 1] (grey levels) keep one likelihood for all columns.
+    Tables inside [0, 1] (grey levels) keep one likelihood for all columns, and so do tables
+    of fewer than ``MIN_ROWS_PER_COLUMN`` rows (too few values to tell a column's kind).
     """
-    if x.dim() != 2 or choose_likelihood(x)[0] not in ("gaussian", "negative_binomial"):
+    if x.dim() != 2 or x.shape[0] < MIN_ROWS_PER_COLUMN:
+        return None, ""
+    if choose_likelihood(x)[0] not in ("gaussian", "negative_binomial"):
         return None, ""
     chosen = [choose_likelihood(x[:, d])[0] for d in range(x.shape[1])]
     if len(set(chosen)) == 1:
