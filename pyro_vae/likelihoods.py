@@ -573,7 +573,8 @@ class ColumnsDistribution(dist.TorchDistribution):
     def _gather(self, pieces: list[torch.Tensor]) -> torch.Tensor:
         """Per-group tensors ``(..., n_g)`` as one ``(..., D)`` in column order (codes as floats)."""
         pieces = [p if p.is_floating_point() else p.float() for p in pieces]
-        return torch.cat(torch.broadcast_tensors(*pieces), -1)[..., self.order]
+        lead = torch.broadcast_shapes(*(p.shape[:-1] for p in pieces))
+        return torch.cat([p.expand(*lead, p.shape[-1]) for p in pieces], -1)[..., self.order]
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return self._gather([d.log_prob(value[..., idx]) for idx, d in self.parts])

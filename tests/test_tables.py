@@ -305,3 +305,18 @@ def test_cli_on_a_raw_mixed_csv_with_missing_cells_reports_what_it_chose(tmp_pat
     assert config["model"]["likelihood"]["options"]["columns"][2] == "poisson"
     assert config["run"]["data"]["column_likelihoods"] == {"visits": "poisson"}
     assert likelihoods.names().count("columns") == 1
+
+
+def test_groups_of_several_columns_keep_their_places():
+    lik = likelihoods.create(
+        {"name": "columns", "options": {"columns": ["gaussian", "bernoulli", "gaussian", "poisson"]}}
+    )
+    lik.setup(4)
+    params = torch.randn(3, 5, 2, 4)  # (samples, points, num_params, D)
+    d = lik(params)
+    x = torch.tensor([0.5, 1.0, -0.3, 2.0]).expand(5, 4)
+    lp = d.log_prob(x)
+    assert lp.shape == (3, 5, 4) and d.sample().shape == (3, 5, 4)
+    gauss = dist.Normal(params[..., 0, 2], F.softplus(params[..., 1, 2]) + 1e-3).log_prob(x[:, 2])
+    torch.testing.assert_close(lp[..., 2], gauss)
+    torch.testing.assert_close(lp[..., 1], dist.Bernoulli(logits=params[..., 0, 1]).log_prob(x[:, 1]))
