@@ -247,12 +247,17 @@ class Preprocessing:
         return x
 
     def log_abs_det_jacobian(self, num_features: int) -> float:
-        """Per data point; the map is affine, so it is a constant."""
-        ldj = 0.0
+        """Per data point; the map is affine, so it is a constant (the per-feature values' sum)."""
+        return float(self.log_abs_det_jacobian_per_feature(num_features).sum())
+
+    def log_abs_det_jacobian_per_feature(self, num_features: int) -> torch.Tensor:
+        r""":math:`\log|\partial y_d / \partial x_d|` for each feature: they sum to
+        :meth:`log_abs_det_jacobian`; a point with missing cells sums its observed ones."""
+        ldj = torch.zeros(num_features, dtype=torch.float64)
         if self.levels is not None:
-            ldj -= num_features * math.log(self.levels)
+            ldj -= math.log(self.levels)
         if self.std is not None:
-            ldj -= float(np.log(self.std).sum())
+            ldj -= torch.tensor(self.std, dtype=torch.float64).log()
         return ldj
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,9 +274,11 @@ def _per_feature(values: list[float], like: torch.Tensor) -> torch.Tensor:
 
 
 def fit_standardization(x: torch.Tensor, min_std: float = 1e-8) -> tuple[list[float], list[float]]:
-    """Per-feature mean and std of ``x``; constant features keep std 1 rather than 0."""
-    mean = x.mean(0)
-    std = x.std(0)
+    """Per-feature mean and std of ``x`` (over observed cells: NaN is missing); constant
+    features keep std 1 rather than 0."""
+    mean = x.nanmean(0)
+    observed = (~torch.isnan(x)).sum(0).clamp_min(2)
+    std = ((x - mean).nan_to_num().pow(2).sum(0) / (observed - 1)).sqrt()
     std = torch.where(std > min_std, std, torch.ones_like(std))
     return mean.tolist(), std.tolist()
 
@@ -293,6 +300,10 @@ class DataSplits:
     image_shape: tuple[int, ...] | None = None
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     raw_train: torch.Tensor | None = None  # kept when training redraws dequantization noise
+    #: The names of the features (a CSV header's, a DataFrame's), used in figures and reports.
+    feature_names: list[str] | None = None
+    #: For tables: what was chosen for each column and why (:class:`pyro_vae.tables.TableSchema`).
+    columns: Any = None
 
     @property
     def num_features(self) -> int:
@@ -334,18 +345,31 @@ class DataSplits:
         return TensorBatches(self.raw_train, self.preprocessing.forward, seed=seed)
 
     def summary(self) -> str:
-        return (
+        line = (
             f"{self.name}: {self.num_features} features; train {len(self.train)}, "
             f"valid {len(self.valid)}, test {len(self.test)}"
         )
+        missing = [
+            (s, int(torch.isnan(x).sum()), int(torch.isnan(x.flatten(1)).any(1).sum()))
+            for s, x in (("train", self.train), ("valid", self.valid), ("test", self.test))
+        ]
+        if any(cells for _, cells, _ in missing):
+            line += "; missing (NaN) cells " + ", ".join(f"{s} {c} in {r} rows" for s, c, r in missing)
+        return line
+
+    @property
+    def has_missing(self) -> bool:
+        """Whether any split holds a missing (NaN) cell."""
+        return any(bool(torch.isnan(x).any()) for x in (self.train, self.valid, self.test))
 
 
-def evaluation_data(data: Any, split: str | None, log_abs_det_jacobian: float | None) -> tuple[Any, float]:
+def evaluation_data(data: Any, split: str | None, log_abs_det_jacobian: Any) -> tuple[Any, Any]:
     """What ``evaluate`` scores, and the Jacobian ``J`` that puts its density in raw units.
 
     A :class:`DataSplits` gives its ``split`` (default ``"test"``) and its preprocessing's
     ``J``, so dequantized or standardized data are scored per raw unit without the caller
-    passing it; any other data is used as given, with ``J = log_abs_det_jacobian or 0``.
+    passing it (one value per feature, so that points with missing cells count their
+    observed cells alone); any other data is used as given, with ``J = log_abs_det_jacobian or 0``.
     """
     if isinstance(data, DataSplits):
         if log_abs_det_jacobian is not None:
@@ -353,10 +377,16 @@ def evaluation_data(data: Any, split: str | None, log_abs_det_jacobian: float | 
                 "a DataSplits carries its preprocessing's Jacobian: drop log_abs_det_jacobian, "
                 "or pass the tensor (splits.test) with it"
             )
-        return data.split(split or "test")[0], data.log_abs_det_jacobian
+        return data.split(split or "test")[0], data.preprocessing.log_abs_det_jacobian_per_feature(
+            data.num_features
+        )
     if split is not None:
         raise ConfigError(f"split={split!r} needs a DataSplits as the data, got {type(data).__name__}")
-    return data, 0.0 if log_abs_det_jacobian is None else float(log_abs_det_jacobian)
+    if log_abs_det_jacobian is None:
+        return data, 0.0
+    if isinstance(log_abs_det_jacobian, (int, float)):
+        return data, float(log_abs_det_jacobian)
+    return data, torch.as_tensor(log_abs_det_jacobian, dtype=torch.float64).reshape(-1)
 
 
 def integer_labels(y: Any) -> np.ndarray:
@@ -412,8 +442,16 @@ def make_splits(
                 f"{name} {split_name} split must be 2-D (n, features), got shape {tuple(r.shape)}"
             )
         _check_not_empty(r.shape, f"{name} {split_name} split")
-        if not torch.isfinite(r).all():
-            raise DataError(f"{name} {split_name} split contains NaN or infinite values")
+        if torch.isinf(r).any():
+            raise DataError(
+                f"{name} {split_name} split contains {int(torch.isinf(r).sum())} infinite values; "
+                "remove them (NaN marks a missing cell, infinity is an error)"
+            )
+    empty = torch.isnan(raw[0]).all(0).nonzero().reshape(-1).tolist()
+    if empty:
+        raise DataError(
+            f"{name}: feature(s) {empty[:10]} have no observed values in the train split (all NaN): drop them"
+        )
     if dequantize_levels is not None:
         bad = [(r < 0) | (r >= dequantize_levels) | (r != r.round()) for r in raw]
         if any(b.any() for b in bad):
@@ -537,6 +575,22 @@ def read_csv(
     ``label_column`` is a header name or a column number from 0. Labels must be whole
     numbers (class numbers) or names; names are numbered 0, 1, ... in sorted order.
     """
+    from pyro_vae.tables import read_table
+
+    table = read_table(path, label_column)
+    if table.levels:
+        text = [table.names[j] for j in table.levels]
+        raise DataError(
+            f"{path}: non-numeric values in column(s) {text}: pyro_vae.tables.read_table and "
+            "load_table (and --dataset csv) code them as categories"
+        )
+    return table.values, table.labels, table.names
+
+
+def _read_numeric_csv(
+    path: str | Path, label_column: str | int | None = None
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """The strict reader of whole numbers and decimals (every cell a number)."""
     path = Path(path)
     rows = _csv_rows(path)
     first = rows[0]
@@ -735,14 +789,23 @@ def load_dataset(
     path: str | Path | None = None,
     label_column: str | int | None = None,
     dequantize: bool | None = None,
-    standardize: bool = False,
+    standardize: bool | None = None,
+    column_likelihoods: dict | None = None,
     seed: int = 0,
 ) -> DataSplits:
-    """Load a dataset by name (the command line's ``--dataset``)."""
+    """Load a dataset by name (the command line's ``--dataset``).
+
+    ``csv`` is a raw table (:func:`pyro_vae.tables.load_table`): each column's kind,
+    preprocessing and likelihood are chosen from the training split; its real columns are
+    standardized unless ``standardize=False``. ``column_likelihoods`` overrides the choice
+    per column (tables only). For the other data sets ``standardize`` defaults to off.
+    """
+    if column_likelihoods and name != "csv":
+        raise ConfigError(f"column likelihoods are for tables (--dataset csv), not {name!r}")
     if name == "digits":
         # Dequantized by default: a density on 17 grey levels is only a likelihood after it.
         return load_digits(
-            dequantize=True if dequantize is None else dequantize, standardize=standardize, seed=seed
+            dequantize=True if dequantize is None else dequantize, standardize=bool(standardize), seed=seed
         )
     if name == "binarized_mnist":
         if dequantize or standardize:
@@ -752,7 +815,20 @@ def load_dataset(
         return load_mnist(
             data_dir,
             dequantize=True if dequantize is None else dequantize,
-            standardize=standardize,
+            standardize=bool(standardize),
+            seed=seed,
+        )
+    if name == "csv" and not dequantize:
+        if path is None:
+            raise ConfigError("dataset 'csv' needs a file path (--data-path)")
+        from pyro_vae.tables import load_table, read_table
+
+        table = read_table(path, label_column)
+        return load_table(
+            table,
+            name=Path(path).stem,
+            standardize=standardize is not False,
+            column_likelihoods=column_likelihoods,
             seed=seed,
         )
     if name in ("csv", "npy"):
@@ -760,13 +836,13 @@ def load_dataset(
             raise ConfigError(f"dataset {name!r} needs a file path (--data-path)")
         levels = None
         if name == "csv":
-            x, y, _ = read_csv(path, label_column)
+            x, y, _ = _read_numeric_csv(path, label_column)
         else:
             x, y = np.load(path, allow_pickle=False), None
         if dequantize and x.size:
             levels = int(x.max()) + 1
         return load_array(
-            x, y, name=Path(path).stem, dequantize_levels=levels, standardize=standardize, seed=seed
+            x, y, name=Path(path).stem, dequantize_levels=levels, standardize=bool(standardize), seed=seed
         )
     raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 

@@ -164,7 +164,7 @@ def evaluate(
     chunk_size: int | None = None,
     seed: int = 0,
     split: str | None = None,
-    log_abs_det_jacobian: float | None = None,
+    log_abs_det_jacobian: float | Any = None,
     kl_per_dim: bool = True,
     distributed: bool | None = None,
     progress: bool = False,
@@ -191,11 +191,22 @@ def evaluate(
       (``kl_per_dim=False`` skips it);
     * ``active_units``: dimensions whose posterior mean varies over the data with
       variance above 0.01 (Burda et al., 2015);
-    * ``bits_per_dim`` for continuous likelihoods: :math:`-(\log p(x) + J)/(D \ln 2)`,
-      with ``log_abs_det_jacobian`` :math:`J` of the preprocessing (so that dequantized
-      images are scored per raw grey level);
+    * ``log_likelihood_data_units``: :math:`\log p(x) + J`, with ``log_abs_det_jacobian``
+      :math:`J` of the preprocessing: the density of the data in their own units (raw
+      grey levels, a table's columns before standardization); ``log_abs_det_jacobian``,
+      the mean :math:`J` per point;
+    * ``bits_per_dim`` for continuous likelihoods: :math:`-(\log p(x) + J)/(D \ln 2)`
+      (so that dequantized images are scored per raw grey level);
+    * ``missing_cells``, ``missing_rows``: NaN cells, and points with one, in the data. A
+      point with missing cells is scored on its observed cells, :math:`\log p(x_{obs})`;
+      ``J`` then counts those cells alone and ``D`` is the mean number observed;
 
-    and ``pointwise``: per-point tensors ``log_likelihood`` and ``elbo``.
+    and ``pointwise``: per-point tensors ``log_likelihood``, ``log_likelihood_data_units``
+    and ``elbo``.
+
+    ``log_abs_det_jacobian`` is a number (per point) or, for per-feature affine maps, one
+    number per feature (:meth:`pyro_vae.data.Preprocessing.log_abs_det_jacobian_per_feature`),
+    summed over each point's observed cells.
 
     ``method="ais"`` estimates :math:`\log p(x)` by annealed importance sampling instead
     (:func:`pyro_vae.ais.ais` with ``ais_steps`` temperatures, ``ais_chains`` chains per
@@ -260,11 +271,10 @@ def _replace_with_ais(
         ais_acceptance=run.acceptance.mean().item(),
         ais_seconds=run.seconds,
     )
-    if "bits_per_dim" in result:
-        result["bits_per_dim"] = -(result["log_likelihood"] + log_abs_det_jacobian) / (
-            vae.input_dim * math.log(2)
-        )
     pointwise["log_likelihood_importance"] = pointwise["log_likelihood"]
+    ldj = pointwise["log_likelihood_data_units"] - pointwise["log_likelihood"]
+    pointwise["log_likelihood_data_units"] = run.log_px.float() + ldj
+    _data_units(result, vae, pointwise)
     pointwise.update(
         log_likelihood=run.log_px.float(),
         log_likelihood_se=run.log_px_se.float(),
@@ -272,6 +282,24 @@ def _replace_with_ais(
         ais_acceptance=run.acceptance.float(),
         ais_log_weight_sd=run.log_weight_sd.float(),
     )
+
+
+def _data_units(result: dict[str, Any], vae: VAE, pointwise: dict[str, torch.Tensor]) -> None:
+    """``log_likelihood_data_units`` and ``bits_per_dim`` from the per-point values, in place."""
+    in_data_units = pointwise["log_likelihood_data_units"]
+    result["log_likelihood_data_units"] = in_data_units.mean().item()
+    if not vae.likelihood.discrete:
+        cells = vae.input_dim - result["missing_cells"] / result["num_points"]  # observed, per point
+        result["bits_per_dim"] = -result["log_likelihood_data_units"] / (cells * math.log(2))
+
+
+def _jacobian_rows(x: torch.Tensor, ldj: float | torch.Tensor) -> torch.Tensor:
+    """Per point: ``ldj`` itself, or the per-feature values summed over the observed cells."""
+    observed = ~torch.isnan(x.reshape(x.shape[0], -1))
+    if isinstance(ldj, torch.Tensor) and not observed.all():
+        return observed.to(ldj.dtype) @ ldj.to(x.device)
+    total = float(ldj.sum()) if isinstance(ldj, torch.Tensor) else float(ldj)
+    return torch.full((x.shape[0],), total, dtype=torch.float64, device=x.device)
 
 
 def check_finite_weights(vae: torch.nn.Module) -> None:
@@ -347,7 +375,13 @@ def _evaluate(
     device = next(vae.parameters()).device
     probe = torch.zeros(1, vae.latent_dim, device=device)
     mc_kl_per_dim = kl_per_dim and _kl(vae, probe, probe + 1)[1] is None  # no closed form per dimension
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("log_px", "elbo", "recon", "kl", "kl_dim", "loc")}
+    out: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("log_px", "elbo", "recon", "kl", "kl_dim", "loc", "ldj", "missing")
+    }
+    if not isinstance(log_abs_det_jacobian, (int, float)):  # one value per feature
+        log_abs_det_jacobian = torch.as_tensor(log_abs_det_jacobian, dtype=torch.float64).reshape(-1)
+        if log_abs_det_jacobian.numel() == 1 and vae.input_dim > 1:
+            log_abs_det_jacobian = log_abs_det_jacobian.item()
     with sampling(vae, seed, device):
         bar = tqdm(desc="evaluating", unit="pt", disable=not progress, leave=False)
         for x in point_batches(vae, data, n_chunk, device):
@@ -374,6 +408,8 @@ def _evaluate(
             out["elbo"].append(recon - kl)
             out["kl_dim"].append(kl_dim if kl_dim is not None else sum_kl_dim / max(kl_dim_draws, 1))
             out["loc"].append(loc)
+            out["ldj"].append(_jacobian_rows(x, log_abs_det_jacobian))
+            out["missing"].append(torch.isnan(x.reshape(n, -1)).sum(1).float())
             bar.update(n)
         bar.close()
     if ctx.world_size > 1:  # every process holds its share: gather them in rank order
@@ -404,11 +440,16 @@ def _evaluate(
         "num_samples": num_samples,
         "num_points": n_points,
     }
-    if not vae.likelihood.discrete:
-        result["bits_per_dim"] = -(result["log_likelihood"] + log_abs_det_jacobian) / (
-            vae.input_dim * math.log(2)
-        )
-    result["pointwise"] = {"log_likelihood": log_px, "elbo": cat["elbo"]}
+    missing = cat["missing"]
+    result["missing_cells"] = int(missing.sum().item())
+    result["missing_rows"] = int((missing > 0).sum().item())
+    result["log_abs_det_jacobian"] = cat["ldj"].mean().item()
+    result["pointwise"] = {
+        "log_likelihood": log_px,
+        "elbo": cat["elbo"],
+        "log_likelihood_data_units": log_px + cat["ldj"],
+    }
+    _data_units(result, vae, result["pointwise"])
     return result
 
 

@@ -20,6 +20,7 @@ and ``likelihoods.Gaussian(min_scale=1e-2)`` are the same thing.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -42,22 +43,40 @@ class Support:
     name: str
     description: str
     check: Callable[[torch.Tensor], torch.Tensor]  # elementwise bool
+    #: A value inside the support that stands in for a missing (NaN) cell before ``log_prob``
+    #: (whose term is then masked out): NaN must never reach a density, not even its gradient.
+    placeholder: float = 0.0
 
     def contains(self, x: torch.Tensor) -> bool:
-        return bool(self.check(x).all())
+        """Whether every observed value of ``x`` lies in the support (NaN cells are missing)."""
+        return bool((self.check(x) | torch.isnan(x)).all())
 
 
 REAL = Support("real", "any finite real number", torch.isfinite)
 BINARY = Support("binary", "the values 0 and 1", lambda x: (x == 0) | (x == 1))
-UNIT_INTERVAL = Support("unit_interval", "the closed interval [0, 1]", lambda x: (x >= 0) & (x <= 1))
+UNIT_INTERVAL = Support(
+    "unit_interval", "the closed interval [0, 1]", lambda x: (x >= 0) & (x <= 1), placeholder=0.5
+)
 OPEN_UNIT_INTERVAL = Support(
-    "open_unit_interval", "the open interval (0, 1), endpoints excluded", lambda x: (x > 0) & (x < 1)
+    "open_unit_interval",
+    "the open interval (0, 1), endpoints excluded",
+    lambda x: (x > 0) & (x < 1),
+    placeholder=0.5,
 )
 NONNEGATIVE_INTEGER = Support(
     "nonnegative_integer",
     "the integers 0, 1, 2, ...",
     lambda x: torch.isfinite(x) & (x >= 0) & (x == x.round()),
 )
+
+
+def categories(k: int) -> Support:
+    """The category codes ``0, 1, ..., k - 1``."""
+    return Support(
+        f"categories_{k}",
+        f"the category codes 0, 1, ..., {k - 1}",
+        lambda x: (x >= 0) & (x < k) & (x == x.round()),
+    )
 
 
 def choose_likelihood(x: torch.Tensor | Iterable[torch.Tensor]) -> tuple[str, str]:
@@ -79,6 +98,32 @@ def choose_likelihood(x: torch.Tensor | Iterable[torch.Tensor]) -> tuple[str, st
         if f:
             return name, reason
     return "gaussian", "the data are real-valued"
+
+
+MIN_ROWS_PER_COLUMN = 20
+
+
+def choose_columns(x: torch.Tensor) -> tuple[dict | None, str]:
+    """A per-column ``"columns"`` spec for a table ``x`` ``(n, D)`` whose columns are of
+    different kinds (say real, binary and counts), else ``None``; with the reason.
+
+    Used by ``"auto"`` when the whole table would get a ``gaussian`` or a
+    ``negative_binomial``: each column then gets :func:`choose_likelihood`'s choice for it.
+    Tables inside [0, 1] (grey levels) keep one likelihood for all columns, and so do tables
+    of fewer than ``MIN_ROWS_PER_COLUMN`` rows (too few values to tell a column's kind).
+    """
+    if x.dim() != 2 or x.shape[0] < MIN_ROWS_PER_COLUMN:
+        return None, ""
+    if choose_likelihood(x)[0] not in ("gaussian", "negative_binomial"):
+        return None, ""
+    chosen = [choose_likelihood(x[:, d])[0] for d in range(x.shape[1])]
+    if len(set(chosen)) == 1:
+        return None, ""
+    kinds = ", ".join(f"{chosen.count(n)} {n}" for n in sorted(set(chosen)))
+    return {
+        "name": "columns",
+        "options": {"columns": chosen},
+    }, f"the columns are of different kinds ({kinds})"
 
 
 def _inverse_softplus(y: float) -> float:
@@ -129,13 +174,25 @@ class Likelihood(nn.Module):
         """The reconstruction shown to people: the distribution's mean."""
         return d.mean
 
+    def weighted_mean(self, d: dist.Distribution, weights: torch.Tensor) -> torch.Tensor:
+        """``sum_k weights[k] * mean(d)[k]`` over draws of z (dim 0): the self-normalised
+        importance estimate of ``E[x | observed part]`` that imputation fills in.
+        ``weights`` is ``(K, n)`` and sums to 1 over ``K``."""
+        mean = self.mean(d)
+        return (weights.reshape(*weights.shape, *[1] * (mean.dim() - 2)) * mean).sum(0)
+
+    def placeholder(self, x: torch.Tensor) -> torch.Tensor:
+        """Values in the support, shaped like one data point of ``x``, for its missing cells."""
+        return torch.full(x.shape[1:], self.support.placeholder, dtype=x.dtype, device=x.device)
+
     def check_data(self, x: torch.Tensor) -> None:
         """Raise :class:`~pyro_vae.errors.DataError` if ``x`` holds values this likelihood cannot score.
 
-        The message names the remedy for Python callers and for the command line.
+        NaN cells are missing and not checked. The message names the remedy for Python
+        callers and for the command line.
         """
         if not self.support.contains(x):
-            bad = x[~self.support.check(x)]
+            bad = x[~(self.support.check(x) | torch.isnan(x))]
             suggestion, reason = choose_likelihood(x)
             raise DataError(
                 f"likelihood {self.name!r} scores data in {self.support.description}, but "
@@ -465,3 +522,184 @@ class NegativeBinomial(Counts):
         raw_count, logits = self.unbind(params)
         total_count = F.softplus(raw_count) + self.min_total_count
         return dist.NegativeBinomial(total_count, logits=logits, validate_args=False)
+
+
+# --------------------------------------------------------------------------- categories and tables
+
+
+@register("categorical")
+class Categorical(Likelihood):
+    r"""Categorical over ``num_categories`` levels coded 0, 1, ..., K-1; the decoder gives the logits.
+
+    :math:`p(x = k \mid z) = \operatorname{softmax}(h(z))_k`, so ``num_params`` is K. The
+    reconstruction shown (:meth:`mean`) and the imputed value are the most probable level.
+    """
+
+    discrete = True
+
+    def __init__(self, num_categories: int) -> None:
+        super().__init__()
+        if isinstance(num_categories, bool) or not isinstance(num_categories, int) or num_categories < 2:
+            raise ValueError(f"num_categories must be an integer >= 2, got {num_categories!r}")
+        self.num_categories = num_categories
+        self.num_params = num_categories
+        self.support = categories(num_categories)
+
+    def forward(self, params):
+        return dist.Categorical(logits=params.movedim(self.param_dim, -1), validate_args=False)
+
+    def mean(self, d):
+        return d.probs.argmax(-1).to(d.probs.dtype)
+
+    def weighted_mean(self, d, weights):
+        probs = (weights.reshape(*weights.shape, *[1] * (d.probs.dim() - 2)) * d.probs).sum(0)
+        return probs.argmax(-1).to(probs.dtype)
+
+
+class ColumnsDistribution(dist.TorchDistribution):
+    """Independent columns, each from its own family: batch shape ``(..., D)``, event shape ``()``.
+
+    ``parts`` pairs the column indices of a group with the distribution of those columns
+    (batch ``(..., len(indices))``); ``log_prob`` puts each column's term at its place.
+    """
+
+    arg_constraints: ClassVar[dict] = {}
+
+    def __init__(self, parts: list[tuple[torch.Tensor, dist.Distribution]], order: torch.Tensor) -> None:
+        self.parts, self.order = parts, order
+        lead = torch.broadcast_shapes(*(d.batch_shape[:-1] for _, d in parts))
+        super().__init__(torch.Size((*lead, len(order))), torch.Size(), validate_args=False)
+
+    def _gather(self, pieces: list[torch.Tensor]) -> torch.Tensor:
+        """Per-group tensors ``(..., n_g)`` as one ``(..., D)`` in column order (codes as floats)."""
+        pieces = [p if p.is_floating_point() else p.float() for p in pieces]
+        lead = torch.broadcast_shapes(*(p.shape[:-1] for p in pieces))
+        return torch.cat([p.expand(*lead, p.shape[-1]) for p in pieces], -1)[..., self.order]
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self._gather([d.log_prob(value[..., idx]) for idx, d in self.parts])
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        return self._gather([d.sample(torch.Size(sample_shape)) for _, d in self.parts])
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._gather([d.mean for _, d in self.parts])
+
+    def expand(self, batch_shape, _instance=None):
+        lead = tuple(batch_shape)[:-1]
+        return ColumnsDistribution([(i, d.expand((*lead, len(i)))) for i, d in self.parts], self.order)
+
+
+@register("columns")
+class Columns(Likelihood):
+    r"""A likelihood per column of a table: :math:`p(x \mid z) = \prod_d p_d(x_d \mid z)`.
+
+    ``columns`` gives each column's likelihood (a name or a ``{"name", "options"}`` spec): a
+    list of ``D`` entries, or a dict keyed by column index or by a name from ``names``
+    covering every column. Columns with the same spec share one vectorised sub-likelihood;
+    the decoder outputs ``(..., max num_params, D)`` and column ``d`` reads the first
+    ``num_params`` rows of its slice (a K-level categorical reads K). Still one observation
+    site: its ``log_prob`` is the sum over columns, and Pyro's ELBO derives the loss.
+    """
+
+    def __init__(self, columns: list | dict, names: list[str] | None = None) -> None:
+        super().__init__()
+        self.names = None if names is None else [str(n) for n in names]
+        self.columns = _column_specs(columns, self.names)
+        groups: dict[str, list[int]] = {}
+        for d, spec in enumerate(self.columns):
+            groups.setdefault(json.dumps(spec, sort_keys=True), []).append(d)
+        self.parts = nn.ModuleList(create(self.columns[idx[0]]) for idx in groups.values())
+        self.indices = [torch.tensor(idx) for idx in groups.values()]
+        self.num_params = max(p.num_params for p in self.parts)
+        self.discrete = all(p.discrete for p in self.parts)
+        self.register_buffer("order", torch.argsort(torch.cat(self.indices)), persistent=False)
+
+    def setup(self, input_shape):
+        super().setup(input_shape)
+        if self.event_shape != (len(self.columns),):
+            raise ValueError(
+                f"{len(self.columns)} column likelihoods for data points of shape {self.event_shape}"
+            )
+        for part, idx in zip(self.parts, self.indices):
+            part.setup(len(idx))
+
+    def forward(self, params):
+        order = self.order.to(params.device)
+        return ColumnsDistribution(
+            [
+                (i.to(params.device), p(params[..., : p.num_params, i]))
+                for p, i in zip(self.parts, self.indices)
+            ],
+            order,
+        )
+
+    def _by_part(self, d: ColumnsDistribution, f) -> torch.Tensor:
+        return d._gather([f(part, sub) for part, (_, sub) in zip(self.parts, d.parts)])
+
+    def mean(self, d):
+        return self._by_part(d, lambda part, sub: part.mean(sub))
+
+    def weighted_mean(self, d, weights):
+        return self._by_part(d, lambda part, sub: part.weighted_mean(sub, weights))
+
+    def placeholder(self, x):
+        out = torch.empty(x.shape[1:], dtype=x.dtype, device=x.device)
+        for part, idx in zip(self.parts, self.indices):
+            out[idx] = part.support.placeholder
+        return out
+
+    def check_data(self, x):
+        for part, idx in zip(self.parts, self.indices):
+            for d in idx.tolist():
+                try:
+                    part.check_data(x[:, d])
+                except DataError as e:
+                    raise DataError(f"column {self._column_name(d)}: {e}") from None
+
+    def _column_name(self, d: int) -> str:
+        return f"{d} {self.names[d]!r}" if self.names else str(d)
+
+    def extra_repr(self) -> str:
+        return f"{len(self.columns)} columns: " + ", ".join(p.name for p in self.parts)
+
+
+def _column_specs(columns: list | dict, names: list[str] | None) -> list[Any]:
+    """The per-column specs as a list, from a list or a dict keyed by index or name."""
+    if isinstance(columns, dict):
+        where = {n: i for i, n in enumerate(names or [])}
+        size = len(names) if names else len(columns)
+        specs: list[Any] = [None] * size
+        for key, spec in columns.items():
+            d = where.get(key, where.get(str(key)))
+            if d is None:
+                d = int(key) if str(key).lstrip("-").isdigit() else None
+            if d is None or not 0 <= d < size:
+                known = f"names {names}" if names else f"indices 0..{size - 1}"
+                raise ValueError(f"column {key!r} is not in the table (columns go by {known})")
+            specs[d] = spec
+        missing = [i for i, s in enumerate(specs) if s is None]
+        if missing:
+            raise ValueError(f"no likelihood given for columns {missing}: give one for every column")
+        columns = specs
+    if not isinstance(columns, (list, tuple)) or not columns:
+        raise ValueError(f"columns must be a non-empty list or dict of likelihood specs, got {columns!r}")
+    if names is not None and len(names) != len(columns):
+        raise ValueError(f"{len(names)} names for {len(columns)} columns")
+    out = []
+    for spec in columns:
+        if (
+            isinstance(spec, str)
+            and spec in ("auto", "columns")
+            or isinstance(spec, dict)
+            and spec.get("name") == "columns"
+        ):
+            raise ValueError(f"a column's likelihood must be a named family, got {spec!r}")
+        create(spec)  # a clear error for an unknown name or bad options
+        out.append(
+            spec
+            if isinstance(spec, str)
+            else {"name": spec["name"], "options": dict(spec.get("options", {}))}
+        )
+    return out

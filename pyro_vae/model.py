@@ -117,6 +117,10 @@ class VAE(PyroModule):
             (``pyro_vae.likelihoods.create(name).num_params``). Both are checked by one
             forward pass here. Such a VAE is saved with ``"network": "custom"`` and loads
             with ``VAE.load(directory, encoder=..., decoder=...)``.
+        missing: data may hold missing cells (NaN), vectors only: the observation site
+            scores the observed cells alone and the encoder sees ``[x with NaN as 0, mask]``
+            (MIWAE, :class:`~pyro_vae.networks.MaskedInput`). :func:`pyro_vae.fit` turns it
+            on for an untrained VAE whose training data hold NaN.
     """
 
     def __init__(
@@ -132,6 +136,7 @@ class VAE(PyroModule):
         encoder: torch.nn.Module | None = None,
         decoder: torch.nn.Module | None = None,
         input_shape: Sequence[int] | None = None,
+        missing: bool = False,
     ) -> None:
         super().__init__()
         self.input_shape = input_shape_of(input_dim if input_shape is None else input_shape)
@@ -149,22 +154,53 @@ class VAE(PyroModule):
         ):
             raise ConfigError(f"encoder_min_scale must be a positive number, got {encoder_min_scale!r}")
         self.encoder_min_scale = float(encoder_min_scale)
-        if encoder is None:
-            encoder = nets.network(self.network).encoder(
-                self.input_shape, self.latent_dim, self.hidden, activation
-            )
         self.__dict__["_decoder_net"] = decoder  # registered once, as decoder.net, when the likelihood is set
-        self.encoder = GaussianEncoder(encoder, self.latent_dim, self.input_shape, self.encoder_min_scale)
-        self.encoder.check()
+        self.fitted = False  # set by fit(); data-dependent initialisation happens only once
+        self.missing = False
+        self._set_encoder(encoder)
         self.prior = priors.create(prior)
         self.prior.setup(self.latent_dim, self.input_dim, self.encoder)
-        self.fitted = False  # set by fit(); data-dependent initialisation happens only once
+        if missing:
+            self.enable_missing()
         # With "auto", the likelihood and the decoder wait for data (resolve_likelihood, the
         # one place that chooses); until then both are a placeholder that explains itself.
         self.likelihood: likelihoods.Likelihood = _UNRESOLVED  # type: ignore[assignment]
         self.decoder: Decoder = _UNRESOLVED  # type: ignore[assignment]
         if not (isinstance(likelihood, str) and likelihood == "auto"):
             self._set_likelihood(likelihoods.create(likelihood))
+
+    def _set_encoder(self, encoder: torch.nn.Module | None) -> None:
+        if encoder is None:
+            shape = (2 * self.input_dim,) if self.missing else self.input_shape
+            encoder = nets.network(self.network).encoder(shape, self.latent_dim, self.hidden, self.activation)
+            if self.missing:
+                encoder = nets.MaskedInput(encoder)
+        self.encoder = GaussianEncoder(encoder, self.latent_dim, self.input_shape, self.encoder_min_scale)
+        self.encoder.check()
+
+    def enable_missing(self) -> None:
+        """Accept missing cells (NaN): rebuild the encoder to see ``[x, mask]`` (untrained, built-in networks)."""
+        if self.missing:
+            return
+        if self.network == CUSTOM or len(self.input_shape) != 1 or self.fitted:
+            raise ConfigError(
+                "missing cells (NaN) need a VAE built for them: an untrained VAE of vectors with a built-in "
+                "network, VAE(..., missing=True); this one "
+                + (
+                    "is trained"
+                    if self.fitted
+                    else "has your own encoder"
+                    if self.network == CUSTOM
+                    else "takes images"
+                )
+                + "; impute or drop the missing cells first"
+            )
+        self.missing = True
+        device = self.device
+        self._set_encoder(None)
+        self.encoder.to(device)
+        self.prior.setup(self.latent_dim, self.input_dim, self.encoder)
+        self.prior.to(device)
 
     @staticmethod
     def _network_name(network: str, encoder, decoder, likelihood) -> str:
@@ -222,18 +258,30 @@ class VAE(PyroModule):
     def is_resolved(self) -> bool:
         return self.likelihood is not _UNRESOLVED
 
-    def resolve_likelihood(self, x: torch.Tensor) -> tuple[str, str | None]:
+    def resolve_likelihood(self, x: Any) -> tuple[str, str | None]:
         """Choose the likelihood for ``likelihood="auto"`` from the data's support.
 
+        ``x`` is data (a tensor or batches) or a :class:`~pyro_vae.data.DataSplits`: a table's
+        splits give each column the likelihood ``splits.columns`` chose (categories included);
+        other splits are judged by their training set. A table of columns of different kinds
+        (real, binary, counts) gets a per-column ``"columns"`` likelihood.
         Returns the likelihood's name and why ``auto`` chose it; a VAE whose likelihood is
         already set is left as it is, and the reason is ``None``.
         """
         if self.is_resolved:
             return self.likelihood.name, None
-        name, reason = likelihoods.choose_likelihood(x)
-        logger.info("likelihood='auto' chose %r because %s", name, reason)
-        self._set_likelihood(likelihoods.create(name))
-        return name, reason
+        spec, reason = None, ""
+        if getattr(x, "columns", None) is not None:
+            spec, reason = x.columns.likelihood_spec(), "chosen for each column of the table from its values"
+        x = getattr(x, "train", x)
+        if spec is None and len(self.input_shape) == 1 and isinstance(x, torch.Tensor):
+            spec, reason = likelihoods.choose_columns(x)
+        if spec is None:
+            spec, reason = likelihoods.choose_likelihood(x)
+        likelihood = likelihoods.create(spec)
+        logger.info("likelihood='auto' chose %r because %s", likelihood.name, reason)
+        self._set_likelihood(likelihood)
+        return likelihood.name, reason
 
     def reset_parameters(self, seed: int) -> None:
         """Initialise every weight from ``seed`` (``fit`` does this for an untrained VAE).
@@ -257,10 +305,16 @@ class VAE(PyroModule):
     def model(self, x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> None:
         r""":math:`p(z)\,p_\theta(x \mid z)`, with the latent site scaled by ``beta``."""
         x = self.shaped(x)
+        observed = None
+        if self.missing:  # missing cells: a placeholder in the support, their terms masked out
+            observed = ~torch.isnan(x)
+            x = torch.where(observed, x, self.likelihood.placeholder(x))
         with pyro.plate("data", x.shape[0], dim=-1):
             with kl_weight(beta):
                 z = pyro.sample("z", self.prior())
             observation = self.likelihood.observation(self.decoder(z), x)
+            if observed is not None:
+                observation = observation.mask(observed)
             pyro.sample("x", observation.to_event(len(self.input_shape)), obs=x)
 
     def guide(self, x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> None:
@@ -301,8 +355,18 @@ class VAE(PyroModule):
             raise DataError(f"expected data of shape (n, {shape}), got {tuple(x.shape)}; {hint}")
         # One reduction first (a finite sum means finite entries); the full check only on failure.
         if finite and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
-            n = int((~torch.isfinite(x)).sum())
-            raise DataError(f"data contain {n} NaN or infinite values; remove or impute them first")
+            if torch.isinf(x).any():
+                n = int(torch.isinf(x).sum())
+                raise DataError(
+                    f"data contain {n} infinite values; remove them first (NaN marks a missing cell)"
+                )
+            if not self.missing:
+                n = int(torch.isnan(x).sum())
+                raise DataError(
+                    f"data contain {n} NaN (missing) cells, and this VAE was built without missing=True: "
+                    "build it with VAE(..., missing=True) (fit does so for an untrained VAE whose training data "
+                    "hold NaN), or impute the cells first"
+                )
         if support and self.is_resolved:
             self.likelihood.check_data(x)
 
@@ -335,6 +399,14 @@ class VAE(PyroModule):
         loc, _ = self.encode(x)
         return self.data_mean(self.decode(loc))
 
+    def impute(
+        self, x: torch.Tensor, num_samples: int = 1000, *, draws: bool = False, seed: int = 0
+    ) -> torch.Tensor:
+        """``x`` with its missing (NaN) cells filled by the model; see :func:`pyro_vae.imputation.impute`."""
+        from pyro_vae.imputation import impute
+
+        return impute(self, x, num_samples, draws=draws, seed=seed)
+
     # ------------------------------------------------------------------ persistence
 
     def config(self) -> dict[str, Any]:
@@ -342,15 +414,19 @@ class VAE(PyroModule):
         config: dict[str, Any] = {"input_dim": self.input_dim}
         if len(self.input_shape) > 1:
             config["input_shape"] = list(self.input_shape)
-        return config | {
-            "network": self.network,
-            "latent_dim": self.latent_dim,
-            "hidden": list(self.hidden),
-            "likelihood": self.likelihood.spec(),
-            "prior": self.prior.spec(),
-            "activation": self.activation,
-            "encoder_min_scale": self.encoder_min_scale,
-        }
+        return (
+            config
+            | {
+                "network": self.network,
+                "latent_dim": self.latent_dim,
+                "hidden": list(self.hidden),
+                "likelihood": self.likelihood.spec(),
+                "prior": self.prior.spec(),
+                "activation": self.activation,
+                "encoder_min_scale": self.encoder_min_scale,
+            }
+            | ({"missing": True} if self.missing else {})
+        )
 
     @classmethod
     def from_config(

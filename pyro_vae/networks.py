@@ -75,6 +75,20 @@ def gated_mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential
 # --------------------------------------------------------------------------- the contract
 
 
+class MaskedInput(nn.Module):
+    """The encoder's input for data with missing (NaN) cells, after MIWAE (Mattei and
+    Frellsen, 2019): ``net`` sees ``[x with NaN set to 0, mask]``, ``(B, 2 D)``, where the
+    mask is 1 for an observed cell; a point without NaN is ``[x, 1]``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        observed = ~torch.isnan(x)
+        return self.net(torch.cat([torch.where(observed, x, torch.zeros_like(x)), observed.to(x.dtype)], -1))
+
+
 class GaussianEncoder(nn.Module):
     r"""Amortized diagonal Gaussian :math:`q(z \mid x) = \mathcal N(\mu(x), \operatorname{diag}\sigma(x)^2)`.
 

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae import distributed as dist_utils
 from pyro_vae import objectives
-from pyro_vae.data import as_tensor, features_of, make_loader
+from pyro_vae.data import DataSplits, TensorBatches, as_tensor, features_of, make_loader
 from pyro_vae.distributed import PeerFailure
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
 from pyro_vae.evaluation import validation_elbo
@@ -565,7 +565,10 @@ def fit(
         vae: the model. An untrained VAE (not fitted, not loaded) is initialised here from
             ``seed``; with ``likelihood="auto"`` the likelihood is chosen from ``train`` first.
         train, valid: tensors, numpy arrays, torch ``Dataset`` s or ``DataLoader`` s
-            (batches may be ``x`` or ``(x, label)``).
+            (batches may be ``x`` or ``(x, label)``); or ``train`` a
+            :class:`~pyro_vae.data.DataSplits` (its training set, and its validation set unless
+            ``valid`` is given; a table's ``"auto"`` likelihood is then chosen per column as
+            ``splits.columns`` says). Training data with NaN cells turn on ``vae.missing``.
         config: a :class:`TrainConfig` (or its dict); keyword ``settings`` override its
             fields: ``epochs``, ``batch_size``, ``lr``, ``loss``, ``num_particles``, ``beta``
             (a number or ``{"end", "warmup_epochs", "start"}``), ``seed``, ``device``,
@@ -586,10 +589,18 @@ def fit(
     if "patience" in settings and settings["patience"] is not None and valid is None:
         raise ConfigError("patience (early stopping) needs validation data: pass valid=...")
     cfg = train_config(config, **settings)
+    notes = []
+    if isinstance(train, DataSplits):
+        if not vae.is_resolved and train.columns is not None:
+            name, reason = vae.resolve_likelihood(train)
+            notes.append(f"likelihood 'auto' chose {name!r}: {reason}")
+        valid = train.valid if valid is None else valid
+        train = train.train_dataset(seed=cfg.seed)
     ctx = dist_utils.setup(cfg.device, cfg.ddp_timeout_s) if distributed else dist_utils.SINGLE
     device = ctx.device if distributed else resolve_device(cfg.device)
     set_threads(cfg.num_threads, processes=ctx.local_world_size)
     history = History()
+    history.notes.extend(notes)
     train, valid = _prepare(vae, train, valid, cfg, history, resume=resume)
     loader = make_loader(
         train, cfg.batch_size, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
@@ -655,6 +666,9 @@ def _prepare(vae: VAE, train: Any, valid: Any, cfg: TrainConfig, history: Histor
         )
         name, reason = vae.resolve_likelihood(sample)
         history.notes.append(f"likelihood 'auto' chose {name!r}: {reason}")
+    if not vae.missing and not vae.fitted and not resume and _has_missing(train, cfg):
+        vae.enable_missing()  # MIWAE: the encoder sees the observed part and the mask
+        history.notes.append("the training data hold missing (NaN) cells: scored on their observed cells")
     if not vae.fitted and not resume:
         vae.reset_parameters(cfg.seed)
     if in_memory:
@@ -667,6 +681,17 @@ def _prepare(vae: VAE, train: Any, valid: Any, cfg: TrainConfig, history: Histor
             raise DataError("the validation data hold no data points; pass valid=None to train without")
         vae.check_data(valid)
     return train, valid
+
+
+def _has_missing(train: Any, cfg: TrainConfig) -> bool:
+    """Whether the training data hold a NaN cell (one pass over a ``Dataset``'s batches)."""
+    if isinstance(train, torch.Tensor):
+        return bool(torch.isnan(train).any())
+    if isinstance(train, TensorBatches):
+        return bool(torch.isnan(train.x).any())
+    with torch.random.fork_rng(devices=[]):
+        loader = make_loader(train, cfg.batch_size, shuffle=False)
+        return any(bool(torch.isnan(as_tensor(features_of(b))).any()) for b in loader)
 
 
 def _first_batch(loader: DataLoader) -> torch.Tensor:

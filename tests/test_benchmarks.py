@@ -295,3 +295,18 @@ def test_readme_table_check_catches_a_stale_table(tmp_path, capsys):
     assert readme_table.main(["--check", str(readme)]) == 0
     # Without results only the header is left.
     assert readme_table.render(tmp_path).count("\n") == 1
+
+
+def test_tables_quick(tmp_path):
+    pytest.importorskip("statsmodels")
+    pytest.importorskip("palmerpenguins")
+    result, stdout = run_quick("tables.py", tmp_path, tmp_path)
+    assert_provenance(result, "tables.py")
+    assert set(result["tables"]) == {"iris", "penguins"}
+    assert result["tables"]["penguins"]["missing_cells"] > 0
+    for entry in result["tables"].values():
+        s = entry["summary"]
+        for method in ("gmm_full", "gmm_diag", "factor_analysis", "kde", "pyro_vae"):
+            assert_finite(s, f"log_px.{method}")
+        for method in ("mean", "iterative", "knn", "pyro_vae"):
+            assert_finite(s, f"rmse.{method}", positive=True)

@@ -66,7 +66,16 @@ class DataConfig(Settings):
     dequantize: bool | None = setting(
         None, "uniform dequantization of grey levels (default: for digits and mnist)"
     )
-    standardize: bool = setting(False, "standardize each feature with the training split's mean and sd")
+    standardize: bool | None = setting(
+        None,
+        "standardize features with the training split's mean and sd (default: a CSV table's real-valued "
+        "columns, nothing else)",
+    )
+    column_likelihoods: dict = setting(
+        {},
+        "a CSV table's likelihood per column, by name or index, with likelihood auto, e.g. "
+        '{"smoker": "bernoulli", "visits": "negative_binomial"} (the others are chosen from the data)',
+    )
     seed: int = setting(0, "seed of the train/valid/test split", check=at_least(0), flag="--data-seed")
 
 
@@ -115,6 +124,11 @@ class RunConfig:
         )
         _plugin("model.prior", lambda: priors.create({"name": m.prior, "options": m.prior_options}))
         _plugin("train", lambda: make_elbo(t.loss, t.num_particles))
+        if d.column_likelihoods and (m.likelihood != "auto" or d.dataset != "csv"):
+            raise ConfigError(
+                "data.column_likelihoods (--column-likelihoods) need a CSV table (--dataset csv) and "
+                f"model.likelihood 'auto', got {d.dataset!r} and {m.likelihood!r}"
+            )
         if d.dataset in ("csv", "npy") and not d.path:
             raise ConfigError(f"data.dataset {d.dataset!r} needs data.path (command line: --data-path FILE)")
         return self

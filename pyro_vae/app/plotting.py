@@ -40,13 +40,17 @@ def plot_history(history: History) -> Figure:
 
 
 def plot_reconstructions(
-    x: torch.Tensor, reconstruction: torch.Tensor, image_shape: Sequence[int] | None, n: int = 16
+    x: torch.Tensor,
+    reconstruction: torch.Tensor,
+    image_shape: Sequence[int] | None,
+    n: int = 16,
+    names: Sequence[str] | None = None,
 ) -> Figure:
     """Inputs beside their reconstructions: image grids, or a feature heat map for tables."""
     x, rec = x[:n].cpu().numpy(), reconstruction[:n].cpu().numpy()
     if image_shape is None:
         # Features of a table have their own scales: show both in the inputs' per-feature z-scores.
-        centre, spread = x.mean(0), x.std(0)
+        centre, spread = np.nanmean(x, 0), np.nanstd(x, 0)
         spread = np.where(spread > 0, spread, 1.0)
         x, rec = (x - centre) / spread, (rec - centre) / spread
     fig = Figure(figsize=(9, 4.5), layout="constrained")
@@ -59,6 +63,8 @@ def plot_reconstructions(
         else:
             im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=lo, vmax=hi)
             ax.set_xlabel("feature")
+            if names is not None and len(names) <= 30:
+                ax.set_xticks(range(len(names)), names, rotation=90)
             ax.set_ylabel("data point")
             fig.colorbar(im, ax=ax, label="z-score of the inputs, per feature")
         ax.set_title(title)
@@ -66,7 +72,10 @@ def plot_reconstructions(
 
 
 def plot_samples(
-    samples: torch.Tensor, image_shape: Sequence[int] | None, data: torch.Tensor | None = None
+    samples: torch.Tensor,
+    image_shape: Sequence[int] | None,
+    data: torch.Tensor | None = None,
+    names: Sequence[str] | None = None,
 ) -> Figure:
     """Draws from the prior pushed through the decoder (image grid, or per-feature histograms)."""
     s = samples.cpu().numpy()
@@ -81,9 +90,10 @@ def plot_samples(
     axes = np.atleast_1d(fig.subplots(1, k))
     for j, ax in enumerate(axes):
         if data is not None:
-            ax.hist(data[:, j].cpu().numpy(), bins=30, density=True, alpha=0.5, label="data")
+            column = data[:, j].cpu().numpy()
+            ax.hist(column[~np.isnan(column)], bins=30, density=True, alpha=0.5, label="data")
         ax.hist(s[:, j], bins=30, density=True, alpha=0.5, label="model")
-        ax.set_title(f"feature {j}")
+        ax.set_title(names[j] if names is not None else f"feature {j}")
     axes[0].legend()
     fig.suptitle("model samples against data, per feature")
     return fig

@@ -50,7 +50,7 @@ def input_shape(cfg: RunConfig, splits: data_module.DataSplits) -> int | tuple[i
     return (1, *shape) if len(shape) == 2 else tuple(shape)
 
 
-def build_vae(cfg: RunConfig, num_features: int | tuple[int, ...]) -> VAE:
+def build_vae(cfg: RunConfig, num_features: int | tuple[int, ...], missing: bool = False) -> VAE:
     m = cfg.model
     likelihood = m.likelihood
     if likelihood != "auto":
@@ -63,6 +63,7 @@ def build_vae(cfg: RunConfig, num_features: int | tuple[int, ...]) -> VAE:
         prior={"name": m.prior, "options": m.prior_options},
         activation=m.activation,
         network=m.network,
+        missing=missing,
     )
 
 
@@ -82,7 +83,7 @@ def evaluate_split(
         cfg.eval.num_samples,
         chunk_size=cfg.eval.chunk_size,
         seed=cfg.train.seed,
-        log_abs_det_jacobian=splits.preprocessing.log_abs_det_jacobian(splits.num_features),
+        log_abs_det_jacobian=splits.preprocessing.log_abs_det_jacobian_per_feature(splits.num_features),
         progress=progress,
         **options,
     )
@@ -121,6 +122,7 @@ def write_figures(
                 splits.preprocessing.inverse(x[:16]),
                 splits.preprocessing.inverse(vae.reconstruct(x[:16]).flatten(1)),
                 splits.image_shape,
+                names=splits.feature_names,
             ),
             "samples.png": plotting.plot_samples(
                 splits.preprocessing.inverse(
@@ -128,6 +130,7 @@ def write_figures(
                 ),
                 splits.image_shape,
                 data=splits.preprocessing.inverse(x),
+                names=splits.feature_names,
             ),
             "latent_means.png": plotting.plot_latent(vae.encode(x)[0], labels),
         }
@@ -167,6 +170,9 @@ def train_run(
         echo = _silent
     splits = load_data(cfg)
     echo(f"data    {splits.summary()}")
+    if splits.columns is not None:
+        for line in splits.columns.summary_lines():
+            echo(line)
     vae = _prepared_vae(cfg, splits, rundir, echo)
     with rundir.lock() if ctx.is_main else contextlib.nullcontext():
         try:
@@ -194,6 +200,8 @@ def _train_and_write(cfg, vae, splits, rundir, ctx, distributed, progress, echo)
     """Train in the partial directory, evaluate, write everything there and move it into place."""
     resume = rundir.resume
     extra = {"run": cfg.to_dict(), "preprocessing": splits.preprocessing.to_dict()}
+    if splits.columns is not None:
+        extra["columns"] = splits.columns.to_dict()
     work = rundir.prepare() if ctx.is_main else (rundir.source if resume else rundir.partial)
     if ctx.is_main and not resume:
         vae.save(work, extra=extra)  # the run's settings are on disk before training starts
@@ -229,8 +237,8 @@ def _prepared_vae(cfg: RunConfig, splits: data_module.DataSplits, rundir: RunDir
         load_tensors(rundir.source / TRAINING_STATE_FILE, what="training state", finite=True)
         echo(f"resume  from {rundir.source}/{TRAINING_STATE_FILE}")
     else:
-        vae = build_vae(cfg, input_shape(cfg, splits))
-        name, reason = vae.resolve_likelihood(splits.train)
+        vae = build_vae(cfg, input_shape(cfg, splits), missing=splits.has_missing)
+        name, reason = vae.resolve_likelihood(splits)
         if reason is not None:
             echo(f"model   likelihood 'auto' -> {name!r} ({reason})")
     for split in SPLITS:
@@ -278,6 +286,12 @@ def summary_line(m: dict[str, Any], vae: VAE) -> str:
     )
     if "bits_per_dim" in m and math.isfinite(m["bits_per_dim"]):
         line += f", {m['bits_per_dim']:.3f} bits/dim"
+    if m.get("log_abs_det_jacobian"):
+        line += f"; log p(x) in the data's own units {m['log_likelihood_data_units']:.2f} nats"
+    if m.get("missing_cells"):
+        line += (
+            f"; {m['missing_cells']} missing cells in {m['missing_rows']} rows, scored on the observed cells"
+        )
     if m.get("method") == "ais":
         line += (
             f"; log p(x) by AIS (T={m['ais_steps']}, {m['ais_chains']} chains: ESS {m['ais_ess']:.1f}, "
