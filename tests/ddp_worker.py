@@ -53,9 +53,22 @@ def train(vae, x, batch_size, distributed_run):
     vae.guide = fit_guide
 
 
+# The table likelihoods need options: a categorical of 5 levels; columns of three kinds.
+TABLE_SPECS = {
+    "categorical": {"name": "categorical", "options": {"num_categories": 5}},
+    "columns": {"name": "columns", "options": {"columns": ["gaussian", "bernoulli", "poisson"] * 2}},
+}
+
+
 def data_for(likelihood: str) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     u = torch.rand(40, 6, generator=g)
+    if likelihood == "columns":
+        return torch.stack(
+            [torch.randn(40, generator=g), (u[:, 1] > 0.5).float(), torch.floor(5 * u[:, 2])] * 2, 1
+        )
+    if likelihood == "categorical":
+        return torch.floor(5 * u)
     if likelihood == "bernoulli":
         return (u > 0.5).float()
     if likelihood in ("poisson", "negative_binomial"):
@@ -72,7 +85,7 @@ def every_choice(out: str) -> None:
     runs += [("gaussian", prior) for prior in pyro_vae.priors.names()]
     for likelihood, prior in runs:
         torch.manual_seed(distributed.current().rank)  # different initial weights: DDP must sync them
-        vae = pyro_vae.VAE(6, 2, hidden=(8,), likelihood=likelihood, prior=prior)
+        vae = pyro_vae.VAE(6, 2, hidden=(8,), likelihood=TABLE_SPECS.get(likelihood, likelihood), prior=prior)
         x = data_for(likelihood)
         pyro_vae.fit(vae, x, x[:10], epochs=2, batch_size=5, lr=1e-2, progress=False, distributed=True)
         flat = torch.cat([p.detach().flatten() for p in vae.parameters()])
