@@ -247,7 +247,7 @@ def _parser(name: str, tp):
         parse = base
     else:
         parse = str
-    return _optional(parse, zero_is_none=name == "patience") if base is not tp else parse
+    return _optional(parse, zero_is_none=name in ("patience", "lr_patience")) if base is not tp else parse
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
