@@ -1,0 +1,31 @@
+"""pyro_vae.select: the latent size and widths by validation log p(x), and what it picked."""
+
+import math
+
+import pytest
+
+import pyro_vae
+from pyro_vae import selection
+from pyro_vae.errors import ConfigError
+from tests.conftest import binary_data
+
+
+def test_select_picks_by_validation_log_likelihood_and_says_what(monkeypatch):
+    x, valid = binary_data(120), binary_data(40, seed=1)
+    scores = {(1, (8,)): -7.0, (1, (16,)): -5.0, (2, (8,)): -6.0, (2, (16,)): math.nan}
+    real_evaluate = selection.evaluate
+
+    def fake_evaluate(vae, data, **kw):
+        assert data is valid and real_evaluate(vae, data, num_samples=2)["log_likelihood"] < 0
+        return {"log_likelihood": scores[(vae.latent_dim, tuple(vae.hidden))]}
+
+    monkeypatch.setattr(selection, "evaluate", fake_evaluate)
+    chosen = pyro_vae.select(
+        x, valid, latent_dims=(1, 2), hidden=((8,), (16,)), likelihood="bernoulli", epochs=2, seed=3
+    )
+    assert (chosen.latent_dim, chosen.hidden) == (1, (16,))
+    assert chosen.vae.fitted and chosen.vae.latent_dim == 1 and len(chosen.history) == 2
+    assert [c["valid_log_likelihood"] for c in chosen.candidates][:3] == [-7.0, -5.0, -6.0]
+    assert chosen.history.notes[-1].startswith("select chose latent 1, hidden 16 ")
+    with pytest.raises(ConfigError, match="validation data"):
+        pyro_vae.select(x, latent_dims=(1,), hidden=((8,),), likelihood="bernoulli", epochs=1)
