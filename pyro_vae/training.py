@@ -573,7 +573,7 @@ class _Loop:
         if self.cfg.valid_samples is not None:
             return self.cfg.valid_samples
         try:
-            points = len(self.valid)
+            points = len(getattr(self.valid, "dataset", self.valid))  # a DataLoader's points, not batches
         except TypeError:  # an iterable-style dataset
             return 1
         return max(1, min(MAX_VALID_SAMPLES, math.ceil(VALID_DRAWS / max(points, 1))))

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_vae import VAE, TrainConfig, fit, objectives
 from pyro_vae.app.cli import build_parser, config_from_args
@@ -106,7 +107,9 @@ def test_default_validation_draws_follow_the_size_of_the_validation_data(monkeyp
     for n in (40, 2500, 20000):
         fit(small_vae(), x, binary_data(n, seed=1), epochs=1, batch_size=100, progress=False)
     fit(small_vae(), x, binary_data(40, seed=1), epochs=1, batch_size=100, valid_samples=3, progress=False)
-    assert seen == [(40, 32), (2500, 4), (20000, 1), (40, 3)]
+    loader = DataLoader(TensorDataset(binary_data(2500, seed=1)), batch_size=100)
+    fit(small_vae(), x, loader, epochs=1, batch_size=100, progress=False)
+    assert seen == [(40, 32), (2500, 4), (20000, 1), (40, 3), (25, 4)]  # a loader: 25 batches, 2500 points
 
 
 # --------------------------------------------------------------------------- learning-rate reduction
