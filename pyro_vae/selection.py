@@ -10,7 +10,7 @@ are the choice).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,7 @@ def select(
     num_samples: int = NUM_SAMPLES,
     likelihood: Any = "auto",
     prior: Any = "standard_normal",
+    build: Callable[[int, tuple[int, ...]], VAE] | None = None,
     progress: bool = False,
     **settings: Any,
 ) -> Selection:
@@ -73,6 +74,7 @@ def select(
         latent_dims, hidden: the candidates (every pair is tried).
         num_samples: importance samples per validation point for log p(x).
         likelihood, prior: passed to every :class:`~pyro_vae.model.VAE`.
+        build: instead, makes each candidate's untrained VAE from ``(latent_dim, hidden)``.
         settings: :func:`fit`'s settings (``epochs``, ``seed``, ...), the same for every candidate.
 
     Returns:
@@ -91,7 +93,10 @@ def select(
     candidates = []
     for latent_dim in latent_dims:
         for widths in hidden:
-            vae = VAE(input_dim, latent_dim, hidden=tuple(widths), likelihood=likelihood, prior=prior)
+            if build is not None:
+                vae = build(latent_dim, tuple(widths))
+            else:
+                vae = VAE(input_dim, latent_dim, hidden=tuple(widths), likelihood=likelihood, prior=prior)
             history = fit(vae, train, valid, progress=progress, **settings)
             score = evaluate(vae, valid, num_samples=num_samples, seed=0, kl_per_dim=False)["log_likelihood"]
             candidates.append(

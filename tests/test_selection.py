@@ -29,3 +29,14 @@ def test_select_picks_by_validation_log_likelihood_and_says_what(monkeypatch):
     assert chosen.history.notes[-1].startswith("select chose latent 1, hidden 16 ")
     with pytest.raises(ConfigError, match="validation data"):
         pyro_vae.select(x, latent_dims=(1,), hidden=((8,),), likelihood="bernoulli", epochs=1)
+
+
+def test_cli_select_prints_every_candidate_and_the_train_flags_of_the_best(capsys):
+    from pyro_vae.app.cli import main
+
+    argv = ["select", "--latent-dims", "1,2", "--widths", "8;16,16", "--epochs", "2", "--no-progress"]
+    assert main([*argv, "--num-threads", "1", "--prior", "mixture"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("latent")]
+    assert len(lines) == 4 and "hidden 16,16" in lines[1] and "validation log p(x)" in lines[0]
+    assert "select chose latent " in out and "train it with: --latent-dim " in out
