@@ -5,7 +5,7 @@ palmerpenguins; nothing is downloaded), split 60/20/20 with several seeds.
 
 Density: test log p(x) per row in the data's own units. pyro_vae runs its default path
 (``load_table`` -> ``VAE(likelihood="auto")`` with the CLI's default model -> ``fit`` at
-its defaults, early stopping on the validation ELBO); its discrete columns are scored with
+its defaults, early stopping on the objective's validation bound); its discrete columns are scored with
 their probability mass functions, its real columns per raw unit (the standardization's
 Jacobian added). GaussianMixture (full and diagonal covariances), FactorAnalysis and
 KernelDensity, each tuned on the validation split, model the same columns with the

@@ -4,6 +4,7 @@ from pyro_vae import ais, data, imputation, likelihoods, networks, priors, table
 from pyro_vae.evaluation import evaluate  # noqa: E402
 from pyro_vae.model import VAE  # noqa: E402
 from pyro_vae.objectives import BetaSchedule, make_elbo  # noqa: E402
+from pyro_vae.selection import Selection, select  # noqa: E402
 from pyro_vae.training import History, TrainConfig, TrainingDiverged, fit  # noqa: E402
 from pyro_vae.version import __version__  # noqa: E402
 
@@ -11,6 +12,7 @@ __all__ = [
     "VAE",
     "BetaSchedule",
     "History",
+    "Selection",
     "TrainConfig",
     "TrainingDiverged",
     "__version__",
@@ -24,6 +26,7 @@ __all__ = [
     "make_elbo",
     "networks",
     "priors",
+    "select",
     "tables",
 ]
 

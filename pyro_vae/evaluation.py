@@ -469,7 +469,21 @@ def validation_elbo(
     Unlike :func:`evaluate` it returns NaN or infinite values as they come: training's
     divergence guard looks for them.
     """
-    return _evaluate(
+    return validation_bounds(vae, data, num_samples=num_samples, seed=seed, batch_size=batch_size)["elbo"]
+
+
+def validation_bounds(
+    vae: VAE, data: Any, *, num_samples: int = 1, seed: int = 0, batch_size: int = 1024
+) -> dict[str, float]:
+    r"""Two bounds on the mean :math:`\log p(x)` per point from the same ``num_samples`` draws each:
+    ``"elbo"`` (the ELBO, its KL in closed form where one exists, its reconstruction term
+    averaged over the draws) and ``"iwae"`` (the importance-weighted bound with K =
+    ``num_samples``). Objectives pick theirs (:meth:`~pyro_vae.objectives.Objective.validation_bound`).
+
+    The draws are seeded by ``seed``: the same noise for every call, so that two weights
+    are compared on common random numbers. NaN or infinite values are returned as they come.
+    """
+    result = _evaluate(
         vae,
         data,
         num_samples,
@@ -479,4 +493,5 @@ def validation_elbo(
         kl_per_dim=False,
         distributed=None,
         progress=False,
-    )["elbo"]
+    )
+    return {"elbo": result["elbo"], "iwae": result["log_likelihood"]}

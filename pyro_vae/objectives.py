@@ -86,9 +86,26 @@ class Objective:
     """
 
     name: ClassVar[str] = UnregisteredName()  # type: ignore[assignment]
+    #: which of :func:`~pyro_vae.evaluation.validation_bounds` is this objective's own bound,
+    #: the one training judges the weights by (early stopping, learning-rate reduction)
+    bound: ClassVar[str] = "elbo"
 
     def elbo(self, num_particles: int = 1) -> pyro.infer.ELBO:
         raise NotImplementedError(f"objective {self.name!r} must define elbo(num_particles)")
+
+    def validation_samples(self, num_particles: int, draws: int) -> int:
+        """Draws of z per validation point for :meth:`validation_bound`: ``draws`` for an
+        ELBO (every number estimates the same bound; more lower its variance)."""
+        return draws
+
+    def validation_bound(
+        self, vae: Any, data: Any, *, num_particles: int = 1, draws: int = 1, seed: int = 0
+    ) -> float:
+        """The objective's own bound on the mean log p(x) of ``data``: what training judges by."""
+        from pyro_vae.evaluation import validation_bounds
+
+        samples = self.validation_samples(num_particles, draws)
+        return validation_bounds(vae, data, num_samples=samples, seed=seed)[self.bound]
 
     def spec(self) -> dict[str, Any]:
         return spec_of(self)
@@ -151,7 +168,14 @@ class IWAE(Objective):
         \le \log p(x),
 
     which tightens as K grows; with K = 1 it is the plain ELBO, so K >= 2 is required.
+    Training judges it by the same bound with the same K on the validation data, not by
+    the single-sample ELBO, which IWAE training is free to lower.
     """
+
+    bound = "iwae"
+
+    def validation_samples(self, num_particles, draws):
+        return num_particles
 
     def elbo(self, num_particles=2):
         common = particles(num_particles)

@@ -40,7 +40,7 @@ from pyro_vae import objectives
 from pyro_vae.data import DataSplits, TensorBatches, as_tensor, features_of, make_loader
 from pyro_vae.distributed import PeerFailure
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
-from pyro_vae.evaluation import validation_elbo
+from pyro_vae.evaluation import validation_bounds
 from pyro_vae.io import atomic_torch_save, load_tensors
 from pyro_vae.model import VAE, WEIGHTS_FILE
 from pyro_vae.objectives import BetaSchedule, ELBOLoss, make_elbo
@@ -51,8 +51,18 @@ logger = logging.getLogger(__name__)
 
 TRAINING_STATE_FILE = "training_state.pt"
 HISTORY_FILE = "history.csv"
-HISTORY_COLUMNS = ("epoch", "train_loss", "valid_elbo", "beta", "seconds")
-CHECKPOINT_FORMAT = 2
+HISTORY_COLUMNS = ("epoch", "train_loss", "valid_elbo", "valid_bound", "lr", "beta", "seconds")
+CHECKPOINT_FORMAT = 3
+# Draws of z in all for the validation ELBO when valid_samples is not set (see TrainConfig).
+VALID_DRAWS = 10_000
+MAX_VALID_SAMPLES = 32
+# Defaults chosen by measurement on small tables (README, "Defaults").
+LR_PATIENCE = 40
+WEIGHT_DECAY = 0.0
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0 < value < 1 else "must be between 0 and 1 (exclusive)"
 
 
 def _device(value: str) -> str | None:
@@ -76,6 +86,17 @@ class TrainConfig(Settings):
     )
     batch_size: int = setting(128, "data points per step (per process under DDP)", check=at_least(1))
     lr: float = setting(1e-3, "Adam learning rate", check=positive)
+    lr_patience: int | None = setting(
+        LR_PATIENCE,
+        "learning-rate reduction on plateau: the learning rate is multiplied by lr_factor once the "
+        "validation bound has not improved for more than this many epochs (torch's ReduceLROnPlateau; "
+        "used when there is validation data; null or 0 on the command line: off)",
+        check=at_least(1),
+    )
+    lr_factor: float = setting(0.5, "learning-rate reduction: the factor", check=_fraction)
+    weight_decay: float = setting(
+        WEIGHT_DECAY, "decoupled weight decay (AdamW) per step, times the learning rate", check=at_least(0)
+    )
     loss: str = setting("elbo", "the objective", choices=objectives.names)
     num_particles: int = setting(1, "samples of z per data point and step", check=at_least(1))
     beta: BetaSchedule = setting(
@@ -85,8 +106,14 @@ class TrainConfig(Settings):
     device: str = setting("cpu", "cpu, cuda, cuda:N or auto", check=_device)
     patience: int | None = setting(
         50,
-        "early stopping: epochs without a better validation ELBO (used when there is validation data; "
-        "null or 0 on the command line: off)",
+        "early stopping: epochs without a better validation bound (the objective's own: the ELBO, or "
+        "for iwae the IWAE bound; used when there is validation data; null or 0 on the command line: off)",
+        check=at_least(1),
+    )
+    valid_samples: int | None = setting(
+        None,
+        "draws of z per validation point for the ELBO that early stopping reads (iwae uses its "
+        f"num_particles); null: {VALID_DRAWS} draws in all, 1 to {MAX_VALID_SAMPLES} per point",
         check=at_least(1),
     )
     num_threads: int | None = setting(
@@ -125,8 +152,12 @@ class TrainingDiverged(PyroVAEError, RuntimeError):
 @dataclass
 class History:
     """Per-epoch records: ``train_loss`` (the objective per data point, -ELBO at beta=1),
-    ``valid_elbo`` (nats per data point, NaN without validation data), ``beta`` (at the
-    epoch's last step) and ``seconds`` (training time of the epoch). ``notes`` says what
+    ``valid_elbo`` (the validation ELBO, nats per data point, from ``valid_samples`` draws
+    per point; NaN without validation data), ``valid_bound`` (the objective's own bound on
+    the same data, which early stopping and the learning-rate reduction read: the ELBO
+    again, or for ``loss="iwae"`` the IWAE bound with its K particles), ``lr`` (the
+    learning rate of the epoch), ``beta`` (at the epoch's last step) and ``seconds``
+    (training time of the epoch). ``notes`` says what
     was chosen for the user (the likelihood ``"auto"`` picked, and why)."""
 
     records: list[dict[str, float]] = field(default_factory=list)
@@ -154,8 +185,9 @@ class History:
             writer.writerows(self.records)
 
 
-def make_optimizer(params, lr: float) -> torch.optim.Adam:
-    """The Adam optimizer ``fit`` steps: torch's fused kernel where the device has one.
+def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The Adam optimizer ``fit`` steps: torch's fused kernel where the device has one;
+    AdamW (decoupled weight decay, Loshchilov & Hutter 2019) when ``weight_decay`` > 0.
 
     The fused kernel makes the same update (to float32 rounding) in one pass over all the
     parameters instead of a loop of per-tensor operations: about 3x faster per step on CPU
@@ -163,10 +195,23 @@ def make_optimizer(params, lr: float) -> torch.optim.Adam:
     get the default implementation.
     """
     params = list(params)
+    make, options = torch.optim.Adam, {"lr": lr}
+    if weight_decay > 0:
+        make, options = torch.optim.AdamW, {"lr": lr, "weight_decay": weight_decay}
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return make(params, **options, fused=True)
     except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
-        return torch.optim.Adam(params, lr=lr)
+        return make(params, **options)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, has_valid: bool):
+    """torch's ``ReduceLROnPlateau`` on the validation bound, or None (no validation data,
+    or ``lr_patience`` null)."""
+    if not has_valid or cfg.lr_patience is None:
+        return None
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience, threshold=0.0
+    )
 
 
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
@@ -275,6 +320,7 @@ class Checkpointer:
             "epoch": len(loop.history),
             "model": _state_copy(vae),
             "optimizer": loop.optimizer.state_dict(),
+            "scheduler": loop.scheduler.state_dict() if loop.scheduler is not None else None,
             "history": loop.history.records,
             "early_stopping": loop.stopping.state_dict(),
             "guard_reference": loop.guard.reference,
@@ -304,6 +350,8 @@ class Checkpointer:
             )
         vae.load_state_dict(state["model"])
         loop.optimizer.load_state_dict(state["optimizer"])
+        if loop.scheduler is not None and state["scheduler"] is not None:
+            loop.scheduler.load_state_dict(state["scheduler"])
         loop.history.records = list(state["history"])
         es = state["early_stopping"]
         best = _load(self.directory / WEIGHTS_FILE, device) if es["best_epoch"] is not None else None
@@ -409,6 +457,8 @@ class _Loop:
     optimizer: torch.optim.Optimizer
     loader: DataLoader
     valid: Any
+    criterion: objectives.Objective
+    scheduler: Any
     cfg: TrainConfig
     ctx: dist_utils.Context
     device: torch.device
@@ -448,7 +498,16 @@ class _Loop:
         self.elapsed += seconds
         total, count = dist_utils.all_reduce_sum([total, count], self.device)
         mean = total / max(count, 1)
-        return {"epoch": epoch, "train_loss": mean, "valid_elbo": math.nan, "beta": b, "seconds": seconds}
+        lr = self.optimizer.param_groups[0]["lr"]
+        return {
+            "epoch": epoch,
+            "train_loss": mean,
+            "valid_elbo": math.nan,
+            "valid_bound": math.nan,
+            "lr": lr,
+            "beta": b,
+            "seconds": seconds,
+        }
 
     def batches(self) -> Iterator[torch.Tensor]:
         for batch in self.loader:
@@ -473,7 +532,7 @@ class _Loop:
     def end_epoch(self, epoch: int, record: dict[str, float]) -> bool:
         """Score the epoch's weights, keep the best, write the checkpoint; True to stop early."""
         state = _state_copy(self.vae)
-        score = self.score()
+        elbo, score = self.score()
         problem = self.guard.problem(-score) or (
             None if _all_finite(state) else "the weights became non-finite"
         )
@@ -482,26 +541,42 @@ class _Loop:
         self.guard.end_epoch(record["train_loss"])
         stop = False
         if self.valid is not None:
-            record["valid_elbo"] = score
+            record["valid_elbo"], record["valid_bound"] = elbo, score
             stop = self.stopping.update(epoch, score, state)
             self.history.best_epoch = self.stopping.best_epoch
+            if self.scheduler is not None:
+                self.scheduler.step(score)
         self.history.records.append(record)
         self.last_good = (state, epoch)
         self.checkpointer.save(self.vae, self.stopping.best_state or state, self)
         return stop
 
-    def score(self) -> float:
-        """The validation ELBO; without validation data, the ELBO of a fixed training batch.
+    def score(self) -> tuple[float, float]:
+        """The validation ELBO and the objective's own validation bound (the score); without
+        validation data, NaN and the objective on a fixed training batch.
 
         Either way the epoch's final weights are checked before they count as good.
         """
         if self.valid is not None:
-            return validation_elbo(self.vae, self.valid, seed=self.cfg.seed)
+            cfg = self.cfg
+            samples = self.criterion.validation_samples(cfg.num_particles, self.valid_samples())
+            bounds = validation_bounds(self.vae, self.valid, num_samples=samples, seed=cfg.seed)
+            return bounds["elbo"], bounds[self.criterion.bound]
         # The training objective itself (whatever the guide), at beta = 1, in this process alone.
         objective = getattr(self.objective, "module", self.objective)  # unwrapped from DDP
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed)
-            return -float(objective(self.check_batch, 1.0))
+            return math.nan, -float(objective(self.check_batch, 1.0))
+
+    def valid_samples(self) -> int:
+        """``valid_samples``, or enough for ``VALID_DRAWS`` draws over the validation data."""
+        if self.cfg.valid_samples is not None:
+            return self.cfg.valid_samples
+        try:
+            points = len(getattr(self.valid, "dataset", self.valid))  # a DataLoader's points, not batches
+        except TypeError:  # an iterable-style dataset
+            return 1
+        return max(1, min(MAX_VALID_SAMPLES, math.ceil(VALID_DRAWS / max(points, 1))))
 
     def diverged(self, what: str) -> TrainingDiverged:
         best = self.stopping.best_state
@@ -572,7 +647,9 @@ def fit(
         config: a :class:`TrainConfig` (or its dict); keyword ``settings`` override its
             fields: ``epochs``, ``batch_size``, ``lr``, ``loss``, ``num_particles``, ``beta``
             (a number or ``{"end", "warmup_epochs", "start"}``), ``seed``, ``device``,
-            ``patience`` (needs ``valid``), ``num_threads``, ``max_minutes``, ``ddp_timeout_s``.
+            ``lr_patience``, ``lr_factor``, ``weight_decay``, ``patience`` and ``valid_samples``
+            (the first two and the last two act only with ``valid``), ``num_threads``,
+            ``max_minutes``, ``ddp_timeout_s``.
         progress: a progress bar on a terminal, a line every 30 s elsewhere.
         checkpoint_dir: after every epoch, ``model.pt`` (best weights so far when ``valid``
             is given), ``training_state.pt`` and ``history.csv`` are written there.
@@ -586,8 +663,9 @@ def fit(
         :class:`TrainingDiverged`; the VAE is restored to the best (or last good) weights and
         the checkpoint files are left as they were after the last good epoch.
     """
-    if "patience" in settings and settings["patience"] is not None and valid is None:
-        raise ConfigError("patience (early stopping) needs validation data: pass valid=...")
+    for name in ("patience", "lr_patience"):
+        if settings.get(name) is not None and valid is None and not isinstance(train, DataSplits):
+            raise ConfigError(f"{name} needs validation data: pass valid=...")
     cfg = train_config(config, **settings)
     notes = []
     if isinstance(train, DataSplits):
@@ -611,12 +689,15 @@ def fit(
             torch.manual_seed(epoch_seed(cfg.seed, 0, 0))  # the same start on every process
             vae.prior.initialize(_first_batch(loader).to(device, torch.float32))
     history.likelihood = vae.likelihood.name
+    optimizer = make_optimizer(vae.parameters(), cfg.lr, cfg.weight_decay)
     loop = _Loop(
         vae=vae,
         objective=_objective(vae, cfg, ctx, device),
-        optimizer=make_optimizer(vae.parameters(), cfg.lr),
+        optimizer=optimizer,
         loader=loader,
         valid=valid,
+        criterion=objectives.create(cfg.loss),
+        scheduler=make_scheduler(optimizer, cfg, valid is not None),
         cfg=cfg,
         ctx=ctx,
         device=device,

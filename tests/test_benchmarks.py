@@ -310,3 +310,13 @@ def test_tables_quick(tmp_path):
             assert_finite(s, f"log_px.{method}")
         for method in ("mean", "iterative", "knn", "pyro_vae"):
             assert_finite(s, f"rmse.{method}", positive=True)
+
+
+def test_defaults_quick(tmp_path):
+    result, _ = run_quick("defaults.py", tmp_path, tmp_path)
+    assert_provenance(result, "defaults.py")
+    assert set(result["entries"]) == {"iris/0/old", "iris/0/plateau"}
+    for entry in result["entries"].values():
+        assert_finite(entry, "test_log_px", "valid_log_px", "best_valid_bound")
+        assert entry["command"] == result["command"]
+    assert set(result["summary"]) == {"old", "plateau"}

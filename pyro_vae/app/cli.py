@@ -14,7 +14,7 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from pyro_vae import priors
+from pyro_vae import priors, selection
 from pyro_vae.app.config import SECTIONS, RunConfig
 from pyro_vae.distributed import PeerFailure
 from pyro_vae.errors import PyroVAEError
@@ -40,6 +40,20 @@ def _hidden(text: str) -> list[int]:
         return [int(w) for w in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"takes comma-separated widths like 256,256, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes comma-separated integers like 2,4,8, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"takes positive integers, got {text!r}")
+    return values
+
+
+def _width_options(text: str) -> list[list[int]]:
+    return [_hidden(part) for part in text.split(";")]
 
 
 def _json_object(text: str) -> dict:
@@ -114,13 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_flags(t)
 
-    c = sub.add_parser(
+    c = _config_command(
+        sub,
         "compare",
-        help="train the same VAE under every prior and compare them",
-        description="Train the same VAE (data, seed, networks, budget) under each prior; write "
+        "train the same VAE under every prior and compare them",
+        "Train the same VAE (data, seed, networks, budget) under each prior; write "
         "comparison.md/.csv/.json, figures and one run directory per prior.",
     )
-    c.add_argument("--config", type=Path, help="a run config JSON (or a run directory) to start from")
     c.add_argument(
         "--out", type=Path, default=Path("runs/compare"), help="output directory (default runs/compare)"
     )
@@ -139,6 +153,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_run_flags(c, skip=("model.prior", "model.prior_options"))
+
+    s = _config_command(
+        sub,
+        "select",
+        "choose the latent size and hidden widths by validation log p(x)",
+        "Train one VAE per latent size and hidden widths (the other settings as for train), "
+        "print each one's validation log p(x) and the train flags of the best.",
+    )
+    s.add_argument(
+        "--latent-dims",
+        type=_ints,
+        default=list(selection.LATENT_DIMS),
+        help=f"latent sizes to try (default {','.join(map(str, selection.LATENT_DIMS))})",
+    )
+    s.add_argument(
+        "--widths",
+        type=_width_options,
+        default=[list(h) for h in selection.HIDDEN],
+        help="hidden widths to try, separated by ';' (default "
+        + ";".join(",".join(map(str, h)) for h in selection.HIDDEN)
+        + ")",
+    )
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_flags(s, skip=("model.latent_dim", "model.hidden"))
 
     e = sub.add_parser("evaluate", help="re-evaluate a saved run", description="Re-evaluate a saved run.")
     e.add_argument("run_dir", type=Path)
@@ -179,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, help="output directory (default: the run directory)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _config_command(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A command that starts from a run config: its parser with ``--config``."""
+    parser = sub.add_parser(name, help=help, description=description)
+    parser.add_argument("--config", type=Path, help="a run config JSON (or a run directory) to start from")
     return parser
 
 
@@ -247,7 +292,7 @@ def _parser(name: str, tp):
         parse = base
     else:
         parse = str
-    return _optional(parse, zero_is_none=name == "patience") if base is not tp else parse
+    return _optional(parse, zero_is_none=name in ("patience", "lr_patience")) if base is not tp else parse
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -437,7 +482,44 @@ def _compare(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-COMMANDS = {"train": _train, "compare": _compare, "evaluate": _evaluate, "diagnose": _diagnose}
+def _select(args: argparse.Namespace) -> int:
+    """Run ``pyro-vae select``: every candidate trained, the choice printed with its train flags."""
+    from pyro_vae.app.run import build_vae, input_shape, load_data
+
+    cfg = config_from_args(args)
+    splits = load_data(cfg)
+    shape = input_shape(cfg, splits)
+
+    def build(latent_dim: int, hidden: tuple[int, ...]):
+        return build_vae(cfg.replace("model", latent_dim=latent_dim, hidden=list(hidden)), shape)
+
+    chosen = selection.select(
+        splits,
+        latent_dims=args.latent_dims,
+        hidden=args.widths,
+        build=build,
+        progress=not args.no_progress,
+        config=cfg.train,
+    )
+    for c in chosen.candidates:
+        print(
+            f"latent {c['latent_dim']:>3}  hidden {','.join(map(str, c['hidden'])) or 'linear':<12} "
+            f"validation log p(x) {c['valid_log_likelihood']:.4f}  ({c['epochs']} epochs)"
+        )
+    hidden = ",".join(map(str, chosen.hidden)) or "linear"
+    print(
+        f"{chosen.summary().split(' (')[0]}; train it with: --latent-dim {chosen.latent_dim} --hidden {hidden}"
+    )
+    return 0
+
+
+COMMANDS = {
+    "train": _train,
+    "select": _select,
+    "compare": _compare,
+    "evaluate": _evaluate,
+    "diagnose": _diagnose,
+}
 
 
 def console_main() -> None:

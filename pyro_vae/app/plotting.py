@@ -14,7 +14,7 @@ from pyro_vae.training import History
 
 
 def plot_history(history: History) -> Figure:
-    """Training loss and validation ELBO per epoch (and beta when it changes)."""
+    """Training loss, validation ELBO and bound per epoch (and beta when it changes)."""
     fig = Figure(figsize=(9, 3.5), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     epochs = history["epoch"]
@@ -25,6 +25,9 @@ def plot_history(history: History) -> Figure:
     valid = np.asarray(history["valid_elbo"], dtype=float)
     if np.isfinite(valid).any():
         ax2.plot(epochs, valid, color="C1", label="validation ELBO")
+        bound = np.asarray(history["valid_bound"], dtype=float)
+        if not np.array_equal(bound, valid, equal_nan=True):  # the objective judges by another bound
+            ax2.plot(epochs, bound, color="C3", label="validation bound (early stopping)")
         if history.best_epoch is not None:
             ax2.axvline(history.best_epoch, color="grey", ls=":", label=f"best epoch {history.best_epoch}")
     ax2.set_xlabel("epoch")

@@ -185,7 +185,7 @@ def train_run(
         return metrics
     echo(
         f"train   {len(history)} epochs in {history.seconds:.1f} s"
-        + (f", best validation ELBO at epoch {history.best_epoch}" if history.best_epoch else "")
+        + (f", best validation bound at epoch {history.best_epoch}" if history.best_epoch else "")
         + (" (early stop)" if history.stopped_early else "")
     )
     echo(summary_line(metrics, vae))
