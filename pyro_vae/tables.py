@@ -184,10 +184,20 @@ class TableSchema:
 
 
 def infer_column(
-    values: np.ndarray, name: str, levels: list[str] | None, standardize: bool = True
+    values: np.ndarray,
+    name: str,
+    levels: list[str] | None,
+    standardize: bool = True,
+    support: np.ndarray | None = None,
 ) -> ColumnSpec | str:
-    """The :class:`ColumnSpec` of one training column (NaN: missing), or why it is dropped."""
+    """The :class:`ColumnSpec` of one training column (NaN: missing), or why it is dropped.
+
+    The statistics come from the training split; the kind (binary, count, unit, real) from
+    ``support``, every observed value of the column when given: a count column whose
+    validation split holds 42.5 is real, whatever the training split shows.
+    """
     v = values[~np.isnan(values)]
+    s = v if support is None else support[~np.isnan(support)]
     missing = int(np.isnan(values).sum())
     if v.size == 0:
         return "no observed value in the training split"
@@ -200,19 +210,19 @@ def infer_column(
         spec.likelihood = {"name": "categorical", "options": {"num_categories": len(levels)}}
         return spec
     spec.mean, spec.std = float(v.mean()), float(v.std(ddof=1))
-    integers = bool(np.all(v == np.round(v)))
-    if np.array_equal(unique, [0.0, 1.0]):
+    integers = bool(np.all(s == np.round(s)))
+    if np.array_equal(np.unique(s), [0.0, 1.0]):
         spec.kind, spec.likelihood, spec.reason = "binary", "bernoulli", "values 0 and 1"
-    elif integers and v.min() >= 0 and v.max() <= COUNT_MAX:
+    elif integers and s.min() >= 0 and s.max() <= COUNT_MAX:
         spec.kind, spec.likelihood = "count", "negative_binomial"
-        spec.reason = f"non-negative integers up to {v.max():g}"
-    elif v.min() >= 0 and v.max() <= 1:
-        inside = v.min() > 0 and v.max() < 1
+        spec.reason = f"non-negative integers up to {s.max():g}"
+    elif s.min() >= 0 and s.max() <= 1:
+        inside = s.min() > 0 and s.max() < 1
         spec.kind, spec.likelihood = "unit", "beta" if inside else "continuous_bernoulli"
         spec.reason = "values inside (0, 1)" if inside else "values in [0, 1]"
     else:
-        if integers and v.min() >= 0:
-            spec.reason = f"integers up to {v.max():g}, too many levels for counts: real"
+        if integers and s.min() >= 0:
+            spec.reason = f"integers up to {s.max():g}, too many levels for counts: real"
         spec.standardize = standardize
         spec.warning = _scale_warning(v, spec.mean, spec.std, standardize)
     return spec
@@ -231,13 +241,20 @@ def _scale_warning(v: np.ndarray, mean: float, std: float, standardize: bool) ->
 
 
 def infer_schema(
-    train: np.ndarray, names: list[str], levels: dict[int, list[str]] | None = None, standardize: bool = True
+    train: np.ndarray,
+    names: list[str],
+    levels: dict[int, list[str]] | None = None,
+    standardize: bool = True,
+    support: np.ndarray | None = None,
 ) -> TableSchema:
-    """The :class:`TableSchema` of a raw training split ``(n, len(names))`` (categories coded)."""
+    """The :class:`TableSchema` of a raw training split ``(n, len(names))`` (categories coded);
+    ``support``, the whole table, decides each column's kind (see :func:`infer_column`)."""
     levels = levels or {}
     columns, dropped = [], []
     for d, name in enumerate(names):
-        spec = infer_column(np.asarray(train[:, d], dtype=np.float64), name, levels.get(d), standardize)
+        column = np.asarray(train[:, d], dtype=np.float64)
+        whole = None if support is None else np.asarray(support[:, d], dtype=np.float64)
+        spec = infer_column(column, name, levels.get(d), standardize, whole)
         if isinstance(spec, str):
             dropped.append({"name": name, "reason": spec})
         else:
@@ -385,7 +402,7 @@ def load_table(
             f"{name} holds {int(np.isinf(values).sum())} infinite values; remove them (NaN marks a missing cell)"
         )
     idx = _split_indices(len(values), valid_fraction, test_fraction, seed)
-    schema = infer_schema(values[idx[0]], raw.names, raw.levels, standardize)
+    schema = infer_schema(values[idx[0]], raw.names, raw.levels, standardize, support=values)
     if column_likelihoods:
         schema = schema.with_likelihoods(column_likelihoods)
     train, valid, test = (schema.transform(values[i]) for i in idx)

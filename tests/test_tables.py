@@ -320,3 +320,15 @@ def test_groups_of_several_columns_keep_their_places():
     gauss = dist.Normal(params[..., 0, 2], F.softplus(params[..., 1, 2]) + 1e-3).log_prob(x[:, 2])
     torch.testing.assert_close(lp[..., 2], gauss)
     torch.testing.assert_close(lp[..., 1], dist.Bernoulli(logits=params[..., 0, 1]).log_prob(x[:, 1]))
+
+
+def test_a_column_kind_comes_from_every_observed_value_not_the_training_split_alone():
+    """Integers in the training rows but 42.5 in another split: the column is real, not counts."""
+    from pyro_vae.tables import infer_schema
+
+    train = np.array([[1.0], [3.0], [5.0], [7.0]])
+    whole = np.vstack([train, [[42.5]]])
+    assert infer_schema(train, ["s3"]).columns[0].kind == "count"
+    spec = infer_schema(train, ["s3"], support=whole).columns[0]
+    assert spec.kind == "real" and spec.likelihood == "gaussian"
+    assert spec.mean == pytest.approx(4.0)  # statistics still from the training rows
