@@ -310,15 +310,21 @@ class Checkpointer:
     def __init__(self, directory: Path | None, is_main: bool) -> None:
         self.directory = directory
         self.active = directory is not None and is_main
+        self.config_written = False
 
-    def save(self, vae: VAE, model_state, loop: _Loop) -> None:
+    def save(self, vae: VAE, model_state, current_state, loop: _Loop) -> None:
+        """``model_state``: the weights to keep (best so far); ``current_state``: the epoch's own copy."""
         if not self.active:
             return
-        vae.save(self.directory, state_dict=model_state)
+        if self.config_written:  # config.json does not change within a fit: the weights alone
+            atomic_torch_save(model_state, self.directory / WEIGHTS_FILE)
+        else:
+            vae.save(self.directory, state_dict=model_state)
+            self.config_written = True
         state = {
             "format": CHECKPOINT_FORMAT,
             "epoch": len(loop.history),
-            "model": _state_copy(vae),
+            "model": current_state,
             "optimizer": loop.optimizer.state_dict(),
             "scheduler": loop.scheduler.state_dict() if loop.scheduler is not None else None,
             "history": loop.history.records,
@@ -548,7 +554,7 @@ class _Loop:
                 self.scheduler.step(score)
         self.history.records.append(record)
         self.last_good = (state, epoch)
-        self.checkpointer.save(self.vae, self.stopping.best_state or state, self)
+        self.checkpointer.save(self.vae, self.stopping.best_state or state, state, self)
         return stop
 
     def score(self) -> tuple[float, float]:
@@ -684,10 +690,11 @@ def fit(
         train, cfg.batch_size, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
     )
     vae.to(device)
+    first = _first_batch(loader).to(device, torch.float32)  # the prior's start and the check batch
     if not vae.fitted and not resume:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(epoch_seed(cfg.seed, 0, 0))  # the same start on every process
-            vae.prior.initialize(_first_batch(loader).to(device, torch.float32))
+            vae.prior.initialize(first)
     history.likelihood = vae.likelihood.name
     optimizer = make_optimizer(vae.parameters(), cfg.lr, cfg.weight_decay)
     loop = _Loop(
@@ -705,7 +712,7 @@ def fit(
         stopping=EarlyStopping(cfg.patience if valid is not None else None),
         guard=DivergenceGuard(vae.input_dim),
         checkpointer=Checkpointer(Path(checkpoint_dir) if checkpoint_dir is not None else None, ctx.is_main),
-        check_batch=_first_batch(loader).to(device, torch.float32),
+        check_batch=first,
     )
     first_epoch = loop.checkpointer.restore(vae, loop, device) if resume else 1
     loop.last_good = (_state_copy(vae), first_epoch - 1)
