@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from pyro_vae.io import atomic_write_text
+from pyro_vae.threads import ForeignLoad
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS_DIR / "results"
@@ -220,50 +221,6 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
-
-
-def _busy_cpu_seconds() -> float | None:
-    """CPU seconds all processes of the machine have spent busy so far (Linux /proc/stat)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except (OSError, IndexError):
-        return None
-    values = [int(v) for v in fields]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-class ForeignLoad:
-    """How busy *other* processes kept the CPUs while a measurement ran.
-
-    ``fraction`` is (busy CPU time of the machine - this process's CPU time) / (wall time x
-    cores): 0 on an otherwise idle machine; 0.5 means other work took half the machine,
-    and timings taken then are not to be trusted.
-    """
-
-    def __init__(self) -> None:
-        self.foreign, self.wall = 0.0, 0.0
-        self.available = _busy_cpu_seconds() is not None
-
-    @contextlib.contextmanager
-    def measure(self):
-        busy0, own0, t0 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
-        yield
-        busy1, own1, t1 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
-        if busy0 is not None and busy1 is not None:
-            self.foreign += max(0.0, (busy1 - busy0) - (own1 - own0))
-        self.wall += t1 - t0
-
-    @property
-    def fraction(self) -> float | None:
-        if not self.available or self.wall <= 0:
-            return None
-        return round(self.foreign / (self.wall * (os.cpu_count() or 1)), 3)
 
 
 def wait_for_quiet(

@@ -9,7 +9,7 @@ its defaults, early stopping on the objective's validation bound); its discrete 
 their probability mass functions, its real columns per raw unit (the standardization's
 Jacobian added). GaussianMixture (full and diagonal covariances), FactorAnalysis and
 KernelDensity, each tuned on the validation split, model the same columns with the
-discrete ones (binary, counts, category codes) dequantized, ``x + u`` with
+discrete ones (binary, counts, integers, category codes) dequantized, ``x + u`` with
 ``u ~ U[0, 1)``: a density of ``x + u`` integrates over the unit cell to a probability of
 ``x``, so its log density is in expectation a lower bound on the estimator's log
 probability of the discrete values (Theis et al., 2016), in the same units. They are
@@ -45,7 +45,7 @@ from pyro_vae.tables import RawTable, as_raw_table, load_table  # noqa: E402
 NAME = "tables"
 TABLES = ("iris", "wine", "diabetes", "penguins", "fair", "anes96", "breast_cancer")
 QUICK_TABLES = ("iris", "penguins")
-DISCRETE = ("binary", "count", "categorical")
+DISCRETE = ("binary", "count", "integer", "categorical")
 
 
 def load_raw(name: str) -> RawTable:
@@ -129,7 +129,7 @@ def density_split(raw: RawTable, seed: int, args) -> dict:
         splits = load_table(raw, valid_fraction=0.2, test_fraction=0.2, seed=seed)
     schema = splits.columns
     idx = _split_indices(len(raw.values), 0.2, 0.2, seed)
-    values = raw.values[:, schema.keep]
+    values = schema.coded(raw.values)  # numeric levels as their codes, like text categories
     kinds = [c.kind for c in schema.columns]
     parts = [values[i] for i in idx]
     complete = [~np.isnan(p).any(1) for p in parts]
@@ -182,7 +182,8 @@ def impute_split(raw: RawTable, seed: int, args) -> dict:
     idx = _split_indices(len(values), 0.2, 0.2, seed)
     train_m, test_m = masked[idx[0]][:, keep], masked[idx[2]][:, keep]
     truth, hidden = values[idx[2]][:, keep], hide[idx[2]][:, keep]
-    scored = np.array([c.kind != "categorical" for c in schema.columns])
+    # every numeric column is scored in its own units (text categories are not)
+    scored = np.array([c.kind != "categorical" or c.values is not None for c in schema.columns])
     mean, sd = np.nanmean(train_m, 0), np.nanstd(train_m, 0)
     sd = np.where(sd > 0, sd, 1.0)
 
@@ -203,7 +204,7 @@ def impute_split(raw: RawTable, seed: int, args) -> dict:
     vae = default_vae(splits)
     pyro_vae.fit(vae, splits, progress=False, epochs=args.epochs, seed=seed)
     filled = vae.impute(splits.test, num_samples=args.eval_samples, seed=seed)
-    out["pyro_vae"] = rmse(splits.preprocessing.inverse(filled).double().numpy())
+    out["pyro_vae"] = rmse(schema.to_raw(filled))
     return out
 
 

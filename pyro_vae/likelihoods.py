@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.distributions import constraints
 from torch.nn import functional as F
 
 from pyro_vae.errors import DataError
@@ -63,6 +64,7 @@ OPEN_UNIT_INTERVAL = Support(
     lambda x: (x > 0) & (x < 1),
     placeholder=0.5,
 )
+INTEGER = Support("integer", "the integers", lambda x: torch.isfinite(x) & (x == x.round()))
 NONNEGATIVE_INTEGER = Support(
     "nonnegative_integer",
     "the integers 0, 1, 2, ...",
@@ -522,6 +524,71 @@ class NegativeBinomial(Counts):
         raw_count, logits = self.unbind(params)
         total_count = F.softplus(raw_count) + self.min_total_count
         return dist.NegativeBinomial(total_count, logits=logits, validate_args=False)
+
+
+def _log_diff_ndtr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log(\Phi(b) - \Phi(a))` for :math:`a < b`, accurate in both tails (on the upper
+    tail through :math:`\Phi(b) - \Phi(a) = \Phi(-a) - \Phi(-b)`)."""
+    upper = a > 0
+    a, b = torch.where(upper, -b, a), torch.where(upper, -a, b)
+    log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
+    d = (log_a - log_b).clamp(max=-1e-12)  # < 0: the log of a ratio below 1
+    return log_b + torch.where(d > -math.log(2), torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
+
+
+class DiscretizedNormal(dist.TorchDistribution):
+    r"""A normal distribution rounded to the nearest integer:
+    :math:`P(x) = \Phi(\tfrac{x + 1/2 - \mu}{\sigma}) - \Phi(\tfrac{x - 1/2 - \mu}{\sigma})`."""
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.integer_interval(-(2**53), 2**53)
+
+    def __init__(self, loc, scale, validate_args=None):
+        self.loc, self.scale = torch.broadcast_tensors(loc, scale)
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    def log_prob(self, value):
+        return _log_diff_ndtr((value - 0.5 - self.loc) / self.scale, (value + 0.5 - self.loc) / self.scale)
+
+    def sample(self, sample_shape=()):
+        shape = self.shape(torch.Size(sample_shape))
+        with torch.no_grad():
+            return torch.normal(self.loc.expand(shape), self.scale.expand(shape)).round()
+
+    @property
+    def mean(self):
+        return self.loc
+
+    def expand(self, batch_shape, _instance=None):
+        return DiscretizedNormal(self.loc.expand(batch_shape), self.scale.expand(batch_shape))
+
+
+@register("discretized_gaussian")
+class DiscretizedGaussian(Likelihood):
+    r"""Integers on a scale (an age in years, a cholesterol level): a Gaussian rounded to the
+    nearest integer, :math:`P(x \mid z) = \Phi(\tfrac{x + 1/2 - \mu}{\sigma}) - \Phi(\tfrac{x - 1/2 - \mu}{\sigma})`,
+    with :math:`\mu = c + s\,h_1(z)` and :math:`\sigma = s\,(\operatorname{softplus}(h_2) + \sigma_{\min})`.
+
+    The data stay in their own units (a probability needs no Jacobian); ``center`` and
+    ``spread`` (the column's training mean and standard deviation, which tables set) put the
+    decoder's outputs on the data's scale. Unlike the negative binomial it can be narrower
+    than a Poisson of the same mean, and it has no preferred origin.
+    """
+
+    num_params = 2
+    support = INTEGER
+    discrete = True
+
+    def __init__(self, center: float = 0.0, spread: float = 1.0, min_scale: float = 1e-3) -> None:
+        super().__init__()
+        self.center = float(center)
+        self.spread = positive("spread", spread)
+        self.min_scale = positive("min_scale", min_scale)
+
+    def forward(self, params):
+        loc, raw_scale = self.unbind(params)
+        scale = self.spread * (F.softplus(raw_scale) + self.min_scale)
+        return DiscretizedNormal(self.center + self.spread * loc, scale)
 
 
 # --------------------------------------------------------------------------- categories and tables

@@ -121,6 +121,10 @@ class VAE(PyroModule):
             scores the observed cells alone and the encoder sees ``[x with NaN as 0, mask]``
             (MIWAE, :class:`~pyro_vae.networks.MaskedInput`). :func:`pyro_vae.fit` turns it
             on for an untrained VAE whose training data hold NaN.
+        input_scale: ``{"center": [...], "spread": [...]}`` per feature (vectors only): the
+            encoder sees ``(x - center) / spread`` (:class:`~pyro_vae.networks.ScaledInput`)
+            while the likelihood scores ``x`` in its own units. :func:`pyro_vae.fit` sets it
+            from the training split of a table (:func:`pyro_vae.tables.load_table`).
     """
 
     def __init__(
@@ -137,6 +141,7 @@ class VAE(PyroModule):
         decoder: torch.nn.Module | None = None,
         input_shape: Sequence[int] | None = None,
         missing: bool = False,
+        input_scale: dict[str, Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         self.input_shape = input_shape_of(input_dim if input_shape is None else input_shape)
@@ -157,6 +162,7 @@ class VAE(PyroModule):
         self.__dict__["_decoder_net"] = decoder  # registered once, as decoder.net, when the likelihood is set
         self.fitted = False  # set by fit(); data-dependent initialisation happens only once
         self.missing = False
+        self.input_scale = self._checked_scale(input_scale)
         self._set_encoder(encoder)
         self.prior = priors.create(prior)
         self.prior.setup(self.latent_dim, self.input_dim, self.encoder)
@@ -175,8 +181,43 @@ class VAE(PyroModule):
             encoder = nets.network(self.network).encoder(shape, self.latent_dim, self.hidden, self.activation)
             if self.missing:
                 encoder = nets.MaskedInput(encoder)
+            if self.input_scale is not None:
+                encoder = nets.ScaledInput(encoder, self.input_scale["center"], self.input_scale["spread"])
         self.encoder = GaussianEncoder(encoder, self.latent_dim, self.input_shape, self.encoder_min_scale)
         self.encoder.check()
+
+    def _checked_scale(self, scale: dict[str, Sequence[float]] | None) -> dict[str, list[float]] | None:
+        if scale is None:
+            return None
+        try:
+            center, spread = [float(v) for v in scale["center"]], [float(v) for v in scale["spread"]]
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(
+                f"input_scale must be {{'center': [...], 'spread': [...]}}, got {scale!r}"
+            ) from None
+        if len(self.input_shape) != 1 or len(center) != self.input_dim or len(spread) != self.input_dim:
+            raise ConfigError(f"input_scale needs {self.input_dim} centers and spreads, for vectors")
+        if not all(math.isfinite(c) for c in center) or not all(0 < s < math.inf for s in spread):
+            raise ConfigError("input_scale's centers must be finite and its spreads positive")
+        return {"center": center, "spread": spread}
+
+    def scale_inputs(self, x: torch.Tensor) -> None:
+        """Set :attr:`input_scale` from training data ``x`` (NaN cells ignored): each
+        feature's mean and standard deviation (1 where it is constant). Untrained, built-in networks."""
+        if self.network == CUSTOM or self.fitted:
+            raise ConfigError("input_scale is set before training, on a VAE with a built-in network")
+        observed = ~torch.isnan(x)
+        count = observed.sum(0).clamp(min=1)
+        filled = torch.where(observed, x, torch.zeros_like(x)).double()
+        center = filled.sum(0) / count
+        var = (torch.where(observed, x.double() - center, torch.zeros_like(filled)) ** 2).sum(0) / count
+        spread = torch.where(var > 0, var.sqrt(), torch.ones_like(var))
+        self.input_scale = self._checked_scale({"center": center.tolist(), "spread": spread.tolist()})
+        device = self.device
+        self._set_encoder(None)
+        self.encoder.to(device)
+        self.prior.setup(self.latent_dim, self.input_dim, self.encoder)
+        self.prior.to(device)
 
     def enable_missing(self) -> None:
         """Accept missing cells (NaN): rebuild the encoder to see ``[x, mask]`` (untrained, built-in networks)."""
@@ -304,26 +345,45 @@ class VAE(PyroModule):
 
     def model(self, x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> None:
         r""":math:`p(z)\,p_\theta(x \mid z)`, with the latent site scaled by ``beta``."""
-        x = self.shaped(x)
-        observed = None
-        if self.missing:  # missing cells: a placeholder in the support, their terms masked out
-            observed = ~torch.isnan(x)
-            x = torch.where(observed, x, self.likelihood.placeholder(x))
+        x, observed = self.observed_part(x)
         with pyro.plate("data", x.shape[0], dim=-1):
             with kl_weight(beta):
                 z = pyro.sample("z", self.prior())
-            observation = self.likelihood.observation(self.decoder(z), x)
-            if observed is not None:
-                observation = observation.mask(observed)
-            pyro.sample("x", observation.to_event(len(self.input_shape)), obs=x)
+            pyro.sample("x", self.observation(z, x, observed), obs=x)
 
     def guide(self, x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> None:
         r""":math:`q_\phi(z \mid x)`, with the latent site scaled by ``beta``."""
         x = self.shaped(x)
         with pyro.plate("data", x.shape[0], dim=-1):
-            loc, scale = self.encoder(x)
+            posterior = self.posterior(x)
             with kl_weight(beta):
-                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+                pyro.sample("z", posterior)
+
+    # The model's and guide's distributions, defined once: Pyro's sites above and the
+    # traced training step (pyro_vae.step) both read them.
+
+    def observed_part(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x`` shaped, its missing cells replaced by a placeholder in the support, and the
+        mask of observed cells (None for a VAE without ``missing``)."""
+        x = self.shaped(x)
+        if not self.missing:
+            return x, None
+        observed = ~torch.isnan(x)
+        return torch.where(observed, x, self.likelihood.placeholder(x)), observed
+
+    def posterior(self, x: torch.Tensor) -> dist.Distribution:
+        r""":math:`q_\phi(z \mid x)` for a shaped batch, event shape ``(latent_dim,)``."""
+        loc, scale = self.encoder(x)
+        return dist.Normal(loc, scale).to_event(1)
+
+    def observation(
+        self, z: torch.Tensor, x: torch.Tensor, observed: torch.Tensor | None = None
+    ) -> dist.Distribution:
+        r""":math:`p_\theta(x \mid z)` of the observation site, masked to the ``observed`` cells."""
+        observation = self.likelihood.observation(self.decoder(z), x)
+        if observed is not None:
+            observation = observation.mask(observed)
+        return observation.to_event(len(self.input_shape))
 
     # ------------------------------------------------------------------ user-facing maps
 
@@ -426,6 +486,7 @@ class VAE(PyroModule):
                 "encoder_min_scale": self.encoder_min_scale,
             }
             | ({"missing": True} if self.missing else {})
+            | ({"input_scale": self.input_scale} if self.input_scale is not None else {})
         )
 
     @classmethod

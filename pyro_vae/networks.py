@@ -89,6 +89,21 @@ class MaskedInput(nn.Module):
         return self.net(torch.cat([torch.where(observed, x, torch.zeros_like(x)), observed.to(x.dtype)], -1))
 
 
+class ScaledInput(nn.Module):
+    """The encoder's input on a common scale: ``net`` sees ``(x - center) / spread`` per
+    feature (NaN stays NaN for :class:`MaskedInput`). A table keeps counts and integers in
+    their own units for their likelihoods; a network fed 300 beside 0.3 trains badly."""
+
+    def __init__(self, net: nn.Module, center: Sequence[float], spread: Sequence[float]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("center", torch.tensor(center, dtype=torch.float32))
+        self.register_buffer("spread", torch.tensor(spread, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor):
+        return self.net((x - self.center) / self.spread)
+
+
 class GaussianEncoder(nn.Module):
     r"""Amortized diagonal Gaussian :math:`q(z \mid x) = \mathcal N(\mu(x), \operatorname{diag}\sigma(x)^2)`.
 

@@ -260,12 +260,23 @@ class ELBOLoss(torch.nn.Module):
     / len(x)``. Being an ``nn.Module`` whose parameters are the VAE's, it is what
     ``DistributedDataParallel`` wraps; dividing by the batch size makes the average of
     the processes' gradients equal the gradient of one process holding all their data.
+
+    For the plain one-particle ``Trace_ELBO`` of a VAE, each structure of the model is
+    traced by Pyro once and then replayed (:mod:`pyro_vae.step`): the same loss and
+    gradients without building two traces per step. ``replay=False`` always uses Pyro's
+    ELBO.
     """
 
-    def __init__(self, vae: torch.nn.Module, elbo: pyro.infer.ELBO) -> None:
+    def __init__(self, vae: torch.nn.Module, elbo: pyro.infer.ELBO, *, replay: bool = True) -> None:
+        from pyro_vae.step import ReplayedELBO, replayable
+
         super().__init__()
         self.vae = vae
         self.elbo = elbo
+        self.replayed = ReplayedELBO(vae) if replay and replayable(vae, elbo) is None else None
 
     def forward(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
-        return self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, beta) / x.shape[0]
+        loss = self.replayed(x, beta) if self.replayed is not None else None
+        if loss is None:
+            loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, beta)
+        return loss / x.shape[0]

@@ -7,11 +7,20 @@
 kind           the observed values                          transform              likelihood ("auto")
 =============  ===========================================  =====================  ======================
 binary         0 and 1                                      kept                   ``bernoulli``
-count          non-negative integers up to 1000             kept                   ``negative_binomial``
+count          non-negative integers from 0                 kept                   ``negative_binomial``
+categorical    text labels (or declared), or at most 12     coded 0..K-1           ``categorical`` (K levels)
+               distinct numbers (each seen 5 times on
+               average; a coded scale such as 1..7)
+integer        other integers (an age, a cholesterol level) kept                   ``discretized_gaussian``
 unit           inside [0, 1] (Beta when strictly inside)    kept                   ``beta`` / ``continuous_bernoulli``
-categorical    text labels (or declared), coded 0..K-1      coded                  ``categorical`` (K levels)
 real           anything else                                standardized           ``gaussian`` with sigma(z)
 =============  ===========================================  =====================  ======================
+
+Counts and integers stay in their own units (their likelihoods give probabilities, which
+need no Jacobian); the encoder sees every column standardized all the same
+(:class:`~pyro_vae.networks.ScaledInput`, set by :func:`pyro_vae.fit`). A rounded Gaussian
+suits integers on a scale: unlike a negative binomial it can be narrower than a Poisson of
+the same mean and has no preferred origin.
 
 Real columns are standardized with the training split's mean and standard deviation
 (``standardize=False`` keeps them raw, with a warning when a scale is far from 1); the
@@ -48,7 +57,8 @@ from pyro_vae.data import (
 )
 from pyro_vae.errors import ConfigError, DataError
 
-COUNT_MAX = 1000  # larger non-negative integers are treated as real values
+MAX_LEVELS = 12  # numeric columns with this few distinct values are levels (a category each)
+ROWS_PER_LEVEL = 5  # ... when each level is seen this often on average
 MISSING_TOKENS = frozenset({"", "na", "nan", "n/a", "null", "none", "?"})
 #: Likelihoods of location-scale families: a real column is standardized for them.
 LOCATION_SCALE = frozenset(
@@ -69,6 +79,7 @@ class ColumnSpec:
     std: float | None = None
     standardize: bool = False
     levels: list[str] | None = None
+    values: list[float] | None = None  # the numbers a numeric categorical column's codes stand for
     max: float | None = None
     missing: int = 0
     warning: str | None = None
@@ -138,9 +149,15 @@ class TableSchema:
                 likelihoods.create(spec)
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"column {c.name!r}: {e}") from None
+            if spec in ("discretized_gaussian", {"name": "discretized_gaussian"}) and c.std is not None:
+                spec = {
+                    "name": "discretized_gaussian",
+                    "options": {"center": c.mean, "spread": max(c.std, 1e-3)},
+                }
             c.likelihood, c.reason = spec, "given"
             name = c.likelihood_name
-            c.standardize = c.kind in ("real", "count") and name in LOCATION_SCALE and c.std is not None
+            scaled = c.kind in ("real", "count", "integer") and c.std is not None
+            c.standardize = scaled and name in LOCATION_SCALE
         return dataclasses.replace(self, columns=columns)
 
     def _index(self, key: Any) -> int:
@@ -158,9 +175,26 @@ class TableSchema:
         )
 
     def transform(self, raw: np.ndarray) -> Any:
-        """Raw rows ``(n, len(source_names))`` (categories coded) to model space ``(n, D)``."""
-        x = as_tensor(np.asarray(raw, dtype=np.float64)[:, self.keep])
-        return self.preprocessing().forward(x)
+        """Raw rows ``(n, len(source_names))`` (text categories coded) to model space ``(n, D)``:
+        numeric levels coded, real columns standardized."""
+        return self.preprocessing().forward(as_tensor(self.coded(raw)))
+
+    def coded(self, raw: np.ndarray) -> np.ndarray:
+        """The kept columns of raw rows with numeric levels coded 0..K-1, nothing standardized."""
+        x = np.asarray(raw, dtype=np.float64)[:, self.keep].copy()
+        for j, c in enumerate(self.columns):
+            if c.values is not None:
+                x[:, j] = _codes(x[:, j], c)
+        return x
+
+    def to_raw(self, x: torch.Tensor) -> np.ndarray:
+        """Model space ``(n, D)`` back to the columns' own units (numeric levels decoded)."""
+        out = self.preprocessing().inverse(x).double().numpy()
+        for j, c in enumerate(self.columns):
+            if c.values is not None:
+                codes = np.clip(np.round(out[:, j]), 0, len(c.values) - 1)
+                out[:, j] = np.where(np.isnan(out[:, j]), np.nan, np.asarray(c.values)[codes.astype(int)])
+        return out
 
     def summary_lines(self) -> list[str]:
         lines = [f"column  {c.describe()}" for c in self.columns]
@@ -178,6 +212,18 @@ class TableSchema:
         return cls(
             [ColumnSpec(**c) for c in d["columns"]], list(d.get("dropped", [])), list(d["source_names"])
         )
+
+
+def _codes(column: np.ndarray, spec: ColumnSpec) -> np.ndarray:
+    values = np.asarray(spec.values)
+    idx = np.clip(np.searchsorted(values, column), 0, len(values) - 1)
+    known = np.isnan(column) | (values[idx] == column)
+    if not known.all():
+        raise DataError(
+            f"column {spec.name!r} holds {column[~known][0]:g}, which is not one of its levels "
+            f"({', '.join(spec.levels or [])})"
+        )
+    return np.where(np.isnan(column), np.nan, idx)
 
 
 # --------------------------------------------------------------------------- inference
@@ -210,22 +256,40 @@ def infer_column(
         spec.likelihood = {"name": "categorical", "options": {"num_categories": len(levels)}}
         return spec
     spec.mean, spec.std = float(v.mean()), float(v.std(ddof=1))
+    distinct = np.unique(s)
     integers = bool(np.all(s == np.round(s)))
-    if np.array_equal(np.unique(s), [0.0, 1.0]):
+    if np.array_equal(distinct, [0.0, 1.0]):
         spec.kind, spec.likelihood, spec.reason = "binary", "bernoulli", "values 0 and 1"
-    elif integers and s.min() >= 0 and s.max() <= COUNT_MAX:
-        spec.kind, spec.likelihood = "count", "negative_binomial"
-        spec.reason = f"non-negative integers up to {s.max():g}"
+    elif integers and s.min() == 0:
+        _choose_integer_family(spec, s)
+    elif distinct.size <= min(MAX_LEVELS, v.size / ROWS_PER_LEVEL):
+        spec.kind, spec.values = "categorical", distinct.tolist()
+        spec.levels = [f"{x:g}" for x in distinct]
+        spec.likelihood = {"name": "categorical", "options": {"num_categories": int(distinct.size)}}
+        spec.reason = f"{distinct.size} distinct values: one level each"
+    elif integers:
+        _choose_integer_family(spec, s)
     elif s.min() >= 0 and s.max() <= 1:
         inside = s.min() > 0 and s.max() < 1
         spec.kind, spec.likelihood = "unit", "beta" if inside else "continuous_bernoulli"
         spec.reason = "values inside (0, 1)" if inside else "values in [0, 1]"
     else:
-        if integers and s.min() >= 0:
-            spec.reason = f"integers up to {s.max():g}, too many levels for counts: real"
         spec.standardize = standardize
         spec.warning = _scale_warning(v, spec.mean, spec.std, standardize)
     return spec
+
+
+def _choose_integer_family(spec: ColumnSpec, support: np.ndarray) -> None:
+    """Counts from 0 (negative binomial), or integers on a scale (a rounded Gaussian)."""
+    span = f"integers from {support.min():g} to {support.max():g}"
+    if support.min() == 0:
+        spec.kind, spec.likelihood, spec.reason = "count", "negative_binomial", f"counts: {span}"
+        return
+    spec.kind, spec.reason = "integer", f"{span}: a measurement on an integer scale"
+    spec.likelihood = {
+        "name": "discretized_gaussian",
+        "options": {"center": spec.mean, "spread": max(spec.std, 1e-3)},
+    }
 
 
 def _scale_warning(v: np.ndarray, mean: float, std: float, standardize: bool) -> str | None:
@@ -436,5 +500,5 @@ __all__ = [
     "load_table",
     "as_raw_table",
     "missing_summary",
-    "COUNT_MAX",
+    "MAX_LEVELS",
 ]

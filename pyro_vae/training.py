@@ -45,7 +45,8 @@ from pyro_vae.io import atomic_torch_save, load_tensors
 from pyro_vae.model import VAE, WEIGHTS_FILE
 from pyro_vae.objectives import BetaSchedule, ELBOLoss, make_elbo
 from pyro_vae.settings import Settings, at_least, positive, setting
-from pyro_vae.utils import resolve_device, set_threads
+from pyro_vae.threads import ThreadPolicy, work_per_step
+from pyro_vae.utils import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,10 @@ class TrainConfig(Settings):
         check=at_least(1),
     )
     num_threads: int | None = setting(
-        None, "torch CPU threads (default: one per available core)", check=at_least(1)
+        None,
+        "torch CPU threads (default: one for a small model, else the cores other processes leave "
+        "idle, rechecked as training runs; OMP_NUM_THREADS also fixes it)",
+        check=at_least(1),
     )
     max_minutes: float | None = setting(
         None, "stop after the epoch that spends this much training time", check=positive
@@ -158,13 +162,15 @@ class History:
     again, or for ``loss="iwae"`` the IWAE bound with its K particles), ``lr`` (the
     learning rate of the epoch), ``beta`` (at the epoch's last step) and ``seconds``
     (training time of the epoch). ``notes`` says what
-    was chosen for the user (the likelihood ``"auto"`` picked, and why)."""
+    was chosen for the user (the likelihood ``"auto"`` picked, and why); ``threads`` how
+    many torch threads training started with, and why (:mod:`pyro_vae.threads`)."""
 
     records: list[dict[str, float]] = field(default_factory=list)
     likelihood: str = ""
     best_epoch: int | None = None
     stopped_early: bool = False
     notes: list[str] = field(default_factory=list)
+    threads: str = ""
 
     def __getitem__(self, column: str) -> list[float]:
         if column not in HISTORY_COLUMNS:
@@ -473,6 +479,7 @@ class _Loop:
     guard: DivergenceGuard
     checkpointer: Checkpointer
     check_batch: torch.Tensor
+    threads: ThreadPolicy
     elapsed: float = 0.0
     last_good: tuple[dict[str, torch.Tensor], int] = field(default_factory=lambda: ({}, 0))
 
@@ -480,7 +487,9 @@ class _Loop:
         schedule, cfg = self.cfg.beta, self.cfg
         budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
         for epoch in range(first_epoch, cfg.epochs + 1):
+            self.threads.start_epoch()
             record = self.train_epoch(epoch, schedule)
+            self.threads.end_epoch()
             stop = self.end_epoch(epoch, record)
             progress.epoch(record)
             if stop:
@@ -678,14 +687,22 @@ def fit(
         if not vae.is_resolved and train.columns is not None:
             name, reason = vae.resolve_likelihood(train)
             notes.append(f"likelihood 'auto' chose {name!r}: {reason}")
+        if _scales_table_inputs(vae, train, resume):
+            vae.scale_inputs(train.train)  # counts stay in their units for their likelihoods
+            notes.append("the encoder sees each column standardized with the training split's statistics")
         valid = train.valid if valid is None else valid
         train = train.train_dataset(seed=cfg.seed)
     ctx = dist_utils.setup(cfg.device, cfg.ddp_timeout_s) if distributed else dist_utils.SINGLE
     device = ctx.device if distributed else resolve_device(cfg.device)
-    set_threads(cfg.num_threads, processes=ctx.local_world_size)
     history = History()
     history.notes.extend(notes)
     train, valid = _prepare(vae, train, valid, cfg, history, resume=resume)
+    threads = ThreadPolicy(
+        cfg.num_threads,
+        work_per_step(vae, cfg.batch_size) if device.type == "cpu" else None,
+        processes=ctx.local_world_size,
+    )
+    history.threads = threads.reason
     loader = make_loader(
         train, cfg.batch_size, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
     )
@@ -713,6 +730,7 @@ def fit(
         guard=DivergenceGuard(vae.input_dim),
         checkpointer=Checkpointer(Path(checkpoint_dir) if checkpoint_dir is not None else None, ctx.is_main),
         check_batch=first,
+        threads=threads,
     )
     first_epoch = loop.checkpointer.restore(vae, loop, device) if resume else 1
     loop.last_good = (_state_copy(vae), first_epoch - 1)
@@ -769,6 +787,19 @@ def _prepare(vae: VAE, train: Any, valid: Any, cfg: TrainConfig, history: Histor
             raise DataError("the validation data hold no data points; pass valid=None to train without")
         vae.check_data(valid)
     return train, valid
+
+
+def _scales_table_inputs(vae: VAE, splits: DataSplits, resume: bool) -> bool:
+    """Whether fit sets the encoder's input scale: an untrained VAE with a built-in network
+    on a table (:func:`pyro_vae.tables.load_table`) whose columns are not all standardized."""
+    schema = splits.columns
+    return (
+        schema is not None
+        and not (vae.fitted or resume)
+        and vae.input_scale is None
+        and vae.network != "custom"
+        and not all(c.standardize for c in schema.columns)
+    )
 
 
 def _has_missing(train: Any, cfg: TrainConfig) -> bool:

@@ -73,6 +73,8 @@ def data_for(likelihood: str) -> torch.Tensor:
         return (u > 0.5).float()
     if likelihood in ("poisson", "negative_binomial"):
         return torch.floor(5 * u)
+    if likelihood == "discretized_gaussian":
+        return torch.round(10 * u - 5)
     if likelihood in ("continuous_bernoulli", "beta"):
         return 0.01 + 0.98 * u
     return 3 * u - 1

@@ -187,6 +187,7 @@ def train_run(
         f"train   {len(history)} epochs in {history.seconds:.1f} s"
         + (f", best validation bound at epoch {history.best_epoch}" if history.best_epoch else "")
         + (" (early stop)" if history.stopped_early else "")
+        + (f"; {history.threads}" if history.threads else "")
     )
     echo(summary_line(metrics, vae))
     echo(
@@ -268,6 +269,7 @@ def _training_summary(history: History, vae: VAE) -> dict[str, Any]:
         "best_epoch": history.best_epoch,
         "stopped_early": history.stopped_early,
         "seconds": history.seconds,
+        "threads": history.threads,
         "likelihood": vae.likelihood.name,
         "likelihood_choice": history.notes,
         "prior": vae.prior.name,

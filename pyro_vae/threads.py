@@ -1,0 +1,183 @@
+"""How many torch threads a fit uses, chosen from the model's size and the machine's load.
+
+Intra-op threads pay only when each step has enough arithmetic to split, and they cost
+dearly when another process holds a core: every parallel region then waits for the
+thread the scheduler preempted. On a 2-core machine the README's main job took 3.2x
+longer with two threads beside one busy process than alone, and 1.02x with one thread
+(``benchmarks/threads.py`` measures both sides). So, unless the user fixes the count
+(``num_threads``, ``--num-threads`` or ``OMP_NUM_THREADS``):
+
+* a model whose step is too small to split (:data:`MIN_WORK_PER_THREAD` multiply-adds
+  per step and thread) gets one thread;
+* otherwise it gets the cores that other processes leave idle, measured over a quarter
+  of a second at the start and again every :data:`RECHECK_S` seconds of training
+  (:class:`ThreadPolicy`), so a neighbour that starts later is made room for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from pyro_vae.utils import available_cpus
+
+logger = logging.getLogger(__name__)
+
+#: multiply-adds per step (batch size x weights) below which a second thread does not pay;
+#: from benchmarks/threads.py (the smallest size at which two threads beat one by 10% idle)
+MIN_WORK_PER_THREAD = 16e6
+#: seconds of training between two looks at the machine's load
+RECHECK_S = 2.0
+#: the share of a core another process must use to count as holding it
+BUSY_CORE = 0.3
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds every process of the machine has spent busy so far (Linux ``/proc/stat``)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    values = [int(v) for v in fields]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class ForeignLoad:
+    """How busy *other* processes kept the CPUs while something ran.
+
+    ``cores`` is (busy CPU time of the machine - this process's CPU time) / wall time: 0 on
+    an otherwise idle machine, 1 when a neighbour kept one core busy; ``fraction`` divides
+    it by the machine's cores.
+    """
+
+    def __init__(self) -> None:
+        self.foreign, self.wall = 0.0, 0.0
+        self.available = busy_cpu_seconds() is not None
+        self._start: tuple[float | None, float, float] | None = None
+
+    def start(self) -> None:
+        self._start = (busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter())
+
+    def stop(self) -> None:
+        if self._start is None:
+            return
+        busy0, own0, t0 = self._start
+        busy1, own1, t1 = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
+        if busy0 is not None and busy1 is not None:
+            self.foreign += max(0.0, (busy1 - busy0) - (own1 - own0))
+        self.wall += t1 - t0
+        self._start = None
+
+    @contextlib.contextmanager
+    def measure(self):
+        self.start()
+        try:
+            yield
+        finally:
+            self.stop()
+
+    @property
+    def cores(self) -> float | None:
+        if not self.available or self.wall <= 0:
+            return None
+        return self.foreign / self.wall
+
+    @property
+    def fraction(self) -> float | None:
+        cores = self.cores
+        return None if cores is None else round(cores / (os.cpu_count() or 1), 3)
+
+
+def work_per_step(model: torch.nn.Module, batch_size: int) -> float:
+    """Multiply-adds of one forward pass over a batch, approximated as batch x weights."""
+    return float(batch_size) * sum(p.numel() for p in model.parameters())
+
+
+def threads_that_pay(work: float | None, cores: int) -> int:
+    """The most threads worth using for steps of ``work`` multiply-adds."""
+    if work is None:
+        return cores
+    return max(1, min(cores, int(work // MIN_WORK_PER_THREAD)))
+
+
+def fixed_threads() -> int | None:
+    """A thread count the environment fixes (a positive ``OMP_NUM_THREADS``), or None."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+class ThreadPolicy:
+    """Sets torch's intra-op threads for a fit and adjusts them to the machine's load.
+
+    ``fixed``: the user's count (never changed). Otherwise the count is the smaller of
+    what the model's size pays for and the cores other processes leave idle, rechecked
+    every ``recheck_s`` seconds of training.
+    """
+
+    def __init__(
+        self,
+        fixed: int | None,
+        work: float | None = None,
+        processes: int = 1,
+        recheck_s: float = RECHECK_S,
+    ) -> None:
+        self.fixed = fixed or fixed_threads()
+        self.cores = max(1, available_cpus() // processes)
+        self.limit = threads_that_pay(work, self.cores)
+        self.recheck_s = recheck_s
+        self.load = ForeignLoad()
+        self.threads = self.fixed or self.limit
+        if self.fixed is None and self.limit > 1:
+            probe = ForeignLoad()
+            with probe.measure():
+                time.sleep(0.25)
+            self.threads = self.allowed(probe.cores)
+        self.reason = self.explain()
+        _set(self.threads)
+
+    def allowed(self, foreign_cores: float | None) -> int:
+        busy = 0 if foreign_cores is None else math.floor(foreign_cores + 1 - BUSY_CORE)
+        return max(1, min(self.limit, self.cores - busy))
+
+    def explain(self) -> str:
+        if self.fixed is not None:
+            return f"{self.threads} torch threads, as set"
+        if self.limit == 1 and self.cores > 1:
+            return "1 torch thread: the model's steps are too small for more to pay"
+        return f"{self.threads} torch thread(s): the cores other processes leave idle (of {self.cores})"
+
+    def start_epoch(self) -> None:
+        if self.fixed is None and self.limit > 1:
+            self.load.start()
+
+    def end_epoch(self) -> None:
+        """After an epoch: once ``recheck_s`` seconds are measured, fit the threads to the load."""
+        if self.fixed is not None or self.limit == 1:
+            return
+        self.load.stop()
+        if self.load.wall < self.recheck_s:
+            return
+        # Our own threads spin while a neighbour holds their core: what they leave is the signal.
+        threads = self.allowed(self.load.cores)
+        if threads != self.threads:
+            logger.info("using %d torch threads (other processes use %.1f cores)", threads, self.load.cores)
+            self.threads = threads
+            _set(threads)
+        self.load = ForeignLoad()
+
+
+def _set(n: int) -> None:
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
