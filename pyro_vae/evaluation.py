@@ -42,6 +42,7 @@ from pyro_vae.data import as_tensor, evaluation_data, iter_batches
 from pyro_vae.errors import ConfigError, NonFiniteError
 from pyro_vae.model import VAE
 from pyro_vae.priors import FactorizedPrior
+from pyro_vae.step import own_structure
 from pyro_vae.utils import positive_int
 
 METHODS = ("importance", "ais")
@@ -64,7 +65,25 @@ def default_chunk_size(vae: VAE, elements: int = CHUNK_ELEMENTS) -> int:
 
 
 def _log_weights(vae: VAE, x: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
-    """``k`` posterior draws per point: (log p(x|z), log p(z), log q(z|x), z, loc, scale)."""
+    """``k`` posterior draws per point: (log p(x|z), log p(z), log q(z|x), z, loc, scale),
+    the first four ``(k, n, ...)``.
+
+    Computed from the VAE's own distributions, the ones its model and guide sample: no Pyro
+    trace per chunk, whose reference cycles kept each chunk's tensors alive until Python's
+    garbage collector ran (memory grew over a long call). A VAE whose ``model`` or ``guide``
+    is overridden is traced as Pyro sees it.
+    """
+    if own_structure(vae) is not None:
+        return _traced_log_weights(vae, x, k)
+    posterior = vae.posterior(vae.shaped(x))
+    z = posterior.rsample((k,))  # the draws Pyro's guide makes under a plate of k samples
+    observed_x, observed = vae.observed_part(x)
+    log_px_z = vae.observation(z, observed_x, observed).log_prob(observed_x)
+    normal = posterior.base_dist
+    return log_px_z, vae.prior().log_prob(z), posterior.log_prob(z), z, normal.loc, normal.scale
+
+
+def _traced_log_weights(vae: VAE, x: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     with pyro.plate("samples", k, dim=-2):
         guide_trace = poutine.trace(vae.guide).get_trace(x)
         model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)

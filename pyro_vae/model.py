@@ -201,9 +201,10 @@ class VAE(PyroModule):
             raise ConfigError("input_scale's centers must be finite and its spreads positive")
         return {"center": center, "spread": spread}
 
-    def scale_inputs(self, x: torch.Tensor) -> None:
-        """Set :attr:`input_scale` from training data ``x`` (NaN cells ignored): each
-        feature's mean and standard deviation (1 where it is constant). Untrained, built-in networks."""
+    def scale_inputs(self, x: torch.Tensor, features: Sequence[bool] | None = None) -> None:
+        """Set :attr:`input_scale` from training data ``x`` (NaN cells ignored): the mean and
+        standard deviation (1 where it is constant) of each of the ``features`` (default:
+        all; the others keep center 0 and spread 1). Untrained, built-in networks."""
         if self.network == CUSTOM or self.fitted:
             raise ConfigError("input_scale is set before training, on a VAE with a built-in network")
         observed = ~torch.isnan(x)
@@ -212,6 +213,9 @@ class VAE(PyroModule):
         center = filled.sum(0) / count
         var = (torch.where(observed, x.double() - center, torch.zeros_like(filled)) ** 2).sum(0) / count
         spread = torch.where(var > 0, var.sqrt(), torch.ones_like(var))
+        if features is not None:
+            chosen = torch.as_tensor(list(features), dtype=torch.bool)
+            center, spread = center.where(chosen, 0.0), spread.where(chosen, 1.0)
         self.input_scale = self._checked_scale({"center": center.tolist(), "spread": spread.tolist()})
         device = self.device
         self._set_encoder(None)

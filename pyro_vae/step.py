@@ -47,12 +47,18 @@ TOLERANCE = 1e-4
 
 def replayable(vae: Any, elbo: pyro.infer.ELBO) -> str | None:
     """Why the training step of ``vae`` under ``elbo`` cannot be replayed, or None when it can."""
-    from pyro_vae.model import VAE
-
     if type(elbo) is not pyro.infer.Trace_ELBO:
         return f"the objective is {type(elbo).__name__}, not Trace_ELBO"
     if elbo.num_particles != 1:
         return f"{elbo.num_particles} particles"
+    return own_structure(vae)
+
+
+def own_structure(vae: Any) -> str | None:
+    """Why ``vae.model`` and ``vae.guide`` may not be the sites of its distributions
+    (``posterior``, ``prior()``, ``observation``), or None when they are."""
+    from pyro_vae.model import VAE
+
     if not isinstance(vae, VAE):
         return "not a pyro_vae VAE"
     for name in ("model", "guide", "posterior", "observation", "observed_part"):

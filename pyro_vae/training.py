@@ -688,8 +688,11 @@ def fit(
             name, reason = vae.resolve_likelihood(train)
             notes.append(f"likelihood 'auto' chose {name!r}: {reason}")
         if _scales_table_inputs(vae, train, resume):
-            vae.scale_inputs(train.train)  # counts stay in their units for their likelihoods
-            notes.append("the encoder sees each column standardized with the training split's statistics")
+            # counts and integers stay in their units for their likelihoods; the encoder sees them standardized
+            vae.scale_inputs(train.train, [c.kind in UNSCALED_KINDS for c in train.columns.columns])
+            notes.append(
+                "the encoder sees count and integer columns standardized (training split's statistics)"
+            )
         valid = train.valid if valid is None else valid
         train = train.train_dataset(seed=cfg.seed)
     ctx = dist_utils.setup(cfg.device, cfg.ddp_timeout_s) if distributed else dist_utils.SINGLE
@@ -789,16 +792,20 @@ def _prepare(vae: VAE, train: Any, valid: Any, cfg: TrainConfig, history: Histor
     return train, valid
 
 
+#: table columns kept in their own units whose encoder input fit standardizes
+UNSCALED_KINDS = ("count", "integer")
+
+
 def _scales_table_inputs(vae: VAE, splits: DataSplits, resume: bool) -> bool:
     """Whether fit sets the encoder's input scale: an untrained VAE with a built-in network
-    on a table (:func:`pyro_vae.tables.load_table`) whose columns are not all standardized."""
+    on a table (:func:`pyro_vae.tables.load_table`) with count or integer columns."""
     schema = splits.columns
     return (
         schema is not None
         and not (vae.fitted or resume)
         and vae.input_scale is None
         and vae.network != "custom"
-        and not all(c.standardize for c in schema.columns)
+        and any(c.kind in UNSCALED_KINDS for c in schema.columns)
     )
 
 

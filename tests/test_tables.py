@@ -332,3 +332,75 @@ def test_a_column_kind_comes_from_every_observed_value_not_the_training_split_al
     spec = infer_schema(train, ["s3"], support=whole).columns[0]
     assert spec.kind == "real" and spec.likelihood == "gaussian"
     assert spec.mean == pytest.approx(3.75)  # statistics still from the training rows
+
+
+# --------------------------------------------------------------------------- integers, levels, input scale
+
+
+def integer_frame(n=300, seed=1):
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(seed)
+    age = rng.integers(19, 80, n)
+    return pd.DataFrame(
+        {
+            "age": age,  # integers on a scale, no zero: a rounded Gaussian
+            "cholesterol": np.round(150 + age + rng.normal(0, 20, n)),
+            "visits": rng.poisson(2.0, n),  # counts from 0: negative binomial
+            "rating": rng.integers(1, 8, n),  # a coded 1..7 scale: seven levels
+            "group": rng.choice([17.5, 22.0, 27.0], n),  # three numbers, not integers: levels
+        }
+    )
+
+
+def test_integers_counts_and_few_valued_columns_get_their_own_kinds():
+    splits = load_table(integer_frame(), seed=0)
+    cols = {c.name: c for c in splits.columns.columns}
+    assert [cols[n].kind for n in ("age", "cholesterol", "visits", "rating", "group")] == [
+        "integer", "integer", "count", "categorical", "categorical",
+    ]  # fmt: skip
+    assert cols["age"].likelihood_name == "discretized_gaussian" and not cols["age"].standardize
+    assert cols["age"].likelihood["options"]["center"] == pytest.approx(cols["age"].mean)
+    assert cols["group"].values == [17.5, 22.0, 27.0] and cols["group"].levels == ["17.5", "22", "27"]
+    assert cols["rating"].likelihood == {"name": "categorical", "options": {"num_categories": 7}}
+    # codes in model space; to_raw gives the numbers back
+    raw = integer_frame().to_numpy(dtype=float)
+    coded = splits.columns.coded(raw)
+    assert set(np.unique(coded[:, 4])) == {0.0, 1.0, 2.0}
+    np.testing.assert_array_equal(splits.columns.to_raw(torch.as_tensor(coded, dtype=torch.float32)), raw)
+    # discrete columns have no Jacobian: nothing here is standardized
+    assert splits.preprocessing.is_identity
+
+
+def test_a_value_outside_a_columns_levels_is_a_clear_error():
+    splits = load_table(integer_frame(), seed=0)
+    raw = integer_frame().to_numpy(dtype=float)
+    raw[0, 4] = 30.0
+    with pytest.raises(DataError, match="'group' holds 30, which is not one of its levels"):
+        splits.columns.transform(raw)
+
+
+def test_fit_on_a_table_scales_the_encoders_inputs_and_the_scale_is_saved(tmp_path):
+    splits = load_table(integer_frame(), seed=0)
+    vae = pyro_vae.VAE(splits.num_features, 2, hidden=(16,), likelihood="auto")
+    history = pyro_vae.fit(vae, splits, epochs=2, progress=False)
+    assert any("standardized" in note for note in history.notes)
+    x = splits.train
+    center, spread = torch.tensor(vae.input_scale["center"]), torch.tensor(vae.input_scale["spread"])
+    scaled = torch.tensor([c.kind in ("count", "integer") for c in splits.columns.columns])
+    assert scaled.tolist() == [True, True, True, False, False]  # levels' codes are left alone
+    torch.testing.assert_close(center, torch.where(scaled, x.double().mean(0), 0.0).float())
+    torch.testing.assert_close(spread, torch.where(scaled, x.double().std(0, unbiased=False), 1.0).float())
+    # the encoder sees (x - center) / spread: the same as an unscaled encoder fed that
+    scaled = vae.encoder.net
+    torch.testing.assert_close(scaled(x[:5]), scaled.net((x[:5] - center) / spread))
+    vae.save(tmp_path)
+    loaded = pyro_vae.VAE.load(tmp_path)
+    assert loaded.input_scale == vae.input_scale
+    torch.testing.assert_close(loaded.encode(x[:5])[0], vae.encode(x[:5])[0])
+
+
+def test_input_scale_is_checked():
+    with pytest.raises(ConfigError, match="3 centers and spreads"):
+        pyro_vae.VAE(3, 2, input_scale={"center": [0.0], "spread": [1.0]})
+    with pytest.raises(ConfigError, match="spreads positive"):
+        pyro_vae.VAE(2, 2, input_scale={"center": [0.0, 0.0], "spread": [1.0, 0.0]})

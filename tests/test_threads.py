@@ -1,0 +1,62 @@
+"""The thread policy (pyro_vae.threads): what it chooses for a model's size and a machine's load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pyro_vae
+from pyro_vae import threads
+
+
+@pytest.fixture
+def four_cores(monkeypatch):
+    monkeypatch.setattr(threads, "available_cpus", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def big():
+    return 4 * threads.MIN_WORK_PER_THREAD
+
+
+def test_a_small_model_gets_one_thread(four_cores):
+    policy = threads.ThreadPolicy(None, work=threads.MIN_WORK_PER_THREAD / 2)
+    assert policy.threads == 1 and torch.get_num_threads() == 1
+    assert "too small" in policy.reason
+
+
+def test_the_users_count_is_kept_whatever_the_load(four_cores, monkeypatch):
+    policy = threads.ThreadPolicy(3, work=1.0)
+    assert policy.threads == 3 and policy.reason == "3 torch threads, as set"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert threads.ThreadPolicy(None, work=big()).threads == 2
+
+
+def test_cores_held_by_other_processes_are_left_to_them(four_cores):
+    policy = threads.ThreadPolicy(None, work=big())
+    assert policy.limit == 4
+    assert policy.allowed(0.0) == 4
+    assert policy.allowed(0.2) == 4  # a fifth of a core is noise
+    assert policy.allowed(0.5) == 3  # half a core held: our thread there would wait on it
+    assert policy.allowed(1.9) == 2
+    assert policy.allowed(9.0) == 1  # never fewer than one
+    assert policy.allowed(None) == 4  # no /proc/stat: the size decides
+
+
+def test_the_count_follows_the_load_during_training(four_cores):
+    policy = threads.ThreadPolicy(None, work=big(), recheck_s=0.0)
+    policy.load.foreign, policy.load.wall = 2.0, 1.0  # a neighbour held two cores
+    policy.end_epoch()
+    assert policy.threads == 2 and torch.get_num_threads() == 2
+    policy.start_epoch()
+    policy.end_epoch()  # an idle machine now (no foreign time in the last moment)
+    assert policy.threads == 4
+
+
+def test_the_work_of_a_step_is_batch_times_weights():
+    vae = pyro_vae.VAE(10, 2, hidden=(4,), likelihood="bernoulli")
+    weights = sum(p.numel() for p in vae.parameters())
+    assert threads.work_per_step(vae, 32) == 32 * weights
