@@ -417,6 +417,11 @@ def forward_anatomy(x: torch.Tensor, batch_size: int, rounds: int) -> dict:
     def plain_forward():
         plain_loss(enc, dec, xb)
 
+    replayed = pyro_objective(vae)
+
+    def replayed_loss():
+        replayed(xb, 1.0)
+
     def per_call(fn):
         def run():
             start = time.perf_counter()
@@ -432,6 +437,7 @@ def forward_anatomy(x: torch.Tensor, batch_size: int, rounds: int) -> dict:
                 "guide_trace": per_call(guide_trace),
                 "guide_and_replayed_model_traces": per_call(both_traces),
                 "trace_elbo_differentiable_loss": per_call(trace_elbo_loss),
+                "fit_objective_replayed": per_call(replayed_loss),
                 "plain_loss": per_call(plain_forward),
             },
             rounds,
@@ -447,6 +453,7 @@ def forward_anatomy(x: torch.Tensor, batch_size: int, rounds: int) -> dict:
             med["trace_elbo_differentiable_loss"] - med["guide_and_replayed_model_traces"], 4
         ),
         "plain_loss_arithmetic_ms": round(med["plain_loss"] - med["networks_only"], 4),
+        "replayed_overhead_ms": round(med["fit_objective_replayed"] - med["networks_only"], 4),
         "autograd_nodes": {"trace_elbo": graph_nodes(pyro_loss), "plain": graph_nodes(plain)},
     }
 
@@ -502,6 +509,11 @@ def alternatives(x: torch.Tensor, batch_size: int, rounds: int, log) -> dict:
             lambda vae=vae, elbo=elbo: elbo.differentiable_loss(vae.model, vae.guide, xb, 1.0),
             fit_optimizer(vae.parameters()),
         )
+    vae_r = build_vae(0)
+    replayed = pyro_objective(vae_r)
+    steps["fit's step (Trace_ELBO traced once, replayed)"] = step_fn(
+        vae_r, lambda: replayed(xb, 1.0), fit_optimizer(vae_r.parameters())
+    )
     notes = {}
     try:
         vae_j = build_vae(0)
@@ -558,6 +570,71 @@ def alternatives(x: torch.Tensor, batch_size: int, rounds: int, log) -> dict:
     if notes:
         out["notes"] = notes
     return out
+
+
+def vamp_anatomy(x: torch.Tensor, batch_size: int, rounds: int, components: int = 500) -> dict:
+    """A training step with the VampPrior against one with N(0, I), and the VampPrior's extra
+    work taken apart: the encoder over the pseudo-inputs, forward and backward, and the
+    mixture density of the batch's draws, forward and backward."""
+    steps = {}
+    for prior in ("standard_normal", {"name": "vamp", "options": {"num_components": components}}):
+        torch.manual_seed(0)
+        vae = pyro_vae.VAE(INPUT_DIM, LATENT_DIM, hidden=HIDDEN, likelihood="bernoulli", prior=prior)
+        vae.prior.initialize(x[:components])
+        steps[vae.prior.name] = (vae, pyro_objective(vae), fit_optimizer(vae.parameters()))
+    batches = [x[i * batch_size : (i + 1) * batch_size] for i in range(max(1, x.shape[0] // batch_size))]
+
+    def step(name):
+        vae, objective, optimizer = steps[name]
+        counter = iter(range(10**9))
+
+        def run():
+            xb = batches[next(counter) % len(batches)]
+            start = time.perf_counter()
+            loss = objective(xb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return time.perf_counter() - start
+
+        return run
+
+    vamp = steps["vamp"][0]
+    z = torch.randn(batch_size, LATENT_DIM)
+
+    def encodings():
+        start = time.perf_counter()
+        loc, scale = vamp.encoder(vamp.prior.pseudo_inputs)
+        (loc.sum() + scale.sum()).backward()
+        return time.perf_counter() - start
+
+    logits, loc, scale = (t.detach().requires_grad_() for t in vamp.prior.components())
+
+    def density():
+        start = time.perf_counter()
+        pyro_vae.priors.DiagonalGaussianMixture(logits, loc, scale).log_prob(z).sum().backward()
+        return time.perf_counter() - start
+
+    times = _common.interleave(
+        {"standard_step": step("standard_normal"), "vamp_step": step("vamp"),
+         "pseudo_input_encodings": encodings, "mixture_density": density},
+        rounds, warmup=3,
+    )  # fmt: skip
+    ms = {k: round(1e3 * _common.median(v), 4) for k, v in times.items()}
+    extra = ms["vamp_step"] - ms["standard_step"]
+    return {
+        "batch_size": batch_size,
+        "pseudo_inputs": components,
+        "milliseconds": ms,
+        "vamp_over_standard": round(ms["vamp_step"] / ms["standard_step"], 3),
+        "extra_ms": round(extra, 4),
+        "extra_explained_by": {
+            "pseudo_input_encodings": round(ms["pseudo_input_encodings"] / extra, 3) if extra > 0 else None,
+            "mixture_density": round(ms["mixture_density"] / extra, 3) if extra > 0 else None,
+        },
+        "note": "the pseudo-inputs' encodings are computed once per step (the model's prior site) and "
+        "are the bulk of the extra work: the encoder runs over components + batch rows instead of batch rows",
+    }
 
 
 def epoch_extras(splits, repeats: int, valid_size: int) -> dict:
@@ -691,6 +768,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     result["fixed_cost_batch_size_1"] = fixed_overhead(x, micro_rounds)
     result["what_if"] = alternatives(x, anatomy_batch, micro_rounds // 2 or 1, log)
+    log(f"VampPrior step anatomy ({time.perf_counter() - started:.0f} s so far)")
+    result["vamp_anatomy"] = vamp_anatomy(x, 100, micro_rounds // 3 or 2, 50 if quick else 500)
     log(f"per-epoch extras ({time.perf_counter() - started:.0f} s so far)")
     result["per_epoch_extras"] = epoch_extras(
         splits, 1 if quick else 3, 200 if quick else splits.valid.shape[0]
@@ -763,6 +842,11 @@ def print_report(r: dict) -> None:
     print(f"  ratios over plain: {w['ratio_over_plain']}")
     if "notes" in w:
         print(f"  notes: {w['notes']}")
+    v = r["vamp_anatomy"]
+    print(
+        f"VampPrior ({v['pseudo_inputs']} pseudo-inputs) at batch {v['batch_size']} (ms): {v['milliseconds']}; "
+        f"vamp/standard {v['vamp_over_standard']:.2f}x; share of the extra: {v['extra_explained_by']}"
+    )
     x = r["per_epoch_extras"]
     print(
         f"Per epoch outside the steps: validation_elbo on {x['validation_points']} points "

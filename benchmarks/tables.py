@@ -159,9 +159,8 @@ def density_split(raw: RawTable, seed: int, args) -> dict:
 
 def default_vae(splits):
     m = ModelConfig()
-    return pyro_vae.VAE(
-        splits.num_features, m.latent_dim, hidden=m.widths(), prior=m.prior, likelihood="auto"
-    )
+    latent = m.latent_size(splits.num_features, table=True)
+    return pyro_vae.VAE(splits.num_features, latent, hidden=m.widths(), prior=m.prior, likelihood="auto")
 
 
 def impute_split(raw: RawTable, seed: int, args) -> dict:

@@ -87,7 +87,7 @@ def where_threads_pay(widths, batches, steps, repeats) -> dict:
     }
 
 
-def main_job(threads: int | None, busy: bool, epochs: int | None) -> dict:
+def main_job(threads: int | None, busy: bool, epochs: int | None, quick: bool = False) -> dict:
     from pyro_vae.app.config import RunConfig
     from pyro_vae.app.run import train_run
 
@@ -96,6 +96,8 @@ def main_job(threads: int | None, busy: bool, epochs: int | None) -> dict:
         config = config.replace("train", num_threads=threads)
     if epochs is not None:
         config = config.replace("train", epochs=epochs)
+    if quick:
+        config = config.replace("eval", num_samples=10)
     neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         time.sleep(1.0 if busy else 0.0)  # the neighbour is running before the job starts
@@ -117,16 +119,18 @@ def main_job(threads: int | None, busy: bool, epochs: int | None) -> dict:
     }
 
 
-def contention(epochs: int | None) -> dict:
+def contention(epochs: int | None, quick: bool = False) -> dict:
     cores = available_cpus()
     settings = {"policy": None, **{f"{n}_threads": n for n in sorted({1, cores})}}
+    if quick:
+        settings = {"policy": None, "1_threads": 1}
     out = {}
     for label, threads in settings.items():
         for busy in (False, True):
             key = f"{label}_{'busy' if busy else 'idle'}"
-            out[key] = main_job(threads, busy, epochs)
+            out[key] = main_job(threads, busy, epochs, quick)
             _common.log(f"  main job, {key}: {out[key]}")
-    idle_every = out[f"{cores}_threads_idle"]["wall_seconds"]
+    idle_every = out.get(f"{cores}_threads_idle", out["policy_idle"])["wall_seconds"]
     ratio = out["policy_busy"]["wall_seconds"] / out["policy_idle"]["wall_seconds"]
     return {
         "runs": out,
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
             widths, batches, 3 if quick else 40, 1 if quick else 3
         )
     result["where_threads_pay"]["foreign_cpu_fraction"] = load.fraction
-    result["contention"] = contention(3 if quick else None)
+    result["contention"] = contention(3 if quick else None, quick)
     path = _common.write_results(NAME, quick, result, args.results_dir)
     _common.log(f"wrote {path}")
     return result

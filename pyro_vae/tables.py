@@ -59,6 +59,9 @@ from pyro_vae.errors import ConfigError, DataError
 
 MAX_LEVELS = 12  # numeric columns with this few distinct values are levels (a category each)
 ROWS_PER_LEVEL = 5  # ... when each level is seen this often on average
+#: a [0, 1] column spread less than this is modelled as real: a continuous Bernoulli cannot
+#: peak, and a Beta needs concentrations in the hundreds to fit a column that lives in 0.05-0.15
+UNIT_MIN_SD = 0.1
 MISSING_TOKENS = frozenset({"", "na", "nan", "n/a", "null", "none", "?"})
 #: Likelihoods of location-scale families: a real column is standardized for them.
 LOCATION_SCALE = frozenset(
@@ -191,9 +194,9 @@ class TableSchema:
         """Model space ``(n, D)`` back to the columns' own units (numeric levels decoded)."""
         out = self.preprocessing().inverse(x).double().numpy()
         for j, c in enumerate(self.columns):
-            if c.values is not None:
-                codes = np.clip(np.round(out[:, j]), 0, len(c.values) - 1)
-                out[:, j] = np.where(np.isnan(out[:, j]), np.nan, np.asarray(c.values)[codes.astype(int)])
+            if c.values is not None:  # a fractional code (an imputed mean) interpolates between levels
+                decoded = np.interp(out[:, j], np.arange(len(c.values)), c.values)
+                out[:, j] = np.where(np.isnan(out[:, j]), np.nan, decoded)
         return out
 
     def summary_lines(self) -> list[str]:
@@ -265,15 +268,20 @@ def infer_column(
     elif distinct.size <= min(MAX_LEVELS, v.size / ROWS_PER_LEVEL):
         spec.kind, spec.values = "categorical", distinct.tolist()
         spec.levels = [f"{x:g}" for x in distinct]
-        spec.likelihood = {"name": "categorical", "options": {"num_categories": int(distinct.size)}}
+        spec.likelihood = {
+            "name": "categorical",
+            "options": {"num_categories": int(distinct.size), "values": distinct.tolist()},
+        }
         spec.reason = f"{distinct.size} distinct values: one level each"
     elif integers:
         _choose_integer_family(spec, s)
-    elif s.min() >= 0 and s.max() <= 1:
+    elif s.min() >= 0 and s.max() <= 1 and spec.std >= UNIT_MIN_SD:
         inside = s.min() > 0 and s.max() < 1
         spec.kind, spec.likelihood = "unit", "beta" if inside else "continuous_bernoulli"
         spec.reason = "values inside (0, 1)" if inside else "values in [0, 1]"
     else:
+        if s.min() >= 0 and s.max() <= 1:
+            spec.reason = f"values in [0, 1] but spread over a narrow range (sd {spec.std:.2g}): real"
         spec.standardize = standardize
         spec.warning = _scale_warning(v, spec.mean, spec.std, standardize)
     return spec

@@ -119,7 +119,17 @@ def test_speed_quick(shared_data_dir, tmp_path):
         "fixed_cost_batch_size_1.pyro_fixed_cost_per_step_ms",
         "what_if.step_ms.plain",
         "what_if.step_ms.Trace_ELBO",
+        "pyro_forward_anatomy.replayed_overhead_ms",
         "per_epoch_extras.validation_elbo_seconds_per_epoch",
+    )
+    assert_finite(
+        result,
+        "vamp_anatomy.milliseconds.standard_step",
+        "vamp_anatomy.milliseconds.vamp_step",
+        "vamp_anatomy.milliseconds.pseudo_input_encodings",
+        "vamp_anatomy.milliseconds.mixture_density",
+        "vamp_anatomy.vamp_over_standard",
+        positive=True,
     )
 
 
@@ -295,6 +305,19 @@ def test_readme_table_check_catches_a_stale_table(tmp_path, capsys):
     assert readme_table.main(["--check", str(readme)]) == 0
     # Without results only the header is left.
     assert readme_table.render(tmp_path).count("\n") == 1
+
+
+@pytest.mark.slow
+def test_threads_quick(tmp_path):
+    result, _ = run_quick("threads.py", None, tmp_path)
+    assert_provenance(result, "threads.py")
+    for row in result["where_threads_pay"]["rows"]:
+        assert_finite(row, "work", "ms_1_thread", "speedup", positive=True)
+    runs = result["contention"]["runs"]
+    assert {"policy_idle", "policy_busy", "1_threads_idle", "1_threads_busy"} <= set(runs)
+    for run in runs.values():
+        assert run["epochs"] == 3 and run["wall_seconds"] > 0 and run["threads"]
+    assert isinstance(result["contention"]["met"], bool)
 
 
 def test_tables_quick(tmp_path):

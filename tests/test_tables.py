@@ -361,7 +361,10 @@ def test_integers_counts_and_few_valued_columns_get_their_own_kinds():
     assert cols["age"].likelihood_name == "discretized_gaussian" and not cols["age"].standardize
     assert cols["age"].likelihood["options"]["center"] == pytest.approx(cols["age"].mean)
     assert cols["group"].values == [17.5, 22.0, 27.0] and cols["group"].levels == ["17.5", "22", "27"]
-    assert cols["rating"].likelihood == {"name": "categorical", "options": {"num_categories": 7}}
+    assert cols["rating"].likelihood == {
+        "name": "categorical",
+        "options": {"num_categories": 7, "values": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]},
+    }
     # codes in model space; to_raw gives the numbers back
     raw = integer_frame().to_numpy(dtype=float)
     coded = splits.columns.coded(raw)
@@ -404,3 +407,45 @@ def test_input_scale_is_checked():
         pyro_vae.VAE(3, 2, input_scale={"center": [0.0], "spread": [1.0]})
     with pytest.raises(ConfigError, match="spreads positive"):
         pyro_vae.VAE(2, 2, input_scale={"center": [0.0, 0.0], "spread": [1.0, 0.0]})
+
+
+def test_a_narrow_column_inside_the_unit_interval_is_real():
+    """0.05 to 0.15 (a smoothness ratio): a continuous Bernoulli cannot peak there; Gaussian, standardized."""
+    from pyro_vae.tables import UNIT_MIN_SD, infer_schema
+
+    rng = np.random.default_rng(0)
+    narrow, spread = rng.uniform(0.05, 0.15, 200), rng.uniform(0.02, 0.98, 200)
+    cols = infer_schema(np.column_stack([narrow, spread]), ["smoothness", "share"]).columns
+    assert narrow.std() < UNIT_MIN_SD < spread.std()
+    assert (cols[0].kind, cols[0].likelihood, cols[0].standardize) == ("real", "gaussian", True)
+    assert "narrow range" in cols[0].reason
+    assert (cols[1].kind, cols[1].likelihood) == ("unit", "beta")
+
+
+def test_the_default_latent_size_grows_with_a_wide_table():
+    from pyro_vae.app.config import DEFAULT_LATENT, ModelConfig
+
+    m = ModelConfig()
+    assert m.latent_size(5, table=True) == m.latent_size(16, table=True) == DEFAULT_LATENT
+    assert m.latent_size(30, table=True) == 15 and m.latent_size(31, table=True) == 16
+    assert m.latent_size(784) == DEFAULT_LATENT  # images keep the default
+    assert ModelConfig(latent_dim=3).latent_size(30, table=True) == 3  # a set size is kept
+
+
+def test_a_numeric_levels_imputed_value_is_its_conditional_mean_in_its_own_units():
+    """Levels 17.5, 22, 27 with weighted probabilities .2, .5, .3: 22.6 (a mean, not the mode 22)."""
+    lik = likelihoods.create("categorical", num_categories=3, values=[17.5, 22.0, 27.0])
+    lik.setup(1)
+    probs = torch.tensor([[[0.2, 0.5, 0.3]], [[0.2, 0.5, 0.3]]])  # two draws of z, one point
+    d = lik(probs.log().reshape(2, 1, 3, 1))
+    code = lik.weighted_mean(d, torch.tensor([[0.5], [0.5]]))
+    splits = load_table(integer_frame(), seed=0)
+    j = splits.feature_names.index("group")
+    row = torch.zeros(1, splits.num_features)
+    row[0, j] = code.reshape(())
+    assert splits.columns.to_raw(row)[0, j] == pytest.approx(0.2 * 17.5 + 0.5 * 22 + 0.3 * 27, abs=1e-5)
+    text = likelihoods.create("categorical", num_categories=3)
+    text.setup(1)
+    assert text.weighted_mean(text(probs.log().reshape(2, 1, 3, 1)), torch.tensor([[0.5], [0.5]])) == 1
+    with pytest.raises(ValueError, match="increasing"):
+        likelihoods.create("categorical", num_categories=2, values=[2.0, 1.0])

@@ -306,6 +306,8 @@ def compare_priors(
     entries = resolve_priors(priors, normal_scales)
     out = Path(out_dir)
     splits = load_data(base_config)
+    size = base_config.model.latent_size(splits.num_features, table=splits.columns is not None)
+    base_config = base_config.replace("model", latent_dim=size)  # every run, and every report, the same
     likelihood = _check_shared_settings(base_config, splits, entries[0])
     summary = _summary(base_config, splits, likelihood, entries)
     summary["command"] = command

@@ -50,14 +50,17 @@ def input_shape(cfg: RunConfig, splits: data_module.DataSplits) -> int | tuple[i
     return (1, *shape) if len(shape) == 2 else tuple(shape)
 
 
-def build_vae(cfg: RunConfig, num_features: int | tuple[int, ...], missing: bool = False) -> VAE:
+def build_vae(
+    cfg: RunConfig, num_features: int | tuple[int, ...], missing: bool = False, table: bool = False
+) -> VAE:
     m = cfg.model
+    size = num_features if isinstance(num_features, int) else math.prod(num_features)
     likelihood = m.likelihood
     if likelihood != "auto":
         likelihood = {"name": m.likelihood, "options": m.likelihood_options}
     return VAE(
         num_features,
-        m.latent_dim,
+        m.latent_size(size, table),
         hidden=m.widths(),
         likelihood=likelihood,
         prior={"name": m.prior, "options": m.prior_options},
@@ -238,7 +241,9 @@ def _prepared_vae(cfg: RunConfig, splits: data_module.DataSplits, rundir: RunDir
         load_tensors(rundir.source / TRAINING_STATE_FILE, what="training state", finite=True)
         echo(f"resume  from {rundir.source}/{TRAINING_STATE_FILE}")
     else:
-        vae = build_vae(cfg, input_shape(cfg, splits), missing=splits.has_missing)
+        vae = build_vae(
+            cfg, input_shape(cfg, splits), missing=splits.has_missing, table=splits.columns is not None
+        )
         name, reason = vae.resolve_likelihood(splits)
         if reason is not None:
             echo(f"model   likelihood 'auto' -> {name!r} ({reason})")
