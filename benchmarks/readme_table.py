@@ -201,7 +201,7 @@ def ais_vs_is_rows(r: dict) -> list[list[str]]:
         what = (
             f"binarized MNIST, {AIS_WHAT[name]}: IS (K = {st['is_samples']}) against AIS (T = {st['ais_steps']}, "
             f"{st['ais_chains']} chains, {st['ais_leapfrog']} leapfrog steps) on the same {e['num_points']} "
-            "test images"
+            "test images drawn at random"
         )
         rows.append(
             [what, result, _when(r["machine"], e["date"], r.get("torch_threads")), _code(e["command"])]
