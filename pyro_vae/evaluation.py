@@ -35,7 +35,6 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch.distributions import kl_divergence
-from tqdm.auto import tqdm
 
 from pyro_vae import distributed as dist_utils
 from pyro_vae.data import as_tensor, evaluation_data, iter_batches
@@ -43,7 +42,7 @@ from pyro_vae.errors import ConfigError, NonFiniteError
 from pyro_vae.model import VAE
 from pyro_vae.priors import FactorizedPrior
 from pyro_vae.step import own_structure
-from pyro_vae.utils import positive_int
+from pyro_vae.utils import positive_int, progress_bar
 
 METHODS = ("importance", "ais")
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -402,7 +401,7 @@ def _evaluate(
         if log_abs_det_jacobian.numel() == 1 and vae.input_dim > 1:
             log_abs_det_jacobian = log_abs_det_jacobian.item()
     with sampling(vae, seed, device):
-        bar = tqdm(desc="evaluating", unit="pt", disable=not progress, leave=False)
+        bar = progress_bar(desc="evaluating", unit="pt", enabled=progress, leave=False)
         for x in point_batches(vae, data, n_chunk, device):
             n = x.shape[0]
             lse = torch.full((n,), -math.inf, device=device)

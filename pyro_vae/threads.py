@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 #: multiply-adds per step (batch size x weights) below which a second thread does not pay;
 #: from benchmarks/threads.py (the smallest size at which two threads beat one by 10% idle)
-MIN_WORK_PER_THREAD = 16e6
+MIN_WORK_PER_THREAD = 8e6
 #: seconds of training between two looks at the machine's load
 RECHECK_S = 2.0
 #: the share of a core another process must use to count as holding it

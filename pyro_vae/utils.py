@@ -61,6 +61,16 @@ def _omp_threads() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+def progress_bar(iterable=None, *, enabled: bool, **options):
+    """A tqdm bar on a terminal; elsewhere (logs, CI) one line at most every 30 seconds."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(iterable, disable=not enabled, mininterval=0.1 if tty else 30.0, **options)
+
+
 def seed_everything(seed: int) -> None:
     pyro.set_rng_seed(seed)  # seeds torch, numpy and random
 

@@ -23,6 +23,7 @@ from pyro_vae.app.compare import (
     resolve_priors,
 )
 from pyro_vae.app.config import RunConfig
+from pyro_vae.app.run import load_data
 from pyro_vae.training import History, TrainingDiverged
 
 TINY = ["--epochs", "2", "--hidden", "16", "--eval-samples", "20", "--num-threads", "1", "--no-progress"]
@@ -120,7 +121,9 @@ def test_compare_writes_every_table_and_figure_and_survives_a_failing_prior(tmp_
     run = RunConfig.from_json(out / "runs" / "normal_scale2")
     assert run.model.prior == "normal" and run.model.prior_options == {"scale": 2.0}
     run.model.prior, run.model.prior_options = cfg.model.prior, cfg.model.prior_options
-    assert run.to_dict() == cfg.to_dict()
+    # the default batch size is fixed from the data once, for every run (and recorded)
+    assert run.train.batch_size == report["budget"]["batch_size"] == len(load_data(cfg).train) // 10
+    assert run.to_dict() == cfg.replace("train", batch_size=run.train.batch_size).to_dict()
     saved = json.loads((out / "runs" / "mixture" / "config.json").read_text())
     assert saved["model"]["prior"]["name"] == "mixture" and saved["model"]["latent_dim"] == 2
 

@@ -206,3 +206,17 @@ def test_new_settings_are_typed_checked_and_on_the_command_line():
         4,
     )
     assert {"valid_bound", "lr"} <= set(HISTORY_COLUMNS)
+
+
+def test_the_default_batch_size_gives_a_small_table_ten_steps_per_epoch():
+    from pyro_vae.training import BATCH_SIZE, MIN_BATCH_SIZE, TrainConfig, batch_size_for
+
+    cfg = TrainConfig()
+    assert cfg.batch_size is None
+    assert batch_size_for(cfg, torch.zeros(341, 3)) == 34
+    assert batch_size_for(cfg, torch.zeros(90, 3)) == MIN_BATCH_SIZE
+    assert batch_size_for(cfg, torch.zeros(50000, 3)) == BATCH_SIZE
+    assert batch_size_for(cfg, torch.zeros(2000, 3), processes=2) == 100  # per process under DDP
+    assert batch_size_for(cfg.replace(batch_size=7), torch.zeros(341, 3)) == 7
+    history = fit(small_vae(), binary_data(200), epochs=1, progress=False)
+    assert len(history) == 1  # 200 points: batch 20, ten steps

@@ -295,7 +295,7 @@ CLI_CASES = {
     ),
     "config-batch-size-float": Case(
         train("--config", "cfg.json"),
-        r"train\.batch_size must be an integer, got 64\.5",
+        r"train\.batch_size must be an integer or null, got 64\.5",
         setup=config({"train": {"batch_size": 64.5}}),
     ),
     "config-chunk-size-0": Case(
@@ -459,7 +459,7 @@ API_CASES = {
     "fit-batch-size-float": (
         later(lambda: _fit(batch_size=64.5)(None)),
         ConfigError,
-        r"train\.batch_size must be an integer, got 64\.5",
+        r"train\.batch_size must be an integer or null, got 64\.5",
     ),
     "fit-unknown-setting": (later(lambda: _fit(bogus=1)(None)), ConfigError, r"unknown setting.*'bogus'"),
     "fit-patience-without-valid": (later(lambda: _fit(patience=3)(None)), ConfigError, r"patience.*valid"),

@@ -234,7 +234,7 @@ def test_fit_settings_are_checked_like_the_config_file():
     x = binary_data(20)
     with pytest.raises(ConfigError, match=r"train.epochs must be an integer, got '2'"):
         fit(small_vae(), x, epochs="2", progress=False)
-    with pytest.raises(ConfigError, match=r"train.batch_size must be an integer, got 64.5"):
+    with pytest.raises(ConfigError, match=r"train.batch_size must be an integer or null, got 64.5"):
         fit(small_vae(), x, batch_size=64.5, progress=False)
     with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['bogus'\]"):
         fit(small_vae(), x, bogus=1, progress=False)

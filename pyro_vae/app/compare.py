@@ -50,7 +50,7 @@ from pyro_vae.app.run import build_vae, input_shape, load_data, read_pointwise, 
 from pyro_vae.data import DataSplits
 from pyro_vae.io import atomic_write_text, save_figure
 from pyro_vae.model import VAE
-from pyro_vae.training import fit
+from pyro_vae.training import batch_size_for, fit
 from pyro_vae.utils import available_cpus
 
 DEFAULT_NORMAL_SCALES = (0.5, 2.0, 5.0)
@@ -308,6 +308,7 @@ def compare_priors(
     splits = load_data(base_config)
     size = base_config.model.latent_size(splits.num_features, table=splits.columns is not None)
     base_config = base_config.replace("model", latent_dim=size)  # every run, and every report, the same
+    base_config = base_config.replace("train", batch_size=batch_size_for(base_config.train, splits.train))
     likelihood = _check_shared_settings(base_config, splits, entries[0])
     summary = _summary(base_config, splits, likelihood, entries)
     summary["command"] = command

@@ -26,7 +26,7 @@ from pyro_vae.errors import DataError
 from pyro_vae.evaluation import evaluate
 from pyro_vae.io import atomic_write, atomic_write_json, load_tensors, save_figure
 from pyro_vae.model import VAE
-from pyro_vae.training import HISTORY_FILE, TRAINING_STATE_FILE, History, fit
+from pyro_vae.training import HISTORY_FILE, TRAINING_STATE_FILE, History, batch_size_for, fit
 
 POINTWISE_FILE = "pointwise.npz"
 FIGURES = ("training_curves.png", "reconstructions.png", "samples.png", "latent_means.png")
@@ -172,6 +172,8 @@ def train_run(
     if not ctx.is_main:
         echo = _silent
     splits = load_data(cfg)
+    # the default batch size depends on the data: fixed here, so config.json and the report say it
+    cfg = cfg.replace("train", batch_size=batch_size_for(cfg.train, splits.train, ctx.world_size))
     echo(f"data    {splits.summary()}")
     if splits.columns is not None:
         for line in splits.columns.summary_lines():

@@ -17,14 +17,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from scipy.special import logsumexp
-from tqdm.auto import tqdm
 
 from pyro_vae.data import as_tensor
 from pyro_vae.diagnostics._convert import to_arviz
 from pyro_vae.diagnostics.plots import plot_khat
 from pyro_vae.evaluation import chunk_plan, default_chunk_size, point_batches, sampling, weight_chunks
 from pyro_vae.model import VAE
-from pyro_vae.utils import positive_int
+from pyro_vae.utils import positive_int, progress_bar
 
 KHAT_THRESHOLDS = (0.5, 0.7, 1.0)
 DEFAULT_PREDICTIVE_DRAWS = 100
@@ -64,7 +63,7 @@ def _posterior_batches(
     k_chunk, n_chunk = chunk_plan(num_samples, default_chunk_size(vae) if chunk_size is None else chunk_size)
     device = _device(vae)
     with torch.no_grad(), sampling(vae, seed, device):
-        bar = tqdm(desc="drawing from q(z|x)", unit="pt", disable=not progress, leave=False)
+        bar = progress_bar(desc="drawing from q(z|x)", unit="pt", enabled=progress, leave=False)
         for batch, x in enumerate(point_batches(vae, data, n_chunk, device)):
             parts: dict[str, list[torch.Tensor]] = {"log_w": [], "log_px_z": [], "lp": [], "z": []}
             for log_px_z, log_pz, log_q, z, _, _ in weight_chunks(vae, x, num_samples, k_chunk):

@@ -20,7 +20,6 @@ import torch
 from matplotlib.figure import Figure
 from pyro.infer.mcmc import MCMC, NUTS
 from torch.distributions.transforms import AffineTransform
-from tqdm.auto import tqdm
 
 from pyro_vae.data import as_tensor
 from pyro_vae.diagnostics._convert import to_arviz
@@ -35,7 +34,7 @@ from pyro_vae.diagnostics.amortized import (
 from pyro_vae.diagnostics.plots import plot_nuts_overlay
 from pyro_vae.evaluation import evaluate
 from pyro_vae.model import VAE
-from pyro_vae.utils import positive_int
+from pyro_vae.utils import positive_int, progress_bar
 
 DEFAULT_IS_SAMPLES = 10_000
 
@@ -294,7 +293,7 @@ def nuts_posterior(
     with torch.no_grad():
         q_loc, q_scale = vae.encode(x)
     with _fixed_networks(vae), _one_thread(), _fork(device):
-        for i in tqdm(range(m), desc="NUTS", unit="pt", disable=not progress, leave=False):
+        for i in progress_bar(range(m), desc="NUTS", unit="pt", enabled=progress, leave=False):
             start = time.perf_counter()
             for c in range(num_chains):
                 torch.manual_seed(seed + 7919 * i + c)
