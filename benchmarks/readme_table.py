@@ -307,6 +307,27 @@ def tables_rows(r: dict) -> list[list[str]]:
     return rows
 
 
+def defaults_rows(r: dict) -> list[list[str]]:
+    summary = r["summary"]
+    base = summary.get("default")
+    if base is None:
+        return []
+    parts = [
+        f"`{name}` {e['mean_test_log_px'] - base['mean_test_log_px']:+.2f} (rank {e['mean_rank_test']:.1f})"
+        for name, e in sorted(summary.items(), key=lambda kv: kv[1]["mean_rank_test"])
+        if name != "default"
+    ]
+    tables = sorted({key.split("/")[0] for key in r["entries"]})
+    result = (
+        f"the default path: mean rank **{base['mean_rank_test']:.1f}** of {len(summary)} over {base['cases']} "
+        f"table splits; each alternative's mean test log p(x) per row against it: {', '.join(parts)}"
+    )
+    what = (
+        f"fit's default recipe against one change at a time, on {', '.join(tables)} (model units, test split)"
+    )
+    return [[what, result, _when(r["machine"], r["date"], r.get("torch_threads")), _code(r["command"])]]
+
+
 def threads_rows(r: dict) -> list[list[str]]:
     c = r["contention"]
     runs = c["runs"]
@@ -355,6 +376,7 @@ ROWS: list[tuple[str, Callable[[dict], list[list[str]]]]] = [
     ("main_job", main_job_rows),
     ("threads", threads_rows),
     ("tables", tables_rows),
+    ("defaults", defaults_rows),
     ("ddp_scaling", ddp_rows),
 ]
 

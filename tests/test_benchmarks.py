@@ -338,8 +338,8 @@ def test_tables_quick(tmp_path):
 def test_defaults_quick(tmp_path):
     result, _ = run_quick("defaults.py", tmp_path, tmp_path)
     assert_provenance(result, "defaults.py")
-    assert set(result["entries"]) == {"iris/0/old", "iris/0/plateau"}
+    assert set(result["entries"]) == {"iris/0/default", "iris/0/batch128"}
     for entry in result["entries"].values():
         assert_finite(entry, "test_log_px", "valid_log_px", "best_valid_bound")
         assert entry["command"] == result["command"]
-    assert set(result["summary"]) == {"old", "plateau"}
+    assert set(result["summary"]) == {"default", "batch128"}
