@@ -284,12 +284,28 @@ class DivergenceGuard:
     loss so far by ``factor`` times the larger of that loss's size and the number of
     features: healthy training moves the per-point loss by a fraction of that, while a
     learning rate far too large sends it to 1e10 and beyond within a few steps.
+
+    One exploded batch among good ones is an outlier, not a divergence (a Gaussian whose
+    scale has shrunk on near-deterministic columns meets a point off them): its step is
+    skipped, and only ``strikes`` exploded steps in a row stop training. A non-finite
+    loss stops it at once.
     """
 
-    def __init__(self, num_features: int, factor: float = 100.0) -> None:
+    def __init__(self, num_features: int, factor: float = 100.0, strikes: int = 5) -> None:
         self.scale = float(num_features)
         self.factor = factor
         self.reference: float | None = None
+        self.strikes = strikes
+        self.in_a_row = 0
+        self.skipped = 0
+
+    def skip(self, value: float) -> bool:
+        """After :meth:`problem` found ``value`` wrong: True to skip the step, False to stop."""
+        if not math.isfinite(value) or self.in_a_row + 1 >= self.strikes:
+            return False
+        self.in_a_row += 1
+        self.skipped += 1
+        return True
 
     def limit(self) -> float:
         if self.reference is None:
@@ -308,7 +324,8 @@ class DivergenceGuard:
         return None
 
     def end_epoch(self, mean_loss: float) -> None:
-        self.reference = min(self.reference, mean_loss)
+        if math.isfinite(mean_loss):  # an epoch whose every step was skipped has no mean
+            self.reference = min(self.reference, mean_loss)
 
 
 class Checkpointer:
@@ -515,11 +532,12 @@ class _Loop:
         for step, x in enumerate(self.batches()):
             b = schedule(epoch - 1 + step / steps) if steps else b
             value = self.step(x, b, epoch, step)
-            total, count = total + value * x.shape[0], count + x.shape[0]
+            if value is not None:  # a skipped step (an outlier batch) does not count
+                total, count = total + value * x.shape[0], count + x.shape[0]
         seconds = time.perf_counter() - start
         self.elapsed += seconds
         total, count = dist_utils.all_reduce_sum([total, count], self.device)
-        mean = total / max(count, 1)
+        mean = total / count if count else math.nan
         lr = self.optimizer.param_groups[0]["lr"]
         return {
             "epoch": epoch,
@@ -535,7 +553,7 @@ class _Loop:
         for batch in self.loader:
             yield features_of(batch).to(self.device, torch.float32, non_blocking=True)
 
-    def step(self, x: torch.Tensor, beta: float, epoch: int, step: int) -> float:
+    def step(self, x: torch.Tensor, beta: float, epoch: int, step: int) -> float | None:
         sync = dist_utils.collective if self.ctx.world_size > 1 else contextlib.nullcontext
         with sync():
             loss = self.objective(x, beta)
@@ -544,7 +562,11 @@ class _Loop:
             value = dist_utils.all_reduce_sum([value / self.ctx.world_size], self.device)[0]
         problem = self.guard.problem(value)
         if problem:
+            if self.guard.skip(value):
+                logger.info("%s at epoch %d, step %d: step skipped", problem, epoch, step)
+                return None
             raise self.diverged(f"{problem} at epoch {epoch}, step {step}")
+        self.guard.in_a_row = 0
         self.optimizer.zero_grad(set_to_none=True)
         with sync():  # DistributedDataParallel averages the gradients here
             loss.backward()
@@ -761,6 +783,8 @@ def fit(
         raise
     finally:
         bar.close(len(history))
+    if loop.guard.skipped:
+        history.notes.append(f"{loop.guard.skipped} step(s) whose batch loss exploded were skipped")
     if loop.stopping.best_state is not None:
         vae.load_state_dict(loop.stopping.best_state)
     vae.fitted = True

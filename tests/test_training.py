@@ -1,5 +1,7 @@
 """fit(): inputs, determinism, schedules, early stopping, checkpoints and divergence."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -243,3 +245,39 @@ def test_fit_settings_are_checked_like_the_config_file():
     config = TrainConfig(epochs=1, batch_size=10)
     history = fit(small_vae(), x, None, config, progress=False)
     assert len(history) == 1
+
+
+def test_one_exploded_batch_is_skipped_and_training_goes_on():
+    """An outlier batch whose loss explodes is not a divergence: its step is skipped."""
+    x = torch.randn(64, 4)
+    vae = VAE(4, 2, hidden=(8,), likelihood="gaussian")
+    calls = {"n": 0}
+    forward = vae.encoder.net.forward
+
+    def spiky(h):
+        calls["n"] += torch.is_grad_enabled()
+        out = forward(h)
+        return out * 1e4 if calls["n"] == 9 else out  # one step of epoch 3 (four steps per epoch)
+
+    vae.encoder.net.forward = spiky
+    history = fit(vae, x, epochs=4, batch_size=16, progress=False)
+    assert len(history) == 4
+    assert history.notes[-1] == "1 step(s) whose batch loss exploded were skipped"
+    assert all(math.isfinite(v) for v in history["train_loss"])
+
+
+def test_exploded_steps_in_a_row_stop_training():
+    x = torch.randn(64, 4)
+    vae = VAE(4, 2, hidden=(8,), likelihood="gaussian")
+    calls = {"n": 0}
+    forward = vae.encoder.net.forward
+
+    def broken(h):
+        calls["n"] += torch.is_grad_enabled()
+        return forward(h) * (1e4 if calls["n"] > 8 else 1.0)
+
+    vae.encoder.net.forward = broken
+    with pytest.raises(TrainingDiverged, match=r"exploded .* restored to the weights after epoch 2") as err:
+        fit(vae, x, epochs=6, batch_size=16, progress=False)
+    # epoch 3's four steps were skipped; its weights (unchanged) then failed the epoch's check
+    assert len(err.value.history) == 2
