@@ -7,8 +7,8 @@ longer with two threads beside one busy process than alone, and 1.02x with one t
 (``benchmarks/threads.py`` measures both sides). So, unless the user fixes the count
 (``num_threads``, ``--num-threads`` or ``OMP_NUM_THREADS``):
 
-* a model whose step is too small to split (:data:`MIN_WORK_PER_THREAD` multiply-adds
-  per step and thread) gets one thread;
+* a model whose step is too small to split (fewer than :data:`MIN_WORK_PER_THREAD`
+  multiply-adds per step and thread) gets one thread;
 * otherwise it gets the cores that other processes leave idle, measured over a quarter
   of a second at the start and again every :data:`RECHECK_S` seconds of training
   (:class:`ThreadPolicy`), so a neighbour that starts later is made room for.
@@ -29,8 +29,10 @@ from pyro_vae.utils import available_cpus
 
 logger = logging.getLogger(__name__)
 
-#: multiply-adds per step (batch size x weights) below which a second thread does not pay;
-#: from benchmarks/threads.py (the smallest size at which two threads beat one by 10% idle)
+#: multiply-adds per step (batch size x weights) per thread: two threads from 1.6e7. On 2 cores
+#: benchmarks/threads.py finds two threads 10% faster from about 5e7 and 4-9% faster at 1.6e7-3e7
+#: (the README's main job is 2.2e7): worth having on an idle machine, and the load check
+#: takes the second thread away when another process needs the core
 MIN_WORK_PER_THREAD = 8e6
 #: seconds of training between two looks at the machine's load
 RECHECK_S = 2.0
