@@ -33,7 +33,6 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from torch.distributions import kl_divergence
 
 from pyro_vae import distributed as dist_utils
@@ -41,7 +40,7 @@ from pyro_vae.data import as_tensor, evaluation_data, iter_batches
 from pyro_vae.errors import ConfigError, NonFiniteError
 from pyro_vae.model import VAE
 from pyro_vae.priors import FactorizedPrior
-from pyro_vae.step import own_structure
+from pyro_vae.step import own_structure, traces
 from pyro_vae.utils import positive_int, progress_bar
 
 METHODS = ("importance", "ais")
@@ -84,8 +83,7 @@ def _log_weights(vae: VAE, x: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
 
 def _traced_log_weights(vae: VAE, x: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     with pyro.plate("samples", k, dim=-2):
-        guide_trace = poutine.trace(vae.guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+        guide_trace, model_trace = traces(vae, x)
     q_site, z_site, x_site = guide_trace.nodes["z"], model_trace.nodes["z"], model_trace.nodes["x"]
     z = q_site["value"]
     log_q = q_site["fn"].log_prob(z)

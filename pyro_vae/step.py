@@ -146,9 +146,7 @@ class ReplayedELBO:
         return problem is None
 
     def structure_problem(self, x: torch.Tensor, beta: float | torch.Tensor) -> str | None:
-        vae = self.vae
-        guide = poutine.trace(vae.guide).get_trace(x, beta)
-        model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x, beta)
+        guide, model = traces(self.vae, x, beta)
         guide_sites, model_sites = _sample_sites(guide), _sample_sites(model)
         if guide_sites != ["z"] or model_sites != ["z", "x"]:
             return f"sites {model_sites} (model) and {guide_sites} (guide), not ['z', 'x'] and ['z']"
@@ -157,6 +155,12 @@ class ReplayedELBO:
         if not model.nodes["x"]["is_observed"]:
             return "the observation site is not observed"
         return None
+
+
+def traces(vae: Any, *args: Any) -> tuple[Any, Any]:
+    """Pyro's traces of ``vae.guide`` and of ``vae.model`` replayed against it, as an ELBO builds them."""
+    guide = poutine.trace(vae.guide).get_trace(*args)
+    return guide, poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(*args)
 
 
 def _sample_sites(trace) -> list[str]:

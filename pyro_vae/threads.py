@@ -2,9 +2,9 @@
 
 Intra-op threads pay only when each step has enough arithmetic to split, and they cost
 dearly when another process holds a core: every parallel region then waits for the
-thread the scheduler preempted. On a 2-core machine the README's main job took 3.2x
-longer with two threads beside one busy process than alone, and 1.02x with one thread
-(``benchmarks/threads.py`` measures both sides). So, unless the user fixes the count
+thread the scheduler preempted. On a 2-core machine the README's main job took 4.1x
+longer with two threads beside one busy process than alone, and 1.05x with one thread
+(``benchmarks/threads.py``, ``benchmarks/results/threads.json``). So, unless the user fixes the count
 (``num_threads``, ``--num-threads`` or ``OMP_NUM_THREADS``):
 
 * a model whose step is too small to split (fewer than :data:`MIN_WORK_PER_THREAD`
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.utils import available_cpus
+from pyro_vae.utils import available_cpus, fixed_threads
 
 logger = logging.getLogger(__name__)
 
 #: multiply-adds per step (batch size x weights) per thread: two threads from 1.6e7. On 2 cores
-#: benchmarks/threads.py finds two threads 10% faster from about 5e7 and 4-9% faster at 1.6e7-3e7
+#: benchmarks/threads.py finds two threads 10% faster from about 4e7 and 4-9% faster at 1.6e7-3e7
 #: (the README's main job is 2.2e7): worth having on an idle machine, and the load check
 #: takes the second thread away when another process needs the core
 MIN_WORK_PER_THREAD = 8e6
@@ -112,12 +112,6 @@ def threads_that_pay(work: float | None, cores: int) -> int:
     if work is None:
         return cores
     return max(1, min(cores, int(work // MIN_WORK_PER_THREAD)))
-
-
-def fixed_threads() -> int | None:
-    """A thread count the environment fixes (a positive ``OMP_NUM_THREADS``), or None."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 class ThreadPolicy:

@@ -831,8 +831,8 @@ UNSCALED_KINDS = ("count", "integer")
 def batch_size_for(cfg: TrainConfig, train: Any, processes: int = 1) -> int:
     """``batch_size``, or the default for ``train``: 128, or a tenth of its points per
     process when that is smaller, at least 16. Small tables train better on more, smaller
-    steps per epoch (on scikit-learn's breast cancer table, 341 training rows, batch 32
-    scored 2.4 nats per row above batch 128; benchmarks/tables.py)."""
+    steps per epoch: against batch 128 it ranks higher on the six tables of
+    ``benchmarks/results/defaults.json`` (1.1 nats per row on breast cancer)."""
     if cfg.batch_size is not None:
         return cfg.batch_size
     try:

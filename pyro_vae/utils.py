@@ -50,13 +50,14 @@ def set_threads(num_threads: int | None = None, processes: int = 1) -> int:
     ``OMP_NUM_THREADS`` is honoured (a machine shared with other work), else the cores are
     shared among ``processes``.
     """
-    n = num_threads or _omp_threads() or max(1, available_cpus() // processes)
+    n = num_threads or fixed_threads() or max(1, available_cpus() // processes)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
 
 
-def _omp_threads() -> int | None:
+def fixed_threads() -> int | None:
+    """A thread count the environment fixes (a positive ``OMP_NUM_THREADS``), or None."""
     value = os.environ.get("OMP_NUM_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else None
 

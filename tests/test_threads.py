@@ -51,9 +51,9 @@ def test_the_count_follows_the_load_during_training(four_cores):
     policy.load.foreign, policy.load.wall = 2.0, 1.0  # a neighbour held two cores
     policy.end_epoch()
     assert policy.threads == 2 and torch.get_num_threads() == 2
-    policy.start_epoch()
-    policy.end_epoch()  # an idle machine now (no foreign time in the last moment)
-    assert policy.threads == 4
+    policy.load.foreign, policy.load.wall = 0.0, 1.0  # then an idle machine
+    policy.end_epoch()
+    assert policy.threads == 4 and torch.get_num_threads() == 4
 
 
 def test_the_work_of_a_step_is_batch_times_weights():

@@ -247,19 +247,23 @@ def test_fit_settings_are_checked_like_the_config_file():
     assert len(history) == 1
 
 
+def _encoder_scaled_after(vae: VAE, scale) -> None:
+    """Multiply the encoder's output by ``scale(n)``, n counting training-step calls only."""
+    calls = {"n": 0}
+    forward = vae.encoder.net.forward
+
+    def scaled(h):
+        calls["n"] += torch.is_grad_enabled()
+        return forward(h) * scale(calls["n"])
+
+    vae.encoder.net.forward = scaled
+
+
 def test_one_exploded_batch_is_skipped_and_training_goes_on():
     """An outlier batch whose loss explodes is not a divergence: its step is skipped."""
     x = torch.randn(64, 4)
     vae = VAE(4, 2, hidden=(8,), likelihood="gaussian")
-    calls = {"n": 0}
-    forward = vae.encoder.net.forward
-
-    def spiky(h):
-        calls["n"] += torch.is_grad_enabled()
-        out = forward(h)
-        return out * 1e4 if calls["n"] == 9 else out  # one step of epoch 3 (four steps per epoch)
-
-    vae.encoder.net.forward = spiky
+    _encoder_scaled_after(vae, lambda n: 1e4 if n == 9 else 1.0)  # one step of epoch 3 (four per epoch)
     history = fit(vae, x, epochs=4, batch_size=16, progress=False)
     assert len(history) == 4
     assert history.notes[-1] == "1 step(s) whose batch loss exploded were skipped"
@@ -269,14 +273,7 @@ def test_one_exploded_batch_is_skipped_and_training_goes_on():
 def test_exploded_steps_in_a_row_stop_training():
     x = torch.randn(64, 4)
     vae = VAE(4, 2, hidden=(8,), likelihood="gaussian")
-    calls = {"n": 0}
-    forward = vae.encoder.net.forward
-
-    def broken(h):
-        calls["n"] += torch.is_grad_enabled()
-        return forward(h) * (1e4 if calls["n"] > 8 else 1.0)
-
-    vae.encoder.net.forward = broken
+    _encoder_scaled_after(vae, lambda n: 1e4 if n > 8 else 1.0)
     with pytest.raises(TrainingDiverged, match=r"exploded .* restored to the weights after epoch 2") as err:
         fit(vae, x, epochs=6, batch_size=16, progress=False)
     # epoch 3's four steps were skipped; its weights (unchanged) then failed the epoch's check
