@@ -11,7 +11,9 @@ longer with two threads beside one busy process than alone, and 1.05x with one t
   multiply-adds per step and thread) gets one thread;
 * otherwise it gets the cores that other processes leave idle, measured over a quarter
   of a second at the start and again every :data:`RECHECK_S` seconds of training
-  (:class:`ThreadPolicy`), so a neighbour that starts later is made room for.
+  (:class:`ThreadPolicy`), so a neighbour that starts later is made room for. A thread is
+  given up only when two readings in a row find the core held (one busy reading, such as
+  a process starting or exiting, is noise) and taken back as soon as a reading finds it free.
 """
 
 from __future__ import annotations
@@ -135,6 +137,9 @@ class ThreadPolicy:
         self.recheck_s = recheck_s
         self.load = ForeignLoad()
         self.threads = self.fixed or self.limit
+        self._fewer: int | None = None  # a lower count one reading asked for, awaiting a second
+        self._epoch_start = 0.0
+        self.seconds_at: dict[int, float] = {}  # training seconds spent at each thread count
         if self.fixed is None and self.limit > 1:
             probe = ForeignLoad()
             with probe.measure():
@@ -154,23 +159,39 @@ class ThreadPolicy:
             return "1 torch thread: the model's steps are too small for more to pay"
         return f"{self.threads} torch thread(s): the cores other processes leave idle (of {self.cores})"
 
+    def summary(self) -> str:
+        """:meth:`explain`, and how long training ran at each count when the load changed it."""
+        if len(self.seconds_at) < 2:
+            return self.reason
+        spent = ", ".join(f"{s:.0f} s at {n}" for n, s in sorted(self.seconds_at.items(), reverse=True))
+        return f"{self.reason}; the load changed the count: {spent} thread(s)"
+
     def start_epoch(self) -> None:
+        self._epoch_start = time.perf_counter()
         if self.fixed is None and self.limit > 1:
             self.load.start()
 
     def end_epoch(self) -> None:
         """After an epoch: once ``recheck_s`` seconds are measured, fit the threads to the load."""
+        seconds = time.perf_counter() - self._epoch_start
+        self.seconds_at[self.threads] = self.seconds_at.get(self.threads, 0.0) + seconds
         if self.fixed is not None or self.limit == 1:
             return
         self.load.stop()
         if self.load.wall < self.recheck_s:
             return
         # Our own threads spin while a neighbour holds their core: what they leave is the signal.
-        threads = self.allowed(self.load.cores)
-        if threads != self.threads:
-            logger.info("using %d torch threads (other processes use %.1f cores)", threads, self.load.cores)
-            self.threads = threads
-            _set(threads)
+        wanted = self.allowed(self.load.cores)
+        if wanted < self.threads and self._fewer is None:
+            self._fewer, wanted = wanted, self.threads  # one busy reading: wait for a second
+        elif wanted < self.threads:
+            wanted, self._fewer = max(wanted, self._fewer), None
+        else:
+            self._fewer = None
+        if wanted != self.threads:
+            logger.info("using %d torch threads (other processes use %.1f cores)", wanted, self.load.cores)
+            self.threads = wanted
+            _set(wanted)
         self.load = ForeignLoad()
 
 

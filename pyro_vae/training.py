@@ -783,6 +783,7 @@ def fit(
         raise
     finally:
         bar.close(len(history))
+    history.threads = threads.summary()
     if loop.guard.skipped:
         history.notes.append(f"{loop.guard.skipped} step(s) whose batch loss exploded were skipped")
     if loop.stopping.best_state is not None:

@@ -13,6 +13,8 @@ from pyro_vae import threads
 def four_cores(monkeypatch):
     monkeypatch.setattr(threads, "available_cpus", lambda: 4)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    # The start-up probe sees an idle machine: no CPU time but our own (tests set the load).
+    monkeypatch.setattr(threads, "busy_cpu_seconds", threads.own_cpu_seconds)
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
@@ -50,10 +52,31 @@ def test_the_count_follows_the_load_during_training(four_cores):
     policy = threads.ThreadPolicy(None, work=big(), recheck_s=0.0)
     policy.load.foreign, policy.load.wall = 2.0, 1.0  # a neighbour held two cores
     policy.end_epoch()
+    assert policy.threads == 4  # one reading may be a process starting or exiting
+    policy.load.foreign, policy.load.wall = 2.0, 1.0  # and still does
+    policy.end_epoch()
     assert policy.threads == 2 and torch.get_num_threads() == 2
-    policy.load.foreign, policy.load.wall = 0.0, 1.0  # then an idle machine
+    policy.load.foreign, policy.load.wall = 0.0, 1.0  # then an idle machine: back at once
     policy.end_epoch()
     assert policy.threads == 4 and torch.get_num_threads() == 4
+    assert "the load changed the count" in policy.summary()
+
+
+def test_one_busy_reading_between_idle_ones_keeps_the_threads(four_cores):
+    policy = threads.ThreadPolicy(None, work=big(), recheck_s=0.0)
+    for foreign in (0.0, 1.5, 0.0, 1.5, 0.0):
+        policy.load.foreign, policy.load.wall = foreign, 1.0
+        policy.end_epoch()
+        assert policy.threads == 4
+    assert policy.summary() == policy.reason  # never changed: nothing to add
+
+
+def test_two_busy_readings_drop_to_the_larger_of_their_counts(four_cores):
+    policy = threads.ThreadPolicy(None, work=big(), recheck_s=0.0)
+    for foreign in (2.9, 1.0):  # asked for 1, then 3: the neighbour is leaving
+        policy.load.foreign, policy.load.wall = foreign, 1.0
+        policy.end_epoch()
+    assert policy.threads == 3
 
 
 def test_the_work_of_a_step_is_batch_times_weights():

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from pyro_vae import utils
 from pyro_vae.errors import ConfigError
 from pyro_vae.utils import available_cpus, positive_int, set_threads
 
@@ -44,3 +45,39 @@ def test_positive_int_minimum():
         positive_int("K", 1, 2)
     with pytest.raises(ConfigError, match=r"an integer >= 0, got 1\.5"):
         positive_int("--nuts-warmup", 1.5, 0)
+
+
+def test_heap_trim_runs_at_most_once_per_interval(monkeypatch):
+    calls, clock = [], [100.0]
+    monkeypatch.setattr(utils.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(utils.HeapTrim, "_trim", staticmethod(lambda pad: calls.append(pad)))
+    trim = utils.HeapTrim(interval=2.0)
+    trim()
+    clock[0] += 1.9
+    trim()
+    assert calls == []  # too soon: a trim per chunk costs page faults
+    clock[0] += 0.2
+    trim()
+    trim()
+    assert calls == [0]
+    clock[0] += 2.0
+    trim()
+    assert calls == [0, 0]
+
+
+def test_heap_trim_is_a_no_op_without_malloc_trim(monkeypatch):
+    monkeypatch.setattr(utils.HeapTrim, "_trim", None)
+    trim = utils.HeapTrim(interval=0.0)
+    trim()  # nothing to call, nothing raised
+
+
+def test_evaluation_batches_trim_the_heap(monkeypatch):
+    from pyro_vae import evaluation
+    from pyro_vae.model import VAE
+
+    calls, ticks = [], iter(range(0, 1000, 10))  # 10 s between readings: every batch may trim
+    monkeypatch.setattr(utils.time, "monotonic", lambda: next(ticks))
+    monkeypatch.setattr(utils.HeapTrim, "_trim", staticmethod(lambda pad: calls.append(pad)))
+    vae = VAE(4, 2, hidden=(8,))
+    batches = list(evaluation.point_batches(vae, torch.rand(6, 4).round(), 2, torch.device("cpu")))
+    assert len(batches) == 3 and calls == [0, 0, 0]
