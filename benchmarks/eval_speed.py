@@ -145,8 +145,33 @@ def matmul_flops(shapes) -> int:
 
 def chunking(num_samples: int, chunk_size: int) -> tuple[int, int]:
     """(samples per chunk, points per chunk) as pyro_vae.evaluate splits the work."""
-    k_chunk = min(num_samples, chunk_size)
-    return k_chunk, max(1, chunk_size // k_chunk)
+    try:
+        from pyro_vae.evaluation import chunk_plan
+    except ImportError:  # an older pyro_vae: the draws in chunks of chunk_size and a remainder
+        k_chunk = min(num_samples, chunk_size)
+        return k_chunk, max(1, chunk_size // k_chunk)
+    return chunk_plan(num_samples, chunk_size)
+
+
+def chunk_scan(data_dir: str, seed: int, num_samples: int, chunk: int, points: int = 16) -> dict:
+    """Microseconds per (draw, point) at a few chunk sizes around ``chunk`` (two rounds, best)."""
+    import pyro_vae
+
+    vae = build_model(None, seed)
+    x = pyro_vae.data.load_binarized_mnist(data_dir).test[:points].clone()
+    sizes = sorted({max(1, chunk // 4), max(1, chunk // 2), chunk, 2 * chunk})
+    pyro_vae.evaluate(vae, x[:2], num_samples=num_samples, chunk_size=chunk)
+    best = {}
+    for _ in range(2):
+        for size in sizes:
+            start = time.perf_counter()
+            pyro_vae.evaluate(vae, x, num_samples=num_samples, chunk_size=size)
+            us = 1e6 * (time.perf_counter() - start) / (points * num_samples)
+            best[size] = min(best.get(size, math.inf), us)
+    return {
+        str(size): {"draws_per_chunk": chunking(num_samples, size)[0], "microseconds_per_pair": us}
+        for size, us in best.items()
+    }
 
 
 def count_flops(decoder_shapes, encoder_shapes, num_points: int, num_samples: int, chunk_size: int) -> dict:
@@ -334,6 +359,13 @@ def main(argv: list[str] | None = None) -> dict:
             runs.append(run_child(spec))
         log(f"    {runs[-1]['seconds']:.2f} s, peak +{runs[-1]['peak_increase_mib']} MiB")
         rates.append(reference_rates(rows, dec_shapes, ref_repeats))
+    log("  chunk sizes around the default (16 points each) ...")
+    with load.measure():
+        result["chunk_scan"] = chunk_scan(data_dir, args.seed, num_samples, chunk)
+    log(
+        "    "
+        + ", ".join(f"{c}: {v['microseconds_per_pair']:.2f} us" for c, v in result["chunk_scan"].items())
+    )
     small_spec = dict(spec, chunk_size=small_chunk, num_points=min(memory_points, num_points))
     log(f"  evaluation of {small_spec['num_points']} points at chunk {small_chunk} (memory check) ...")
     with load.measure():
@@ -440,6 +472,12 @@ def print_report(r: dict) -> None:
     print(
         f"  full 10000 x 5000 run ({full['flops']:.2e} FLOPs): {full['seconds']:.0f} s, {full['seconds_kind']}"
     )
+    if "chunk_scan" in r:
+        scan = ", ".join(
+            f"{c} pairs ({v['draws_per_chunk']} draws) {v['microseconds_per_pair']:.2f} us"
+            for c, v in r["chunk_scan"].items()
+        )
+        print(f"  per (sample, point) pair by chunk size, 16 points: {scan}")
     print("  memory (child process, peak RSS increase during evaluate):")
     for c, m in r["memory_by_chunk_size"].items():
         if c.isdigit():
