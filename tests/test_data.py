@@ -302,3 +302,17 @@ def test_image_arrays_stay_images_and_preprocessing_keeps_their_shape():
         data.load_array(rng.random((20, 3))).as_images()
     colour = data.tile_images(rng.random((4, 3, 5, 5)), (3, 5, 5), rows=2)
     assert colour.shape == (11, 11, 3)
+
+
+def test_as_tensor_gives_rows_contiguous_in_memory():
+    column_major = torch.from_numpy(np.asfortranarray(np.arange(12, dtype=np.float32).reshape(4, 3)))
+    assert not column_major.is_contiguous()
+    out = data.as_tensor(column_major)
+    assert out.is_contiguous() and torch.equal(out, column_major)
+
+
+def test_tensor_batches_serve_the_rows_asked_for():
+    x = torch.arange(20.0).reshape(10, 2)
+    batches = data.TensorBatches(x)
+    assert torch.equal(batches.__getitems__([3, 0, 7]), x[[3, 0, 7]])
+    assert torch.equal(batches[4], x[4])
