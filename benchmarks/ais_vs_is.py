@@ -124,7 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
     _common.add_common_arguments(parser)
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
     parser.add_argument("--checkpoint-dir", default=str(CHECKPOINTS), help=f"default {CHECKPOINTS}")
-    parser.add_argument("--test-size", type=int, default=None, help="N test images drawn at random with --seed (default 1000; the split is sorted by digit)")
+    parser.add_argument(
+        "--test-size",
+        type=int,
+        default=None,
+        help="N test images drawn at random with --seed (default 1000; the split is sorted by digit)",
+    )
     parser.add_argument("--is-samples", type=int, default=None, help="importance samples (default 5000)")
     parser.add_argument("--ais-steps", type=int, default=None, help="AIS temperatures (default 500)")
     parser.add_argument("--ais-chains", type=int, default=None, help="AIS chains per point (default 16)")
