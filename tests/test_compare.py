@@ -217,6 +217,7 @@ def test_paired_differences_are_the_mean_and_standard_error_of_pointwise_differe
     paired = paired_differences(scores)
     best = max(scores, key=lambda k: scores[k].mean())
     assert best == "a" and paired["a"] == {"diff_to_best": 0.0, "diff_to_best_se": 0.0}
+    assert f"{paired['a']['diff_to_best']:.2f}" == "0.00"  # not "-0.00" in the table
     for name in ("b", "c"):
         d = scores[name] - scores[best]
         assert paired[name]["diff_to_best"] == pytest.approx(d.mean(), rel=1e-12)

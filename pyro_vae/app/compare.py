@@ -424,7 +424,7 @@ def paired_differences(pointwise: dict[str, Any]) -> dict[str, dict[str, Any]]:
         table = az.compare(elpds, ic="loo", method="pseudo-BMA", scale="log")
     return {
         name: {
-            "diff_to_best": -float(table.loc[name, "elpd_diff"]) / n,
+            "diff_to_best": 0.0 - float(table.loc[name, "elpd_diff"]) / n,  # 0.0, not -0.0, for the best
             "diff_to_best_se": float(table.loc[name, "dse"]) / n,
         }
         for name in table.index
