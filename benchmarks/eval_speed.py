@@ -145,11 +145,8 @@ def matmul_flops(shapes) -> int:
 
 def chunking(num_samples: int, chunk_size: int) -> tuple[int, int]:
     """(samples per chunk, points per chunk) as pyro_vae.evaluate splits the work."""
-    try:
-        from pyro_vae.evaluation import chunk_plan
-    except ImportError:  # an older pyro_vae: the draws in chunks of chunk_size and a remainder
-        k_chunk = min(num_samples, chunk_size)
-        return k_chunk, max(1, chunk_size // k_chunk)
+    from pyro_vae.evaluation import chunk_plan
+
     return chunk_plan(num_samples, chunk_size)
 
 

@@ -100,7 +100,8 @@ class HeapTrim:
 
     With more than one torch thread, a long loop of large short-lived tensors (evaluation's
     chunks of K x D numbers) grew the resident memory of one ``evaluate`` call by about 1 MiB
-    per MNIST point, 16.7 GiB over the 10000 test points (``eval_speed.json``); with one
+    per MNIST point, 16.7 GiB over the 10000 test points (``eval_speed.json`` of 2026-11-29,
+    before this; +373 MiB after); with one
     thread it stayed flat. glibc kept the freed blocks instead of returning or reusing them:
     one arena, a fixed mmap threshold or a zero trim threshold each removed the growth, and so
     does ``malloc_trim``. Trimming after every point made evaluation 50% slower (the pages
