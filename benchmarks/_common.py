@@ -278,6 +278,15 @@ def interleave(
 # --------------------------------------------------------------------------- training under a time budget
 
 
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository root when it lies inside it (results name no clone's location)."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(REPO_ROOT.resolve()))
+    except ValueError:
+        return str(path)
+
+
 def fit_with_budget(
     vae,
     train,

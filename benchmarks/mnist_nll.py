@@ -164,10 +164,10 @@ def run_config(config: str, args, splits, log, previous: dict | None = None) -> 
     resume = bool(args.resume) and (out_dir / TRAINING_STATE_FILE).is_file()
     if args.resume and not resume:
         log(f"[{config}] no {TRAINING_STATE_FILE} in {out_dir}: starting afresh")
-    resumed_after = 0
+    resumed_after, trained_seconds = 0, 0.0
     if resume:  # fit overwrites the state; read where it stands first
         state = load_tensors(out_dir / TRAINING_STATE_FILE, what="training state")
-        resumed_after = int(state["epoch"])
+        resumed_after, trained_seconds = int(state["epoch"]), float(state["elapsed"])
     log(
         f"[{config}] training: up to {args.epochs} epochs / {args.max_minutes} min, warm-up {warmup} epochs, "
         f"{fit_options}, prior {vae.prior.spec()}"
@@ -187,7 +187,9 @@ def run_config(config: str, args, splits, log, previous: dict | None = None) -> 
         splits.train,
         splits.valid,
         epochs=args.epochs,
-        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+        # fit's budget counts the whole run's training time, earlier slices included;
+        # --max-minutes is this slice's share, so it is added to what was spent before
+        max_seconds=None if args.max_minutes is None else trained_seconds + 60 * args.max_minutes,
         patience=args.patience,
         beta=beta,
         seed=args.seed,
@@ -267,7 +269,7 @@ def run_config(config: str, args, splits, log, previous: dict | None = None) -> 
         },
         "evaluation_seconds": eval_seconds,
         "reference": REFERENCES[config],
-        "model_dir": str(out_dir),
+        "model_dir": _common.repo_relative(out_dir),
     }
     vae.save(out_dir, extra={"mnist_nll_benchmark": {k: entry[k] for k in ("run", "settings", "test")}})
     log(

@@ -131,7 +131,10 @@ class TrainConfig(Settings):
         check=at_least(1),
     )
     max_minutes: float | None = setting(
-        None, "stop after the epoch that spends this much training time", check=positive
+        None,
+        "stop after the epoch at which the run's training time reaches this (a resumed run "
+        "counts the epochs trained before it)",
+        check=positive,
     )
     ddp_timeout_s: float = setting(
         dist_utils.DEFAULT_TIMEOUT_S,

@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from pyro_vae.training import TRAINING_STATE_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -239,10 +242,18 @@ def test_mnist_nll_resume_continues_from_the_checkpoint(shared_data_dir, tmp_pat
     first, _ = run_quick("mnist_nll.py", shared_data_dir, results, *common)
     assert value(first, "configs.standard.training.epochs_run") == 2
     assert value(first, "configs.standard.training.resumed") is False
-    second, out = run_quick("mnist_nll.py", shared_data_dir, results, *common[:-1], "4", "--resume")
+    # fit's budget counts the whole run; --max-minutes is this slice's, whatever came before
+    state_file = models / "standard" / TRAINING_STATE_FILE
+    state = torch.load(state_file, weights_only=True)
+    state["elapsed"] = 1e6  # as if earlier slices had trained for 11 days
+    torch.save(state, state_file)
+    second, out = run_quick(
+        "mnist_nll.py", shared_data_dir, results, *common[:-1], "4", "--resume", "--max-minutes", "5"
+    )
     training = value(second, "configs.standard.training")
     assert training["resumed"] is True and training["resumed_after_epoch"] == 2
     assert training["epochs_run"] == 4  # two more, numbered on from the checkpoint
+    assert training["stopped_by"] == "epochs"
     assert [s["epochs_run_in_slice"] for s in training["slices"]] == [2, 2]
     assert training["training_seconds_all_slices"] == pytest.approx(
         sum(s["training_seconds"] for s in training["slices"])
