@@ -138,7 +138,6 @@ class ThreadPolicy:
         self.load = ForeignLoad()
         self.threads = self.fixed or self.limit
         self._fewer: int | None = None  # a lower count one reading asked for, awaiting a second
-        self._epoch_start = 0.0
         self.seconds_at: dict[int, float] = {}  # training seconds spent at each thread count
         if self.fixed is None and self.limit > 1:
             probe = ForeignLoad()
@@ -167,13 +166,12 @@ class ThreadPolicy:
         return f"{self.reason}; the load changed the count: {spent} thread(s)"
 
     def start_epoch(self) -> None:
-        self._epoch_start = time.perf_counter()
         if self.fixed is None and self.limit > 1:
             self.load.start()
 
-    def end_epoch(self) -> None:
-        """After an epoch: once ``recheck_s`` seconds are measured, fit the threads to the load."""
-        seconds = time.perf_counter() - self._epoch_start
+    def end_epoch(self, seconds: float) -> None:
+        """After an epoch of ``seconds`` training: once ``recheck_s`` seconds of load are measured,
+        fit the threads to it."""
         self.seconds_at[self.threads] = self.seconds_at.get(self.threads, 0.0) + seconds
         if self.fixed is not None or self.limit == 1:
             return

@@ -516,7 +516,7 @@ class _Loop:
         for epoch in range(first_epoch, cfg.epochs + 1):
             self.threads.start_epoch()
             record = self.train_epoch(epoch, schedule)
-            self.threads.end_epoch()
+            self.threads.end_epoch(record["seconds"])
             stop = self.end_epoch(epoch, record)
             progress.epoch(record)
             if stop:

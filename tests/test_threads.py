@@ -51,22 +51,22 @@ def test_cores_held_by_other_processes_are_left_to_them(four_cores):
 def test_the_count_follows_the_load_during_training(four_cores):
     policy = threads.ThreadPolicy(None, work=big(), recheck_s=0.0)
     policy.load.foreign, policy.load.wall = 2.0, 1.0  # a neighbour held two cores
-    policy.end_epoch()
+    policy.end_epoch(1.0)
     assert policy.threads == 4  # one reading may be a process starting or exiting
     policy.load.foreign, policy.load.wall = 2.0, 1.0  # and still does
-    policy.end_epoch()
+    policy.end_epoch(1.0)
     assert policy.threads == 2 and torch.get_num_threads() == 2
     policy.load.foreign, policy.load.wall = 0.0, 1.0  # then an idle machine: back at once
-    policy.end_epoch()
+    policy.end_epoch(1.0)
     assert policy.threads == 4 and torch.get_num_threads() == 4
-    assert "the load changed the count" in policy.summary()
+    assert policy.summary().endswith("the load changed the count: 2 s at 4, 1 s at 2 thread(s)")
 
 
 def test_one_busy_reading_between_idle_ones_keeps_the_threads(four_cores):
     policy = threads.ThreadPolicy(None, work=big(), recheck_s=0.0)
     for foreign in (0.0, 1.5, 0.0, 1.5, 0.0):
         policy.load.foreign, policy.load.wall = foreign, 1.0
-        policy.end_epoch()
+        policy.end_epoch(1.0)
         assert policy.threads == 4
     assert policy.summary() == policy.reason  # never changed: nothing to add
 
@@ -75,7 +75,7 @@ def test_two_busy_readings_drop_to_the_larger_of_their_counts(four_cores):
     policy = threads.ThreadPolicy(None, work=big(), recheck_s=0.0)
     for foreign in (2.9, 1.0):  # asked for 1, then 3: the neighbour is leaving
         policy.load.foreign, policy.load.wall = foreign, 1.0
-        policy.end_epoch()
+        policy.end_epoch(1.0)
     assert policy.threads == 3
 
 
