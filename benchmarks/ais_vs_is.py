@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
         entry = score(vae, x, args)
         entry["date"] = _common.now()
         entry["command"] = result["command"]
+        # merged entries may come from runs with other settings or threads: each keeps its own
+        entry["torch_threads"], entry["settings"] = threads, result["settings"]
         entry["load_average_1_5_15_min"] = _common.machine_info()["load_average_1_5_15_min"]
         result["configs"][config] = entry
         _common.write_results(NAME, args.quick, result, args.results_dir)

@@ -29,15 +29,21 @@ def _load(results_dir: Path, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _machine(machine: dict, threads: int | None = None) -> str:
+NOT_RECORDED = "not recorded"
+
+
+def _machine(machine: dict, threads: int | str | None = None) -> str:
+    """``threads``: None takes the file's count; ``NOT_RECORDED`` for an entry that kept none."""
     cpus = machine.get("cpu_count") or machine.get("cpus")
     processor = machine.get("processor", "")
     processor = "Intel Xeon" if "Xeon" in processor else processor
     threads = threads if threads is not None else machine.get("torch_threads")
+    if threads == NOT_RECORDED:
+        return f"{cpus}-core {processor}, torch {machine.get('torch')}, threads not recorded"
     return f"{cpus}-core {processor}, torch {machine.get('torch')}, {threads} thread{'s' if threads != 1 else ''}"
 
 
-def _when(machine: dict, date: str, threads: int | None = None) -> str:
+def _when(machine: dict, date: str, threads: int | str | None = None) -> str:
     return f"{_machine(machine, threads)}; {date[:10]}"
 
 
@@ -154,7 +160,8 @@ def mnist_nll_rows(r: dict) -> list[list[str]]:
             f"{f' in {slices} slices' if slices > 1 else ''} + {e['evaluation_seconds'] / 60:.0f} min evaluation"
             + _remaining(e)
         )
-        threads = e["run"].get("torch_threads", r.get("torch_threads"))
+        # entries are merged from runs of their own: the file's count belongs to the last run
+        threads = e["run"].get("torch_threads", NOT_RECORDED)
         commands = [
             _code(s["command"])
             if s.get("command")
@@ -184,11 +191,11 @@ AIS_WHAT = {
 
 def ais_vs_is_rows(r: dict) -> list[list[str]]:
     rows = []
-    st = r["settings"]
     for name in AIS_WHAT:
         e = r["configs"].get(name)
         if not e:
             continue
+        st = e.get("settings", r["settings"])  # entries before 2026-11-29 kept none of their own
         i, a, g, b = e["importance"], e["ais"], e["ais_minus_importance"], e["bdmc"]
         result = (
             f"NLL by IS **{-i['log_likelihood']:.2f}**, by AIS **{-a['log_likelihood']:.2f}**: "
@@ -204,7 +211,12 @@ def ais_vs_is_rows(r: dict) -> list[list[str]]:
             "test images drawn at random"
         )
         rows.append(
-            [what, result, _when(r["machine"], e["date"], r.get("torch_threads")), _code(e["command"])]
+            [
+                what,
+                result,
+                _when(r["machine"], e["date"], e.get("torch_threads", r.get("torch_threads"))),
+                _code(e["command"]),
+            ]
         )
     return rows
 

@@ -318,6 +318,21 @@ def test_readme_table_check_catches_a_stale_table(tmp_path, capsys):
     assert readme_table.render(tmp_path).count("\n") == 1
 
 
+def test_readme_rows_of_merged_entries_show_their_own_threads():
+    """A results file merges entries from several runs; its top-level count is the last run's."""
+    import readme_table
+
+    results = json.loads((BENCHMARKS / "results" / "mnist_nll.json").read_text())
+    results["torch_threads"] = 7
+    rows = {row[0]: row[2] for row in readme_table.mnist_nll_rows(results)}
+    for name, e in results["configs"].items():
+        if "test" in e:
+            threads = e["run"].get("torch_threads")
+            expected = "threads not recorded" if threads is None else f"{threads} thread"
+            assert expected in rows[readme_table.MNIST_WHAT[name]]
+            assert "7 threads" not in rows[readme_table.MNIST_WHAT[name]]
+
+
 @pytest.mark.slow
 def test_threads_quick(tmp_path):
     result, _ = run_quick("threads.py", None, tmp_path)
