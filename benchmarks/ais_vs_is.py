@@ -72,12 +72,14 @@ def score(vae: pyro_vae.VAE, x: torch.Tensor, args) -> dict:
     """IS, AIS and BDMC for one model on the points ``x``."""
     n = x.shape[0]
     options = {"num_leapfrog": args.ais_leapfrog, "seed": args.seed}
-    is_result, is_seconds = _timed(lambda: pyro_vae.evaluate(vae, x, args.is_samples, seed=args.seed))
+    is_result, is_seconds = _timed(
+        lambda: pyro_vae.evaluate(vae, x, args.is_samples, seed=args.seed, progress=True)
+    )
     log(
         f"  IS  K={args.is_samples}: log p(x) {is_result['log_likelihood']:.3f} ({is_seconds / n:.3f} s/point)"
     )
     run, ais_seconds = _timed(
-        lambda: ais(vae, x, num_steps=args.ais_steps, num_chains=args.ais_chains, **options)
+        lambda: ais(vae, x, num_steps=args.ais_steps, num_chains=args.ais_chains, progress=True, **options)
     )
     is_pointwise = is_result["pointwise"]["log_likelihood"]
     gap = _paired(run.log_px, is_pointwise)

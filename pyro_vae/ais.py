@@ -48,7 +48,7 @@ from pyro_vae.data import evaluation_data
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import CHUNK_ELEMENTS, default_chunk_size, point_batches, sampling
 from pyro_vae.model import VAE
-from pyro_vae.utils import positive_int
+from pyro_vae.utils import positive_int, progress_bar
 
 TARGET_ACCEPTANCE = 0.65
 INITIAL_STEP_SIZE = 0.5  # in units of the encoder's scale, per latent dimension
@@ -358,6 +358,7 @@ def ais(
     seed: int = 0,
     chunk_size: int | None = None,
     split: str | None = None,
+    progress: bool = False,
 ) -> AISResult:
     r"""Annealed importance sampling of :math:`\log p(x)` for every point of ``data``.
 
@@ -369,6 +370,7 @@ def ais(
     preprocessing's Jacobian). ``dtype=torch.float64`` runs the networks in double
     precision (a copy of the model is used; the weights accumulate in float64 anyway).
     At most ``chunk_size`` (chain, point) pairs pass through the networks at once.
+    ``progress`` shows the points done (a tqdm bar; a line every 30 s in a log).
 
     Cost: about ``num_steps x num_leapfrog x num_chains`` decoder passes forward and back
     per point, against ``K`` forward passes for importance sampling.
@@ -382,7 +384,15 @@ def ais(
         work = _working_copy(vae, dtype)
         points = _points_per_chunk(vae, num_chains, chunk_size)
         batches = ((x, None) for x in point_batches(vae, data, points, device))
-        return _run(work, batches, betas, num_chains, num_leapfrog, initial)
+        with progress_bar(desc="AIS", unit="pt", enabled=progress, leave=False) as bar:
+            return _run(work, _counted(batches, bar), betas, num_chains, num_leapfrog, initial)
+
+
+def _counted(batches: Any, bar: Any) -> Any:
+    """``batches`` unchanged; ``bar`` advances by each batch's points once it is done."""
+    for x, z in batches:
+        yield x, z
+        bar.update(x.shape[0])
 
 
 @dataclass

@@ -268,7 +268,7 @@ def evaluate(
         vae, data, num_samples, log_abs_det_jacobian=log_abs_det_jacobian, progress=progress, **options
     )
     if method == "ais":
-        ais_options = dict(num_leapfrog=ais_leapfrog, initial=ais_initial, seed=seed)
+        ais_options = dict(num_leapfrog=ais_leapfrog, initial=ais_initial, seed=seed, progress=progress)
         _replace_with_ais(result, vae, data, ais_steps, ais_chains, log_abs_det_jacobian, **ais_options)
     check_finite_results(result)
     return result

@@ -157,6 +157,28 @@ def test_ais_is_reproducible_and_leaves_the_model_alone():
     assert set(a.summary()) >= {"log_likelihood", "ess_mean", "acceptance_mean", "seconds_per_point"}
 
 
+def test_ais_progress_counts_the_points_as_chunks_finish(monkeypatch):
+    import pyro_vae.ais as ais_module
+
+    bars, real = [], ais_module.progress_bar
+
+    def recording(**options):
+        assert options["enabled"] is True
+        bars.append(real(**options))
+        updates = []
+        update = bars[-1].update
+        bars[-1].update = lambda n: (updates.append(n), update(n))
+        bars[-1].updates = updates
+        return bars[-1]
+
+    monkeypatch.setattr(ais_module, "progress_bar", recording)
+    vae, x = toy_vae(0, 1)
+    ais(vae, x, num_steps=5, num_chains=4, chunk_size=8, progress=True)  # 2 points per chunk
+    (bar,) = bars
+    assert bar.updates == [2] * (x.shape[0] // 2) + [x.shape[0] % 2] * (x.shape[0] % 2)
+    assert bar.n == x.shape[0]
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"num_steps": 0}, {"num_chains": 0}, {"num_leapfrog": 0}, {"initial": "posterior"}, {"chunk_size": 0}],
