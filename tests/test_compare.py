@@ -228,3 +228,15 @@ def test_paired_differences_are_the_mean_and_standard_error_of_pointwise_differe
     assert e["elpd_loo"] == pytest.approx(scores["b"].sum()) and e["n_data_points"] == n
     with pytest.raises(ValueError, match="same points"):
         paired_differences({"a": scores["a"], "short": scores["b"][:10]})
+
+
+@pytest.mark.parametrize("threads, text", [(1, ", 1 thread"), (2, ", 2 threads")])
+def test_the_report_names_its_thread_count(threads, text):
+    from pyro_vae.app import compare as compare_module
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert compare_module._machine().endswith(text)
+    finally:
+        torch.set_num_threads(before)

@@ -493,7 +493,7 @@ def _summary(
         "base_config": cfg.to_dict(),
         "pyro_vae_version": __version__,
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{available_cpus()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": _machine(),
         "complete": False,
     }
 
@@ -827,3 +827,8 @@ def _write_figures(
     for name, fig in figures.items():
         save_figure(fig, out / name, dpi=100)
     return list(figures)
+
+
+def _machine() -> str:
+    threads = torch.get_num_threads()
+    return f"{available_cpus()} CPU cores, torch {torch.__version__}, {threads} thread{'s' if threads != 1 else ''}"
