@@ -189,6 +189,12 @@ AIS_WHAT = {
 }
 
 
+def _gap_spread(b: dict) -> str:
+    """A mean gap can be one image's: the median (recorded since 2026-11-29) and the largest."""
+    median = f"median {b['gap_median']:.2f}, " if "gap_median" in b else ""
+    return f"{median}largest {b['gap_max']:.2f}"
+
+
 def ais_vs_is_rows(r: dict) -> list[list[str]]:
     rows = []
     for name in AIS_WHAT:
@@ -202,7 +208,7 @@ def ais_vs_is_rows(r: dict) -> list[list[str]]:
             f"AIS − IS {g['mean']:+.2f} ± {g['se']:.2f} nats per point (paired; > 0: IS was low); "
             f"AIS ESS {a['ess_mean']:.1f} of {a['num_chains']}, acceptance {a['acceptance_mean']:.2f}; "
             f"BDMC on {b['num_points']} simulated images: lower {b['lower']:.2f}, upper {b['upper']:.2f}, "
-            f"gap {b['gap_mean']:.2f} nats; seconds per point: IS {i['seconds_per_point']:.3f}, "
+            f"gap {b['gap_mean']:.2f} nats ({_gap_spread(b)}); seconds per point: IS {i['seconds_per_point']:.3f}, "
             f"AIS {a['seconds_per_point']:.2f}, BDMC {b['seconds_per_point']:.2f}"
         )
         what = (

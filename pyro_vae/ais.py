@@ -428,6 +428,7 @@ class BDMCResult:
             "lower": self.lower.mean().item(),
             "upper": self.upper.mean().item(),
             "gap_mean": self.gap.mean().item(),
+            "gap_median": self.gap.median().item(),  # the mean can be one stuck chain's
             "gap_max": self.gap.max().item(),
             "num_points": self.lower.numel(),
             "forward": self.forward.summary(),

@@ -114,6 +114,9 @@ def test_bdmc_brackets_the_exact_factor_analysis_marginal():
     summary = b.summary()
     assert summary["lower"] <= summary["upper"] + 0.01
     assert summary["num_points"] == N
+    gaps = b.gap.sort().values
+    assert summary["gap_median"] == pytest.approx(gaps[(N - 1) // 2].item())  # torch's lower median
+    assert summary["gap_max"] == pytest.approx(gaps[-1].item())
 
 
 def test_bdmc_brackets_quadrature_on_a_1d_latent():

@@ -277,7 +277,7 @@ def test_ais_vs_is_quick(shared_data_dir, tmp_path):
     e = result["configs"]["quick"]
     assert e["num_points"] == 10 and result["settings"]["is_samples"] == 50
     assert_finite(e, "importance.log_likelihood", "ais.log_likelihood", "ais_minus_importance.mean")
-    assert_finite(e, "bdmc.lower", "bdmc.upper", "bdmc.gap_mean")
+    assert_finite(e, "bdmc.lower", "bdmc.upper", "bdmc.gap_mean", "bdmc.gap_median")
     for method in ("importance", "ais", "bdmc"):
         assert_finite(e, f"{method}.seconds_per_point", positive=True)
     assert 1 <= e["ais"]["ess_mean"] <= 2 and 0 <= e["ais"]["acceptance_mean"] <= 1
