@@ -143,16 +143,10 @@ def matmul_flops(shapes) -> int:
     return 2 * sum(i * o for i, o in shapes)
 
 
-def chunking(num_samples: int, chunk_size: int) -> tuple[int, int]:
-    """(samples per chunk, points per chunk) as pyro_vae.evaluate splits the work."""
-    from pyro_vae.evaluation import chunk_plan
-
-    return chunk_plan(num_samples, chunk_size)
-
-
 def chunk_scan(data_dir: str, seed: int, num_samples: int, chunk: int, points: int = 16) -> dict:
     """Microseconds per (draw, point) at a few chunk sizes around ``chunk`` (two rounds, best)."""
     import pyro_vae
+    from pyro_vae.evaluation import chunk_plan
 
     vae = build_model(None, seed)
     x = pyro_vae.data.load_binarized_mnist(data_dir).test[:points].clone()
@@ -166,13 +160,15 @@ def chunk_scan(data_dir: str, seed: int, num_samples: int, chunk: int, points: i
             us = 1e6 * (time.perf_counter() - start) / (points * num_samples)
             best[size] = min(best.get(size, math.inf), us)
     return {
-        str(size): {"draws_per_chunk": chunking(num_samples, size)[0], "microseconds_per_pair": us}
+        str(size): {"draws_per_chunk": chunk_plan(num_samples, size)[0], "microseconds_per_pair": us}
         for size, us in best.items()
     }
 
 
 def count_flops(decoder_shapes, encoder_shapes, num_points: int, num_samples: int, chunk_size: int) -> dict:
-    k_chunk, _ = chunking(num_samples, chunk_size)
+    from pyro_vae.evaluation import chunk_plan
+
+    k_chunk, _ = chunk_plan(num_samples, chunk_size)  # as evaluate splits the draws
     encoder_runs = math.ceil(num_samples / k_chunk)
     decoder = matmul_flops(decoder_shapes) * num_points * num_samples
     encoder = matmul_flops(encoder_shapes) * num_points * encoder_runs

@@ -29,21 +29,20 @@ def _load(results_dir: Path, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-NOT_RECORDED = "not recorded"
+FILE_THREADS = object()  # a single-run file: its top-level count is the run's
 
 
-def _machine(machine: dict, threads: int | str | None = None) -> str:
-    """``threads``: None takes the file's count; ``NOT_RECORDED`` for an entry that kept none."""
+def _machine(machine: dict, threads: int | None | object = FILE_THREADS) -> str:
+    """``threads``: an entry's own count, None when the entry kept none."""
     cpus = machine.get("cpu_count") or machine.get("cpus")
     processor = machine.get("processor", "")
     processor = "Intel Xeon" if "Xeon" in processor else processor
-    threads = threads if threads is not None else machine.get("torch_threads")
-    if threads == NOT_RECORDED:
-        return f"{cpus}-core {processor}, torch {machine.get('torch')}, threads not recorded"
-    return f"{cpus}-core {processor}, torch {machine.get('torch')}, {threads} thread{'s' if threads != 1 else ''}"
+    threads = machine.get("torch_threads") if threads is FILE_THREADS else threads
+    counted = "threads not recorded" if threads is None else f"{threads} thread{'s' if threads != 1 else ''}"
+    return f"{cpus}-core {processor}, torch {machine.get('torch')}, {counted}"
 
 
-def _when(machine: dict, date: str, threads: int | str | None = None) -> str:
+def _when(machine: dict, date: str, threads: int | None | object = FILE_THREADS) -> str:
     return f"{_machine(machine, threads)}; {date[:10]}"
 
 
@@ -161,7 +160,7 @@ def mnist_nll_rows(r: dict) -> list[list[str]]:
             + _remaining(e)
         )
         # entries are merged from runs of their own: the file's count belongs to the last run
-        threads = e["run"].get("torch_threads", NOT_RECORDED)
+        threads = e["run"].get("torch_threads")
         commands = [
             _code(s["command"])
             if s.get("command")
@@ -220,7 +219,7 @@ def ais_vs_is_rows(r: dict) -> list[list[str]]:
             [
                 what,
                 result,
-                _when(r["machine"], e["date"], e.get("torch_threads", r.get("torch_threads"))),
+                _when(r["machine"], e["date"], e.get("torch_threads")),
                 _code(e["command"]),
             ]
         )

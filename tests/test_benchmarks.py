@@ -331,6 +331,13 @@ def test_readme_rows_of_merged_entries_show_their_own_threads():
             expected = "threads not recorded" if threads is None else f"{threads} thread"
             assert expected in rows[readme_table.MNIST_WHAT[name]]
             assert "7 threads" not in rows[readme_table.MNIST_WHAT[name]]
+    results = json.loads((BENCHMARKS / "results" / "ais_vs_is.json").read_text())
+    results["torch_threads"] = 7
+    names = [name for name in readme_table.AIS_WHAT if name in results["configs"]]  # the rows' order
+    for row, name in zip(readme_table.ais_vs_is_rows(results), names, strict=True):
+        threads = results["configs"][name].get("torch_threads")
+        assert ("threads not recorded" if threads is None else f"{threads} thread") in row[2]
+        assert "7 threads" not in row[2]
 
 
 @pytest.mark.slow
