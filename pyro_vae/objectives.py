@@ -1,12 +1,12 @@
 r"""Objectives: Pyro's own ELBO classes, registered by name, and the KL weight ``beta``.
 
-================  ==============================================  ==========================
-name              Pyro class                                      estimates
-================  ==============================================  ==========================
-``elbo``          :class:`pyro.infer.Trace_ELBO`                  :math:`\mathbb E_q[\log p(x,z) - \log q(z|x)]`
-``elbo_analytic`` :class:`pyro.infer.TraceMeanField_ELBO`         same, with the KL in closed form where one exists
-``iwae``          :class:`pyro.infer.RenyiELBO` (``alpha=0``)     :math:`\mathbb E[\log \frac1K\sum_k w_k]`, tighter with K
-================  ==============================================  ==========================
+=================  ==============================================  ==========================
+name               Pyro class                                      estimates
+=================  ==============================================  ==========================
+``elbo``           :class:`pyro.infer.Trace_ELBO`                  :math:`\mathbb E_q[\log p(x,z) - \log q(z|x)]`
+``elbo_analytic``  :class:`pyro.infer.TraceMeanField_ELBO`         same, with the KL in closed form where one exists
+``iwae``           :class:`pyro.infer.RenyiELBO` (``alpha=0``)     :math:`\mathbb E[\log \frac1K\sum_k w_k]`, tighter with K
+=================  ==============================================  ==========================
 
 Each objective is one small :class:`Objective` class registered by name (like the
 likelihoods and priors), whose ``elbo(num_particles)`` builds the Pyro ELBO;

@@ -66,13 +66,13 @@ class Prior(nn.Module):
         estimate on :math:`M` = ``marginal_draws`` fixed draws :math:`z^{(m)} \sim p(z)`,
 
         .. math::
-            \hat p(z_j) = rac1M \sum_{m=1}^M \mathcal Nig(z_j;\ z^{(m)}_j,\ h_j^2ig),
+            \hat p(z_j) = \frac1M \sum_{m=1}^M \mathcal N\big(z_j;\ z^{(m)}_j,\ h_j^2\big),
             \qquad h_j = 0.53\,\hat\sigma_j\,M^{-1/5}
 
         (half of Silverman's rule of thumb: marginals of learned priors are often
         multimodal, which the full rule over-smooths). Its standard error relative to
         :math:`p` is about :math:`(2\sqrt\pi\,M h_j\,p(z_j))^{-1/2}` (3% at the mode of a
-        unit Gaussian), its bias :math:`	frac12 h_j^2 p''/p` (about 1% there). The draws
+        unit Gaussian), its bias :math:`\tfrac12 h_j^2 p''/p` (about 1% there). The draws
         come from seed 0 in a forked random stream (the global one is left untouched), and
         the estimate is tabulated on a grid once per state of the prior's parameters and
         buffers, so it is a fixed, cheap function between optimiser steps. A prior whose

@@ -11,7 +11,7 @@ count          non-negative integers from 0                 kept                
 categorical    text labels (or declared), or at most 12     coded 0..K-1           ``categorical`` (K levels)
                distinct numbers (each seen 5 times on
                average; a coded scale such as 1..7)
-integer        other integers (an age, a cholesterol level) kept                   ``discretized_gaussian``
+integer        other integers (an age, a cholesterol)       kept                   ``discretized_gaussian``
 unit           inside [0, 1] (Beta when strictly inside)    kept                   ``beta`` / ``continuous_bernoulli``
 real           anything else                                standardized           ``gaussian`` with sigma(z)
 =============  ===========================================  =====================  ======================
