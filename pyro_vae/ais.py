@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from pyro_vae.data import evaluation_data
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.evaluation import CHUNK_ELEMENTS, default_chunk_size, point_batches, sampling
 from pyro_vae.model import VAE
 from pyro_vae.utils import positive_int, progress_bar
@@ -135,46 +135,49 @@ class _Target:
     r"""The annealing path of one chunk of points: log densities and their gradients in ``z``.
 
     ``h(z) = log p(x, z) - log pi_0(z)`` is what the weights accumulate;
-    ``log f_beta = log pi_0 + beta h``.
+    ``log f_beta = log pi_0 + beta h``. Both densities come from the VAE's one seam:
+    :meth:`~pyro_vae.model.VAE.log_joint` for :math:`p(x, z)` (masked to the observed cells,
+    for any accepted data shape) and the guide's own distribution for :math:`q(z \mid x)`.
     """
 
     def __init__(self, vae: VAE, x: torch.Tensor, initial: str):
         self.vae = vae
         self.x = x
         self.prior = vae.prior()
-        loc, scale = vae.encoder(x)
-        self.loc, self.scale = loc, scale
+        self.posterior = vae.posterior(vae.shaped(x))
         self.initial = initial
 
     def inverse_mass(self) -> torch.Tensor:
         """The momentum's inverse mass per point and dimension: the initial distribution's variance
-        (the encoder's, or 1 from the prior, whose scale the standard priors share)."""
+        (the guide's, or 1 from the prior, whose scale the standard priors share)."""
         if self.initial == "prior":
-            return torch.ones_like(self.scale)
-        return self.scale**2
+            return torch.ones(self.x.shape[0], self.vae.latent_dim, dtype=self.x.dtype, device=self.x.device)
+        return _variance(self.posterior)
 
     def sample_initial(self, m: int) -> torch.Tensor:
-        if self.initial == "prior":
-            return self.prior.sample((m, self.x.shape[0]))
-        return self.loc + self.scale * torch.randn(
-            (m, *self.loc.shape), dtype=self.loc.dtype, device=self.loc.device
-        )
+        start = self.prior if self.initial == "prior" else self.posterior
+        return start.sample((m,) if self.initial != "prior" else (m, self.x.shape[0]))
 
     def evaluate(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log pi_0, h, grad log pi_0, grad h) at ``z`` ``(M, n, L)``, each detached."""
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
-            log_pz = self.prior.log_prob(z)
-            (g_pz,) = torch.autograd.grad(log_pz.sum(), z)
-            log_px_z = self.vae.decode(z).log_prob(self.x)
-            (g_px_z,) = torch.autograd.grad(log_px_z.sum(), z)
-        log_pz, log_px_z, z = log_pz.detach(), log_px_z.detach(), z.detach()
-        if self.initial == "prior":
-            return log_pz, log_px_z, g_pz, g_px_z
-        diff = (z - self.loc) / self.scale
-        log_pi0 = (-0.5 * diff**2 - self.scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
-        g_pi0 = -diff / self.scale
-        return log_pi0, log_pz + log_px_z - log_pi0, g_pi0, g_pz + g_px_z - g_pi0
+            log_px_z, log_pz = self.vae.log_joint(z, self.x)
+            log_pi0 = log_pz if self.initial == "prior" else self.posterior.log_prob(z)
+            (g_pi0,) = torch.autograd.grad(log_pi0.sum(), z, retain_graph=True)
+            log_joint = log_px_z + log_pz
+            (g_joint,) = torch.autograd.grad(log_joint.sum(), z)
+        log_pi0, log_joint = log_pi0.detach(), log_joint.detach()
+        return log_pi0, log_joint - log_pi0, g_pi0, g_joint - g_pi0
+
+
+def _variance(posterior: torch.distributions.Distribution, draws: int = 256) -> torch.Tensor:
+    """The guide's variance per point and dimension; estimated from ``draws`` draws for a
+    guide without a closed form (a flow)."""
+    try:
+        return posterior.variance
+    except NotImplementedError:
+        return posterior.sample((draws,)).var(0)
 
 
 @dataclass
@@ -323,7 +326,7 @@ def _run(
         parts["step"].append(step.double().cpu())
         by_step.append((acc_by_step, x.shape[0]))
     if not parts["log_w"]:
-        raise ValueError("no data to evaluate: the data set is empty")
+        raise DataError("no data to evaluate: the data set is empty")
     log_w = torch.cat(parts["log_w"], 1)
     log_px, se, ess, sd = _weight_stats(log_w)
     n_total = sum(k for _, k in by_step)

@@ -37,10 +37,9 @@ from torch.distributions import kl_divergence
 
 from pyro_vae import distributed as dist_utils
 from pyro_vae.data import as_tensor, evaluation_data, iter_batches
-from pyro_vae.errors import ConfigError, NonFiniteError
-from pyro_vae.model import VAE
+from pyro_vae.errors import ConfigError, DataError, NonFiniteError
+from pyro_vae.model import VAE, LogWeights
 from pyro_vae.priors import FactorizedPrior
-from pyro_vae.step import own_structure, traces
 from pyro_vae.utils import HeapTrim, positive_int, progress_bar
 
 METHODS = ("importance", "ais")
@@ -66,54 +65,47 @@ def default_chunk_size(vae: VAE, elements: int = CHUNK_ELEMENTS) -> int:
     return max(1, elements // per_pair)
 
 
-def _log_weights(vae: VAE, x: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
-    """``k`` posterior draws per point: (log p(x|z), log p(z), log q(z|x), z, loc, scale),
-    the first four ``(k, n, ...)``.
-
-    Computed from the VAE's own distributions, the ones its model and guide sample: no Pyro
-    trace per chunk, whose reference cycles kept each chunk's tensors alive until Python's
-    garbage collector ran (memory grew over a long call). A VAE whose ``model`` or ``guide``
-    is overridden is traced as Pyro sees it.
-    """
-    if own_structure(vae) is not None:
-        return _traced_log_weights(vae, x, k)
-    posterior = vae.posterior(vae.shaped(x))
-    z = posterior.rsample((k,))  # the draws Pyro's guide makes under a plate of k samples
-    observed_x, observed = vae.observed_part(x)
-    log_px_z = vae.observation(z, observed_x, observed).log_prob(observed_x)
-    normal = posterior.base_dist
-    return log_px_z, vae.prior().log_prob(z), posterior.log_prob(z), z, normal.loc, normal.scale
-
-
-def _traced_log_weights(vae: VAE, x: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
-    with pyro.plate("samples", k, dim=-2):
-        guide_trace, model_trace = traces(vae, x)
-    q_site, z_site, x_site = guide_trace.nodes["z"], model_trace.nodes["z"], model_trace.nodes["x"]
-    z = q_site["value"]
-    log_q = q_site["fn"].log_prob(z)
-    log_pz = z_site["fn"].log_prob(z)
-    log_px_z = x_site["fn"].log_prob(x_site["value"])
-    normal = q_site["fn"].base_dist
-    return log_px_z, log_pz, log_q, z, normal.loc[0], normal.scale[0]
-
-
 def _kl(
-    vae: VAE, loc: torch.Tensor, scale: torch.Tensor, per_dim: bool = True
+    vae: VAE, posterior: dist.Distribution, per_dim: bool = True
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Closed-form KL per point and per dimension, where torch knows them (else None)."""
-    q = dist.Normal(loc, scale)
     prior = vae.prior
     try:
-        total = kl_divergence(q.to_event(1), prior())
+        total = kl_divergence(posterior, prior())
     except NotImplementedError:
         total = None
     by_dim = None
-    if per_dim and isinstance(prior, FactorizedPrior):
+    base = _diagonal_normal(posterior)
+    if per_dim and base is not None and isinstance(prior, FactorizedPrior):
         try:
-            by_dim = kl_divergence(q, prior.base())
+            by_dim = kl_divergence(base, prior.base())
         except NotImplementedError:
             by_dim = None
     return total, by_dim
+
+
+def _diagonal_normal(posterior: dist.Distribution) -> dist.Normal | None:
+    """The per-dimension normal of a diagonal Gaussian guide (None for any other guide)."""
+    base = getattr(posterior, "base_dist", None)
+    return base if isinstance(base, dist.Normal) and isinstance(posterior, dist.Independent) else None
+
+
+def _posterior_mean(posterior: dist.Distribution, z: torch.Tensor) -> torch.Tensor:
+    """The guide's mean per point, or the mean of its draws ``z`` where it has no closed form."""
+    try:
+        return posterior.mean
+    except NotImplementedError:
+        return z.mean(0)
+
+
+def _kl_per_dim_draws(vae: VAE, w: LogWeights, most: int) -> torch.Tensor:
+    """Summed over at most ``most`` of the draws ``w.z``: log q(z_j|x) - log p(z_j) per dimension
+    (a diagonal guide's marginals; NaN for a guide whose marginals have no closed form)."""
+    z = w.z[:most]
+    base = _diagonal_normal(w.posterior)
+    if base is None:
+        return torch.full(z.shape[1:], math.nan, device=z.device)
+    return (base.log_prob(z) - vae.prior.marginal_log_prob(z)).sum(0)
 
 
 def _rng_neutral(batches):
@@ -137,7 +129,7 @@ def chunk_plan(num_samples: int, chunk_size: int) -> tuple[int, int]:
     one size are reused by the allocator, two alternating sizes made evaluation 15% slower.
     """
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        raise ConfigError(f"chunk_size must be positive, got {chunk_size}")
     pieces = math.ceil(num_samples / min(num_samples, chunk_size))
     k_chunk = math.ceil(num_samples / pieces)
     return k_chunk, max(1, chunk_size // k_chunk)
@@ -159,15 +151,14 @@ def point_batches(vae: VAE, data: Any, points: int, device: torch.device) -> Ite
         trim()
 
 
-def weight_chunks(
-    vae: VAE, x: torch.Tensor, num_samples: int, draws: int
-) -> Iterator[tuple[torch.Tensor, ...]]:
-    """:func:`_log_weights` for ``num_samples`` draws per point of ``x``, ``draws`` at a time."""
+def weight_chunks(vae: VAE, x: torch.Tensor, num_samples: int, draws: int) -> Iterator[LogWeights]:
+    """:meth:`~pyro_vae.model.VAE.log_weights` for ``num_samples`` draws per point of ``x``,
+    ``draws`` at a time."""
     remaining = num_samples
     while remaining > 0:
         k = min(draws, remaining)
         remaining -= k
-        yield _log_weights(vae, x, k)
+        yield vae.log_weights(x, k)
 
 
 @contextlib.contextmanager
@@ -404,8 +395,8 @@ def _evaluate(
         seed = seed + ctx.rank
     k_chunk, n_chunk = chunk_plan(num_samples, default_chunk_size(vae) if chunk_size is None else chunk_size)
     device = next(vae.parameters()).device
-    probe = torch.zeros(1, vae.latent_dim, device=device)
-    mc_kl_per_dim = kl_per_dim and _kl(vae, probe, probe + 1)[1] is None  # no closed form per dimension
+    probe = dist.Normal(torch.zeros(1, vae.latent_dim, device=device), 1.0).to_event(1)
+    mc_kl_per_dim = kl_per_dim and _kl(vae, probe)[1] is None  # no closed form per dimension
     out: dict[str, list[torch.Tensor]] = {
         k: [] for k in ("log_px", "elbo", "recon", "kl", "kl_dim", "loc", "ldj", "missing")
     }
@@ -421,16 +412,15 @@ def _evaluate(
             sum_recon = torch.zeros(n, device=device)
             sum_kl = torch.zeros(n, device=device)
             sum_kl_dim, kl_dim_draws = torch.zeros(n, vae.latent_dim, device=device), 0
-            for log_px_z, log_pz, log_q, z, loc, scale in weight_chunks(vae, x, num_samples, k_chunk):
-                lse = torch.logaddexp(lse, torch.logsumexp(log_px_z + log_pz - log_q, 0))
-                sum_recon += log_px_z.sum(0)
-                sum_kl += (log_q - log_pz).sum(0)
+            for w in weight_chunks(vae, x, num_samples, k_chunk):
+                lse = torch.logaddexp(lse, torch.logsumexp(w.log_w, 0))
+                sum_recon += w.log_px_z.sum(0)
+                sum_kl += (w.log_q - w.log_pz).sum(0)
                 if mc_kl_per_dim and kl_dim_draws < KL_PER_DIM_SAMPLES:
-                    z = z[: KL_PER_DIM_SAMPLES - kl_dim_draws]
-                    log_q_dim = dist.Normal(loc, scale).log_prob(z)
-                    sum_kl_dim += (log_q_dim - vae.prior.marginal_log_prob(z)).sum(0)
-                    kl_dim_draws += z.shape[0]
-            kl_total, kl_dim = _kl(vae, loc, scale, per_dim=kl_per_dim)
+                    sum_kl_dim += _kl_per_dim_draws(vae, w, KL_PER_DIM_SAMPLES - kl_dim_draws)
+                    kl_dim_draws += min(w.z.shape[0], KL_PER_DIM_SAMPLES - kl_dim_draws)
+            kl_total, kl_dim = _kl(vae, w.posterior, per_dim=kl_per_dim)
+            loc = _posterior_mean(w.posterior, w.z)
             recon = sum_recon / num_samples
             kl = kl_total if kl_total is not None else sum_kl / num_samples
             out["log_px"].append(lse - math.log(num_samples))
@@ -458,7 +448,7 @@ def _evaluate(
     cat = {k: v.cpu() for k, v in cat.items()}
     n_points = cat["log_px"].numel()
     if n_points == 0:
-        raise ValueError("no data to evaluate: the data set is empty")
+        raise DataError("no data to evaluate: the data set is empty")
     log_px = cat["log_px"]
     result: dict[str, Any] = {
         "log_likelihood": log_px.mean().item(),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from pyro_vae.evaluation import CHUNK_ELEMENTS, _log_weights, sampling
+from pyro_vae.evaluation import CHUNK_ELEMENTS, sampling
 from pyro_vae.model import VAE
 from pyro_vae.utils import positive_int
 
@@ -51,8 +51,8 @@ def impute(
 
 
 def _impute_batch(vae: VAE, x: torch.Tensor, k: int, draws: bool) -> torch.Tensor:
-    log_px_z, log_pz, log_q, z, _, _ = _log_weights(vae, x, k)
-    log_w = log_px_z + log_pz - log_q  # (k, n)
+    w = vae.log_weights(x, k)
+    log_w, z = w.log_w, w.z  # (k, n), (k, n, latent_dim)
     if not draws:
         weights = torch.softmax(log_w, 0)
         return vae.likelihood.weighted_mean(vae.likelihood(vae.decoder(z)), weights)

@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -27,9 +27,9 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 
-from pyro_vae import likelihoods, priors
+from pyro_vae import guides, likelihoods, priors
 from pyro_vae import networks as nets
-from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.errors import ConfigError, DataError, DataTypeError, UsageError
 from pyro_vae.networks import ACTIVATIONS, Decoder, GaussianEncoder
 from pyro_vae.utils import positive_int
 
@@ -40,7 +40,7 @@ class _Unresolved:
     """Stands for the likelihood and decoder of an ``"auto"`` VAE before it has seen data."""
 
     def _fail(self, *args, **kwargs):
-        raise RuntimeError(
+        raise UsageError(
             "this VAE was built with likelihood='auto' and has not seen data yet: call "
             "pyro_vae.fit(vae, data) or vae.resolve_likelihood(data) first, or pass a likelihood name"
         )
@@ -86,8 +86,54 @@ def kl_weight(beta: float | torch.Tensor):
         if beta == 0:
             return poutine.mask(mask=False)
         if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
+            raise ConfigError(f"beta must be >= 0, got {beta}")
     return poutine.scale(scale=beta)
+
+
+class LogWeights(NamedTuple):
+    r"""The log-density terms of draws :math:`z \sim q(z \mid x)` (:meth:`VAE.log_weights`).
+
+    ``log_px_z``, ``log_pz`` and ``log_q`` have the draws' batch shape (``(n,)`` or
+    ``(k, n)``), ``z`` that shape plus ``(latent_dim,)``, and ``posterior`` is
+    :math:`q(z \mid x)` itself (batch ``(n,)``, event ``(latent_dim,)``).
+    """
+
+    log_px_z: torch.Tensor
+    log_pz: torch.Tensor
+    log_q: torch.Tensor
+    z: torch.Tensor
+    posterior: dist.Distribution
+
+    @property
+    def log_w(self) -> torch.Tensor:
+        r"""The importance log weights :math:`\log p(x, z) - \log q(z \mid x)`."""
+        return self.log_px_z + self.log_pz - self.log_q
+
+    def elbo(self, beta: float | torch.Tensor = 1.0) -> torch.Tensor:
+        r"""Per draw, :math:`\log p(x \mid z) + \beta\,[\log p(z) - \log q(z \mid x)]`: the one
+        place ``beta`` enters the objective (``beta = 0`` drops the latent terms, as
+        ``poutine.mask(False)`` does in :func:`kl_weight`)."""
+        if isinstance(beta, (int, float)):
+            if beta == 1:
+                return self.log_w
+            if beta == 0:
+                return self.log_px_z
+        return self.log_px_z + beta * (self.log_pz - self.log_q)
+
+
+def traces(vae: VAE, *args: Any) -> tuple[Any, Any]:
+    """Pyro's traces of ``vae.guide`` and of ``vae.model`` replayed against it, as an ELBO builds them."""
+    guide = poutine.trace(vae.guide).get_trace(*args)
+    return guide, poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(*args)
+
+
+def _first_draw(posterior: dist.Distribution) -> dist.Distribution:
+    """A diagonal Gaussian guide broadcast over a leading plate of draws, as one draw's
+    (batch ``(n,)``); any other distribution is returned as Pyro traced it."""
+    base = getattr(posterior, "base_dist", None)
+    if isinstance(base, dist.Normal) and base.batch_shape and len(posterior.batch_shape) > 1:
+        return dist.Normal(base.loc[0], base.scale[0]).to_event(1)
+    return posterior
 
 
 class VAE(PyroModule):
@@ -106,6 +152,10 @@ class VAE(PyroModule):
             from the training data's support when :func:`pyro_vae.fit` first sees it.
         prior: a name from :func:`pyro_vae.priors.names` or a
             :class:`~pyro_vae.priors.Prior` instance.
+        guide: the amortized posterior q(z|x), a name from :func:`pyro_vae.guides.names`
+            (``"diagonal"``, the encoder's Gaussian, ``"lowrank"``, ``"flow"``), a spec dict or
+            a :class:`~pyro_vae.guides.Guide` instance; it is :attr:`variational` (``guide``
+            is the Pyro guide function).
         activation: hidden-layer nonlinearity.
         encoder_min_scale: floor of the encoder's posterior scale.
         network: the built-in networks, ``"mlp"``, ``"conv"`` (28x28 or 32x32 images) or
@@ -142,6 +192,7 @@ class VAE(PyroModule):
         input_shape: Sequence[int] | None = None,
         missing: bool = False,
         input_scale: dict[str, Sequence[float]] | None = None,
+        guide: str | guides.Guide | dict = "diagonal",
     ) -> None:
         super().__init__()
         self.input_shape = input_shape_of(input_dim if input_shape is None else input_shape)
@@ -166,6 +217,8 @@ class VAE(PyroModule):
         self._set_encoder(encoder)
         self.prior = priors.create(prior)
         self.prior.setup(self.latent_dim, self.input_dim, self.encoder)
+        self.variational = guides.create(guide)
+        self.variational.setup(self.latent_dim)
         if missing:
             self.enable_missing()
         # With "auto", the likelihood and the decoder wait for data (resolve_likelihood, the
@@ -376,9 +429,9 @@ class VAE(PyroModule):
         return torch.where(observed, x, self.likelihood.placeholder(x)), observed
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
-        r""":math:`q_\phi(z \mid x)` for a shaped batch, event shape ``(latent_dim,)``."""
-        loc, scale = self.encoder(x)
-        return dist.Normal(loc, scale).to_event(1)
+        r""":math:`q_\phi(z \mid x)` for a shaped batch, event shape ``(latent_dim,)``: the guide
+        (:attr:`variational`, :mod:`pyro_vae.guides`) applied to the encoder's Gaussian."""
+        return self.variational(*self.encoder(x))
 
     def observation(
         self, z: torch.Tensor, x: torch.Tensor, observed: torch.Tensor | None = None
@@ -388,6 +441,58 @@ class VAE(PyroModule):
         if observed is not None:
             observation = observation.mask(observed)
         return observation.to_event(len(self.input_shape))
+
+    # ------------------------------------------------------------------ the log-density seam
+
+    def log_joint(self, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`\log p_\theta(x \mid z)` and :math:`\log p(z)` at codes ``z`` ``(..., n, latent_dim)``.
+
+        ``x`` is ``(n, ...)`` in any shape the VAE accepts (images flattened or not); a VAE
+        built with ``missing=True`` scores the observed cells only (NaN marks a missing one).
+        Both results have ``z``'s batch shape ``(..., n)``. This and :meth:`log_weights` are
+        the one place the model's log-density is written: the replayed training step,
+        importance sampling, imputation, AIS, PSIS and NUTS all call them.
+        """
+        x, observed = self.observed_part(x)
+        return self.observation(z, x, observed).log_prob(x), self.prior().log_prob(z)
+
+    def log_weights(self, x: torch.Tensor, num_samples: int | None = None) -> LogWeights:
+        r"""Draws :math:`z \sim q(z \mid x)` and their log-density terms (:class:`LogWeights`).
+
+        ``num_samples=None`` draws one ``z`` per point (shapes ``(n,)`` and
+        ``(n, latent_dim)``); a number ``k`` draws ``k`` (shapes ``(k, n)`` and
+        ``(k, n, latent_dim)``), the draws Pyro's guide makes under a plate of ``k`` samples.
+        The draws are reparameterised, so gradients flow to the networks. A subclass that
+        overrides ``model`` or ``guide`` is traced as Pyro sees it instead.
+        """
+        if self.own_structure() is not None:
+            return self._traced_log_weights(x, num_samples)
+        posterior = self.posterior(self.shaped(x))  # the encoder sees missing cells as NaN
+        z = posterior.rsample(() if num_samples is None else (num_samples,))
+        log_px_z, log_pz = self.log_joint(z, x)
+        return LogWeights(log_px_z, log_pz, posterior.log_prob(z), z, posterior)
+
+    def _traced_log_weights(self, x: torch.Tensor, num_samples: int | None) -> LogWeights:
+        plate = (
+            contextlib.nullcontext() if num_samples is None else pyro.plate("samples", num_samples, dim=-2)
+        )
+        with plate:
+            guide_trace, model_trace = traces(self, x)
+        q_site, z_site, x_site = guide_trace.nodes["z"], model_trace.nodes["z"], model_trace.nodes["x"]
+        z = q_site["value"]
+        log_px_z = x_site["fn"].log_prob(x_site["value"])
+        posterior = q_site["fn"]
+        if num_samples is not None:  # the guide's distribution broadcast over the plate of draws
+            posterior = _first_draw(posterior)
+        return LogWeights(log_px_z, z_site["fn"].log_prob(z), q_site["fn"].log_prob(z), z, posterior)
+
+    def own_structure(self) -> str | None:
+        """Why ``model`` and ``guide`` may not be the sites of this VAE's distributions
+        (:meth:`posterior`, ``prior()``, :meth:`observation`), or None when they are."""
+        for name in ("model", "guide", "posterior", "observation", "observed_part", "log_joint"):
+            if getattr(type(self), name) is not getattr(VAE, name):
+                return f"{type(self).__name__} overrides {name}"
+        return None
 
     # ------------------------------------------------------------------ user-facing maps
 
@@ -408,7 +513,7 @@ class VAE(PyroModule):
     def check_data(self, x: torch.Tensor, *, support: bool = True, finite: bool = True) -> None:
         """Raise ``ValueError`` unless ``x`` is a finite ``(n, *input_shape)`` batch in the likelihood's support."""
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+            raise DataTypeError(f"expected a torch.Tensor, got {type(x).__name__}")
         if x.dim() < 2 or not self.accepts_shape(x.shape):
             shape = ", ".join(map(str, self.input_shape))
             hint = (
@@ -435,14 +540,15 @@ class VAE(PyroModule):
             self.likelihood.check_data(x)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The posterior's mean and standard deviation, each ``(n, latent_dim)``."""
+        """The posterior's mean and standard deviation, each ``(n, latent_dim)`` (estimated from
+        draws for a guide without closed forms, :meth:`pyro_vae.guides.Guide.moments`)."""
         self.check_data(x, support=False)
-        return self.encoder(self.shaped(x))
+        return self.variational.moments(self.posterior(self.shaped(x)))
 
     def decode(self, z: torch.Tensor) -> dist.Distribution:
         """:math:`p_\\theta(x \\mid z)` with event shape ``input_shape``."""
         if z.shape[-1] != self.latent_dim:
-            raise ValueError(f"expected codes with last dimension {self.latent_dim}, got {tuple(z.shape)}")
+            raise DataError(f"expected codes with last dimension {self.latent_dim}, got {tuple(z.shape)}")
         return self.likelihood(self.decoder(z)).to_event(len(self.input_shape))
 
     def data_mean(self, d: dist.Distribution) -> torch.Tensor:
@@ -490,6 +596,8 @@ class VAE(PyroModule):
                 "encoder_min_scale": self.encoder_min_scale,
             }
             | ({"missing": True} if self.missing else {})
+            # The default guide is left out: config.json of a diagonal-guide VAE is as before.
+            | ({"guide": self.variational.spec()} if self.variational.name != "diagonal" else {})
             | ({"input_scale": self.input_scale} if self.input_scale is not None else {})
         )
 

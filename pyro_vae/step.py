@@ -35,9 +35,10 @@ from typing import Any
 
 import pyro
 import torch
-from pyro import poutine
 from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.util import site_is_subsample
+
+from pyro_vae.model import VAE, traces
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +58,9 @@ def replayable(vae: Any, elbo: pyro.infer.ELBO) -> str | None:
 def own_structure(vae: Any) -> str | None:
     """Why ``vae.model`` and ``vae.guide`` may not be the sites of its distributions
     (``posterior``, ``prior()``, ``observation``), or None when they are."""
-    from pyro_vae.model import VAE
-
     if not isinstance(vae, VAE):
         return "not a pyro_vae VAE"
-    for name in ("model", "guide", "posterior", "observation", "observed_part"):
-        if getattr(type(vae), name) is not getattr(VAE, name):
-            return f"{type(vae).__name__} overrides {name}"
-    return None
+    return vae.own_structure()
 
 
 class ReplayedELBO:
@@ -104,19 +100,7 @@ class ReplayedELBO:
         )
 
     def loss(self, x: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
-        vae = self.vae
-        posterior = vae.posterior(vae.shaped(x))  # the encoder sees missing cells as NaN
-        z = posterior.rsample()
-        x, observed = vae.observed_part(x)
-        prior = vae.prior()
-        observation = vae.observation(z, x, observed)
-        # Pyro's order: the model's sites (z, then x), then the guide's entropy term.
-        if isinstance(beta, (int, float)) and beta == 0:  # poutine.mask(False): no latent terms
-            return -observation.log_prob(x).sum()
-        log_prior, log_q = prior.log_prob(z), posterior.log_prob(z)
-        if not (isinstance(beta, (int, float)) and beta == 1):
-            log_prior, log_q = log_prior * beta, log_q * beta
-        return -(log_prior.sum() + observation.log_prob(x).sum() - log_q.sum())
+        return -self.vae.log_weights(x).elbo(beta).sum()
 
     def check(self, x: torch.Tensor, beta: float | torch.Tensor) -> bool:
         """Trace the model and guide with Pyro; True when the structure is the one replayed
@@ -155,12 +139,6 @@ class ReplayedELBO:
         if not model.nodes["x"]["is_observed"]:
             return "the observation site is not observed"
         return None
-
-
-def traces(vae: Any, *args: Any) -> tuple[Any, Any]:
-    """Pyro's traces of ``vae.guide`` and of ``vae.model`` replayed against it, as an ELBO builds them."""
-    guide = poutine.trace(vae.guide).get_trace(*args)
-    return guide, poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(*args)
 
 
 def _sample_sites(trace) -> list[str]:

@@ -21,6 +21,7 @@ from scipy.special import logsumexp
 from pyro_vae.data import as_tensor
 from pyro_vae.diagnostics._convert import to_arviz
 from pyro_vae.diagnostics.plots import plot_khat
+from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.evaluation import chunk_plan, default_chunk_size, point_batches, sampling, weight_chunks
 from pyro_vae.model import VAE
 from pyro_vae.utils import positive_int, progress_bar
@@ -66,13 +67,12 @@ def _posterior_batches(
         bar = progress_bar(desc="drawing from q(z|x)", unit="pt", enabled=progress, leave=False)
         for batch, x in enumerate(point_batches(vae, data, n_chunk, device)):
             parts: dict[str, list[torch.Tensor]] = {"log_w": [], "log_px_z": [], "lp": [], "z": []}
-            for log_px_z, log_pz, log_q, z, _, _ in weight_chunks(vae, x, num_samples, k_chunk):
-                lp = log_px_z + log_pz
-                parts["log_w"].append(lp - log_q)
-                parts["log_px_z"].append(log_px_z)
-                parts["lp"].append(lp)
+            for w in weight_chunks(vae, x, num_samples, k_chunk):
+                parts["log_w"].append(w.log_w)
+                parts["log_px_z"].append(w.log_px_z)
+                parts["lp"].append(w.log_px_z + w.log_pz)
                 if keep_z:
-                    parts["z"].append(z)
+                    parts["z"].append(w.z)
             out = {k: torch.cat(v).cpu().numpy() for k, v in parts.items() if v}
             out["x"] = x.reshape(x.shape[0], -1).cpu().numpy()  # images: their pixels as features
             if keep_z and num_predictive > 0:
@@ -90,7 +90,7 @@ def _check_labels(labels: Any, n: int) -> np.ndarray | None:
         return None
     labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
     if labels.shape != (n,):
-        raise ValueError(f"labels must have one entry per data point ({n}), got shape {labels.shape}")
+        raise DataError(f"labels must have one entry per data point ({n}), got shape {labels.shape}")
     return labels
 
 
@@ -99,7 +99,7 @@ def _check_index(index: Any, n: int) -> np.ndarray:
         return np.arange(n)
     index = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index)
     if index.shape != (n,):
-        raise ValueError(f"index must have one entry per data point ({n}), got shape {index.shape}")
+        raise DataError(f"index must have one entry per data point ({n}), got shape {index.shape}")
     return index
 
 
@@ -177,7 +177,7 @@ def to_inference_data(
         )
     )
     if not batches:
-        raise ValueError("no data: x is empty")
+        raise DataError("no data: x is empty")
 
     def cat(key: str, axis: int) -> np.ndarray:
         return np.concatenate([b[key] for b in batches], axis=axis)
@@ -379,7 +379,7 @@ def psis_diagnostic(
     a time.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
-        raise ValueError(f"num_samples must be an integer >= 2 for PSIS, got {num_samples!r}")
+        raise ConfigError(f"num_samples must be an integer >= 2 for PSIS, got {num_samples!r}")
     khat, log_px, log_px_is = [], [], []
     for batch in _posterior_batches(vae, x, num_samples, seed, chunk_size, keep_z=False, progress=progress):
         k, psis, plain = _psis(batch["log_w"].T)
@@ -387,7 +387,7 @@ def psis_diagnostic(
         log_px.append(psis)
         log_px_is.append(plain)
     if not khat:
-        raise ValueError("no data: x is empty")
+        raise DataError("no data: x is empty")
     khat_all = np.concatenate(khat)
     n = khat_all.size
     return PsisResult(
@@ -403,10 +403,10 @@ def psis_diagnostic(
 def psis_from_inference_data(idata: az.InferenceData) -> PsisResult:
     """:func:`psis_diagnostic` from the ``log_weight`` of :func:`to_inference_data` (no new draws)."""
     if "sample_stats" not in idata.groups() or "log_weight" not in idata.sample_stats:
-        raise ValueError("idata has no sample_stats.log_weight: make it with to_inference_data")
+        raise DataError("idata has no sample_stats.log_weight: make it with to_inference_data")
     lw = idata.sample_stats["log_weight"].stack(__sample__=("chain", "draw")).transpose("obs", "__sample__")
     if lw.sizes["__sample__"] < 2:
-        raise ValueError("PSIS needs at least 2 draws per point")
+        raise DataError("PSIS needs at least 2 draws per point")
     khat, log_px, log_px_is = _psis(lw.values)
     obs = idata.sample_stats["obs"]
     labels = obs["label"].values if "label" in obs.coords else None

@@ -1,8 +1,9 @@
 r"""The exact posterior :math:`p(z \mid x_i)` of single points by NUTS, against :math:`q(z \mid x_i)`.
 
 With the decoder and prior held fixed, :math:`p(z \mid x_i) \propto p(z)\,p_\theta(x_i \mid z)`
-is an ordinary low-dimensional posterior, and Pyro's NUTS samples it from the VAE's own
-model (``vae.model`` with ``x_i`` observed: ``z`` is its only latent site). Comparing its
+is an ordinary low-dimensional posterior, and Pyro's NUTS samples it with the potential
+:math:`-\log p(x_i, z)` from the VAE's one log-density seam
+(:meth:`~pyro_vae.model.VAE.log_joint`, missing cells masked). Comparing its
 draws with the encoder's Gaussian shows where amortized inference is off, and by how much.
 """
 
@@ -19,7 +20,6 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from pyro.infer.mcmc import MCMC, NUTS
-from torch.distributions.transforms import AffineTransform
 
 from pyro_vae.data import as_tensor
 from pyro_vae.diagnostics._convert import to_arviz
@@ -32,6 +32,7 @@ from pyro_vae.diagnostics.amortized import (
     psis_diagnostic,
 )
 from pyro_vae.diagnostics.plots import plot_nuts_overlay
+from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import evaluate
 from pyro_vae.model import VAE
 from pyro_vae.utils import positive_int, progress_bar
@@ -66,13 +67,16 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _conditioned_model(vae: VAE, x_i: torch.Tensor):
-    r""":math:`p(z)\,p(x_i \mid z)`: the VAE's model with ``x_i`` (shape ``(1, D)``) observed."""
+def _potential(vae: VAE, x_i: torch.Tensor, q_loc: torch.Tensor, q_scale: torch.Tensor):
+    r"""NUTS's potential in :math:`u = (z - \mu_q) / \sigma_q`: :math:`-\log p(x_i, z(u))` from the
+    VAE's one seam (:meth:`~pyro_vae.model.VAE.log_joint`), masked to ``x_i``'s observed cells.
+    The affine map's Jacobian is a constant and is left out: it moves no draw."""
 
-    def model() -> None:
-        vae.model(x_i)
+    def potential(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        log_px_z, log_pz = vae.log_joint(q_loc + q_scale * params["z"], x_i)
+        return -(log_px_z + log_pz).sum()
 
-    return model
+    return potential
 
 
 # The entries of each point in NutsResult.to_dict: one number per point (under the
@@ -203,20 +207,17 @@ def _run_chain(
     that warm-up starts on a posterior of roughly unit scale instead of one whose scales
     differ by orders of magnitude between dimensions; the target is unchanged.
     """
-    to_u = AffineTransform(q_loc, q_scale).inv
-    kernel = NUTS(
-        _conditioned_model(vae, x_i), transforms={"z": to_u}, jit_compile=False, max_tree_depth=max_tree_depth
-    )
+    kernel = NUTS(potential_fn=_potential(vae, x_i, q_loc, q_scale), max_tree_depth=max_tree_depth)
     mcmc = MCMC(
         kernel,
         num_samples=draws,
         warmup_steps=warmup,
         num_chains=1,
-        initial_params={"z": to_u(init)},  # MCMC starts in the sampler's space
+        initial_params={"z": (init - q_loc) / q_scale},  # MCMC starts in the sampler's space
         disable_progbar=not progress,
     )
     mcmc.run()
-    z = mcmc.get_samples()["z"].reshape(draws, -1)
+    z = (q_loc + q_scale * mcmc.get_samples()["z"]).reshape(draws, -1)
     diverging = np.zeros(draws, dtype=bool)
     for t in mcmc.diagnostics().get("divergences", {}).get("chain 0", []):
         if 0 <= t < draws:
@@ -242,8 +243,8 @@ def nuts_posterior(
     r"""Sample :math:`p(z \mid x_i) \propto p(z)\,p_\theta(x_i \mid z)` by NUTS for each row of ``x``.
 
     Each point is its own posterior: NUTS (Pyro's ``NUTS`` with step size and diagonal
-    mass matrix adapted in ``warmup`` steps, no JIT) runs on the VAE's model with ``x_i``
-    observed, decoder and prior fixed (no gradients reach the network parameters), in the
+    mass matrix adapted in ``warmup`` steps, no JIT) runs on the VAE's log-density with
+    ``x_i`` observed, decoder and prior fixed (no gradients reach the network parameters), in the
     coordinates :math:`u = (z - \mu_q) / \sigma_q` standardized by the encoder, which
     makes warm-up cheaper and leaves the target unchanged.
     ``num_chains`` chains run one after another in this process with one torch thread
@@ -280,7 +281,7 @@ def nuts_posterior(
     positive_int("draws", draws)
     positive_int("num_is_samples", num_is_samples)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+        raise ConfigError(f"warmup must be a non-negative integer, got {warmup!r}")
     m = x.shape[0]
     index = _check_index(index, m)
     labels = _check_labels(labels, m)
@@ -315,7 +316,7 @@ def nuts_posterior(
             seconds[i] = time.perf_counter() - start
         with torch.no_grad():
             zt = torch.as_tensor(z_draws, device=device)
-            lp = (vae.prior().log_prob(zt) + vae.decode(zt).log_prob(x)).cpu().numpy()
+            lp = sum(vae.log_joint(zt, x)).cpu().numpy()
     ev = evaluate(vae, x, num_is_samples, seed=seed, kl_per_dim=False, distributed=False)
     log_px = ev["pointwise"]["log_likelihood"].double().numpy()
     elbo = ev["pointwise"]["elbo"].double().numpy()
