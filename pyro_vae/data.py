@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.errors import ConfigError, DataError, DataTypeError
 
 DATA_ENV = "PYRO_VAE_DATA"
 BINARIZED_MNIST_FILE = "binarized_mnist.npz"
@@ -53,7 +53,7 @@ def as_tensor(x: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.cat([as_tensor(b, dtype) for b in iter_batches(x, 4096, dtype=None)])
     if isinstance(x, (list, tuple)):
         return as_tensor(np.asarray(x), dtype)
-    raise TypeError(
+    raise DataTypeError(
         f"cannot use {type(x).__name__} as data: pass a torch.Tensor, a numpy array, "
         "a torch Dataset or a DataLoader"
     )
@@ -94,7 +94,7 @@ def features_of(batch: Any) -> torch.Tensor:
         return batch[0]
     if isinstance(batch, dict) and "x" in batch:
         return batch["x"]
-    raise TypeError(
+    raise DataTypeError(
         f"a batch must be a tensor, a tuple whose first item is the data tensor, or a dict "
         f"with key 'x'; got {type(batch).__name__}"
     )

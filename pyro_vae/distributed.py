@@ -21,10 +21,12 @@ from typing import NoReturn
 import torch
 import torch.distributed as dist
 
+from pyro_vae.errors import ConfigError, PyroVAEError, UsageError
+
 DEFAULT_TIMEOUT_S = 120.0
 
 
-class PeerFailure(RuntimeError):
+class PeerFailure(PyroVAEError, RuntimeError):
     """Another process stopped or timed out; this one gave up instead of waiting for ever."""
 
 
@@ -61,7 +63,7 @@ def setup(device: str | torch.device | None = "cpu", timeout_s: float = DEFAULT_
         v for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ
     ]
     if missing and not dist.is_initialized():
-        raise RuntimeError(
+        raise UsageError(
             f"distributed training needs the variables torchrun sets ({', '.join(missing)} missing): "
             "start it with `torchrun --nproc_per_node=N -m pyro_vae train ...` or `pyro-vae train --nproc N ...`"
         )
@@ -71,7 +73,7 @@ def setup(device: str | torch.device | None = "cpu", timeout_s: float = DEFAULT_
     )
     if want_cuda:
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was requested but torch sees no CUDA device")
+            raise ConfigError("device 'cuda' was requested but torch sees no CUDA device")
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:
@@ -161,6 +163,6 @@ def exit_process(code: int = 0, barrier: bool = True) -> NoReturn:
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run ``pyro-vae ARGV`` in ``nproc`` processes on this machine with torchrun."""
     if nproc < 1:
-        raise ValueError(f"--nproc must be at least 1, got {nproc}")
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     return subprocess.call([*cmd, "-m", "pyro_vae", *argv])

@@ -254,7 +254,7 @@ class GaussianShared(Likelihood):
     def __init__(self, init_scale: float = 1.0, min_scale: float = 1e-3) -> None:
         super().__init__()
         if not init_scale > positive("min_scale", min_scale):
-            raise ValueError(f"init_scale must exceed min_scale, got {init_scale} <= {min_scale}")
+            raise ConfigError(f"init_scale must exceed min_scale, got {init_scale} <= {min_scale}")
         self.init_scale = init_scale
         self.min_scale = min_scale
 
@@ -323,9 +323,9 @@ class GaussianOptimal(Likelihood):
     def __init__(self, min_log_scale: float = -6.0, momentum: float = 0.1) -> None:
         super().__init__()
         if not math.isfinite(min_log_scale):
-            raise ValueError(f"min_log_scale must be a finite number, got {min_log_scale}")
+            raise ConfigError(f"min_log_scale must be a finite number, got {min_log_scale}")
         if not 0 < momentum <= 1:
-            raise ValueError(f"momentum must lie in (0, 1], got {momentum}")
+            raise ConfigError(f"momentum must lie in (0, 1], got {momentum}")
         self.min_log_scale = float(min_log_scale)
         self.momentum = float(momentum)
 
@@ -754,11 +754,11 @@ class Categorical(Likelihood):
     def __init__(self, num_categories: int, values: list[float] | None = None) -> None:
         super().__init__()
         if isinstance(num_categories, bool) or not isinstance(num_categories, int) or num_categories < 2:
-            raise ValueError(f"num_categories must be an integer >= 2, got {num_categories!r}")
+            raise ConfigError(f"num_categories must be an integer >= 2, got {num_categories!r}")
         if values is not None:
             values = [float(v) for v in values]
             if len(values) != num_categories or any(b <= a for a, b in zip(values, values[1:])):
-                raise ValueError(f"values must be {num_categories} increasing numbers, got {values!r}")
+                raise ConfigError(f"values must be {num_categories} increasing numbers, got {values!r}")
         self.num_categories = num_categories
         self.values = values
         self.num_params = num_categories
@@ -851,7 +851,7 @@ class Columns(Likelihood):
     def setup(self, input_shape):
         super().setup(input_shape)
         if self.event_shape != (len(self.columns),):
-            raise ValueError(
+            raise DataError(
                 f"{len(self.columns)} column likelihoods for data points of shape {self.event_shape}"
             )
         for part, idx in zip(self.parts, self.indices):
@@ -909,16 +909,16 @@ def _column_specs(columns: list | dict, names: list[str] | None) -> list[Any]:
                 d = int(key) if str(key).lstrip("-").isdigit() else None
             if d is None or not 0 <= d < size:
                 known = f"names {names}" if names else f"indices 0..{size - 1}"
-                raise ValueError(f"column {key!r} is not in the table (columns go by {known})")
+                raise ConfigError(f"column {key!r} is not in the table (columns go by {known})")
             specs[d] = spec
         missing = [i for i, s in enumerate(specs) if s is None]
         if missing:
-            raise ValueError(f"no likelihood given for columns {missing}: give one for every column")
+            raise ConfigError(f"no likelihood given for columns {missing}: give one for every column")
         columns = specs
     if not isinstance(columns, (list, tuple)) or not columns:
-        raise ValueError(f"columns must be a non-empty list or dict of likelihood specs, got {columns!r}")
+        raise ConfigError(f"columns must be a non-empty list or dict of likelihood specs, got {columns!r}")
     if names is not None and len(names) != len(columns):
-        raise ValueError(f"{len(names)} names for {len(columns)} columns")
+        raise ConfigError(f"{len(names)} names for {len(columns)} columns")
     out = []
     for spec in columns:
         if (
@@ -927,7 +927,7 @@ def _column_specs(columns: list | dict, names: list[str] | None) -> list[Any]:
             or isinstance(spec, dict)
             and spec.get("name") == "columns"
         ):
-            raise ValueError(f"a column's likelihood must be a named family, got {spec!r}")
+            raise ConfigError(f"a column's likelihood must be a named family, got {spec!r}")
         create(spec)  # a clear error for an unknown name or bad options
         out.append(
             spec

@@ -211,7 +211,7 @@ class BetaSchedule:
         for name in ("end", "start", "warmup_epochs"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"beta schedule {name} must be a finite number >= 0, got {value!r}")
+                raise ConfigError(f"beta schedule {name} must be a finite number >= 0, got {value!r}")
 
     def __call__(self, epoch: float) -> float:
         if self.warmup_epochs <= 0:
@@ -229,11 +229,11 @@ class BetaSchedule:
         if isinstance(spec, dict):
             unknown = set(spec) - {"end", "warmup_epochs", "start"}
             if unknown:
-                raise ValueError(
+                raise ConfigError(
                     f"unknown beta schedule keys {sorted(unknown)}; use end, warmup_epochs, start"
                 )
             return cls(**spec)
-        raise ValueError(f"beta must be a number, a dict or a BetaSchedule, got {spec!r}")
+        raise ConfigError(f"beta must be a number, a dict or a BetaSchedule, got {spec!r}")
 
     def to_dict(self) -> dict[str, float]:
         return {"end": self.end, "warmup_epochs": self.warmup_epochs, "start": self.start}

@@ -39,7 +39,7 @@ from pyro_vae import distributed as dist_utils
 from pyro_vae import objectives
 from pyro_vae.data import DataSplits, TensorBatches, as_tensor, features_of, make_loader
 from pyro_vae.distributed import PeerFailure
-from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
+from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, UnknownKeyError
 from pyro_vae.evaluation import validation_bounds
 from pyro_vae.io import atomic_torch_save, load_tensors
 from pyro_vae.model import VAE, WEIGHTS_FILE
@@ -184,7 +184,7 @@ class History:
 
     def __getitem__(self, column: str) -> list[float]:
         if column not in HISTORY_COLUMNS:
-            raise KeyError(f"no column {column!r}; columns are {HISTORY_COLUMNS}")
+            raise UnknownKeyError(f"no column {column!r}; columns are {HISTORY_COLUMNS}")
         return [r[column] for r in self.records]
 
     def __len__(self) -> int:

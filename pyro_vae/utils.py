@@ -17,7 +17,7 @@ from pyro_vae.errors import ConfigError
 def positive(name: str, value: float) -> float:
     """``value`` if it is a positive number, else a ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
+        raise ConfigError(f"{name} must be positive, got {value!r}")
     return value
 
 
@@ -83,7 +83,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but torch sees no CUDA device; use device='cpu'")
+        raise ConfigError("device 'cuda' was requested but torch sees no CUDA device; use device='cpu'")
     return device
 
 

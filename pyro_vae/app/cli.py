@@ -6,9 +6,9 @@ import argparse
 import dataclasses
 import json
 import logging
-import pickle
 import shlex
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Sequence
@@ -347,7 +347,16 @@ def _without_nproc(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; every expected failure is one line on stderr and a non-zero exit."""
+    """Run one command and return its exit status.
+
+    Args:
+        argv: the arguments after ``pyro-vae`` (default ``sys.argv[1:]``).
+
+    Returns:
+        0 on success; an expected failure (:data:`EXPECTED`) is one line on stderr and 2 (1 for a
+        diverged run or a lost peer); any other exception is an internal error, one line and 3.
+        ``--debug`` prints the traceback before the line.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
@@ -366,10 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = COMMANDS[args.command](args)
         ok = True
         return code
-    except Exception as e:
-        if args.debug:
-            raise
+    except EXPECTED as e:
+        _traceback(args)
         return _report(e)
+    except Exception as e:  # not the user's mistake: a bug, reported as one
+        _traceback(args)
+        return _internal_error(e)
     except KeyboardInterrupt:
         print(
             "pyro-vae: interrupted; a run's last checkpoint is whole: continue it with --resume",
@@ -380,38 +391,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed.shutdown(barrier=ok)  # after a failure the others may be gone
 
 
-# Exceptions that are the user's to act on (data, settings, files, peers); anything else is a bug
-# and says so, asking for --debug.
-EXPECTED = (
-    PyroVAEError,
-    PeerFailure,
-    ValueError,
-    TypeError,
-    OSError,
-    KeyError,
-    OverflowError,
-    EOFError,
-    pickle.UnpicklingError,
-    RuntimeError,
-)
+# The user's to act on: the library's own errors (settings, data, files, peers) and the operating
+# system's (a file that cannot be read or written). Anything else is a bug of pyro_vae: a
+# ValueError from torch is no more the user's than an AttributeError.
+EXPECTED = (PyroVAEError, PeerFailure, OSError)
+INTERNAL_ERROR = 3
 
 
-def _report(e: Exception) -> int:
+def _traceback(args: argparse.Namespace) -> None:
+    """With ``--debug``, the traceback of the exception being handled, before its one line."""
+    if args.debug:
+        traceback.print_exc()
+
+
+def _report(e: PyroVAEError | PeerFailure | OSError) -> int:
+    """One line for an expected failure; exit 1 for a run that diverged or lost a peer, else 2."""
     if isinstance(e, TrainingDiverged):
         print(f"pyro-vae: training diverged: {e}", file=sys.stderr)
         return 1
-    if isinstance(e, EXPECTED):
-        message = str(e) if not isinstance(e, KeyError) else f"missing entry {e}"
-        if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in message:
-            message += f": {e.filename}"
-        print(f"pyro-vae: error: {message or type(e).__name__}", file=sys.stderr)
-        return 1 if isinstance(e, (PeerFailure, RuntimeError)) and not isinstance(e, PyroVAEError) else 2
+    message = str(e)
+    if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in message:
+        message += f": {e.filename}"
+    print(f"pyro-vae: error: {message or type(e).__name__}", file=sys.stderr)
+    return 1 if isinstance(e, PeerFailure) else 2
+
+
+def _internal_error(e: BaseException) -> int:
+    """One line saying that pyro_vae has a bug, and how to see where: exit 3."""
+    lines = str(e).strip().splitlines()
+    what = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
     print(
-        f"pyro-vae: error: unexpected {type(e).__name__}: {e} (run again with --debug for the traceback, "
-        "and please report it)",
+        f"pyro-vae: internal error: {what}; please report it (--debug shows the traceback)",
         file=sys.stderr,
     )
-    return 3
+    return INTERNAL_ERROR
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -48,6 +48,7 @@ from pyro_vae.app import plotting
 from pyro_vae.app.config import RunConfig
 from pyro_vae.app.run import build_vae, input_shape, load_data, read_pointwise, train_run
 from pyro_vae.data import DataSplits
+from pyro_vae.errors import ConfigError, ConfigTypeError, DataError
 from pyro_vae.io import atomic_write_text, save_figure
 from pyro_vae.model import VAE
 from pyro_vae.training import batch_size_for, fit
@@ -133,9 +134,9 @@ def resolve_priors(
     if priors is None:
         priors = names
     if isinstance(priors, str):
-        raise TypeError("priors must be a list of prior names or specs, not one string")
+        raise ConfigTypeError("priors must be a list of prior names or specs, not one string")
     if len(priors) == 0:
-        raise ValueError(f"no priors to compare; choose from: {', '.join(names)}")
+        raise ConfigError(f"no priors to compare; choose from: {', '.join(names)}")
     scales = _normal_scales(normal_scales, priors)
     entries = [entry for item in priors for entry in _entries_of(item, scales)]
     _check_entries(entries)
@@ -149,11 +150,11 @@ def _normal_scales(
     scales = DEFAULT_NORMAL_SCALES if normal_scales is None else tuple(normal_scales)
     for s in scales:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not (s > 0 and math.isfinite(s)):
-            raise ValueError(f"normal scales must be positive finite numbers, got {s!r}")
+            raise ConfigError(f"normal scales must be positive finite numbers, got {s!r}")
     if len(set(scales)) != len(scales):
-        raise ValueError(f"normal scales listed twice: {list(scales)}")
+        raise ConfigError(f"normal scales listed twice: {list(scales)}")
     if normal_scales and "normal" not in priors:
-        raise ValueError("normal scales were given but 'normal' is not among the priors to compare")
+        raise ConfigError("normal scales were given but 'normal' is not among the priors to compare")
     return scales
 
 
@@ -167,7 +168,7 @@ def _entries_of(item: str | dict[str, Any], scales: tuple[float, ...]) -> list[P
     if isinstance(item, dict):
         spec = prior_registry.create(item).spec()  # validates the name and the options
         return [_entry(spec["name"], item.get("options", {}))]
-    raise TypeError(f"a prior must be a name or a {{'name', 'options'}} dict, got {item!r}")
+    raise ConfigTypeError(f"a prior must be a name or a {{'name', 'options'}} dict, got {item!r}")
 
 
 def _check_entries(entries: list[PriorEntry]) -> None:
@@ -176,11 +177,11 @@ def _check_entries(entries: list[PriorEntry]) -> None:
         try:
             prior_registry.create(e.spec)  # bad option values fail here, before any training
         except (ValueError, TypeError) as err:
-            raise ValueError(f"prior {e.label}: {err}") from None
+            raise ConfigError(f"prior {e.label}: {err}") from None
     seen: set[str] = set()
     for e in entries:
         if e.slug in seen:
-            raise ValueError(f"prior {e.label} is listed twice")
+            raise ConfigError(f"prior {e.label} is listed twice")
         seen.add(e.slug)
 
 
@@ -415,7 +416,7 @@ def paired_differences(pointwise: dict[str, Any]) -> dict[str, dict[str, Any]]:
     elpds = {name: elpd_data(v) for name, v in pointwise.items()}
     sizes = {int(e["n_data_points"]) for e in elpds.values()}
     if len(sizes) > 1:
-        raise ValueError(
+        raise DataError(
             f"paired differences need the same points for every model, got sizes {sorted(sizes)}"
         )
     n = sizes.pop()
