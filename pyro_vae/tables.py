@@ -1,7 +1,9 @@
 """Tables: each column's kind, preprocessing and likelihood chosen from the training split.
 
 :func:`load_table` (a numpy array, a pandas ``DataFrame`` or :func:`read_table`'s CSV) and
-``pyro-vae train --dataset csv`` infer a :class:`TableSchema` from the training split:
+``pyro-vae train --dataset csv`` infer a :class:`TableSchema` from the training split. Each
+kind is a registered class of :mod:`pyro_vae.columns`, which detects itself from the column's
+values (in the order of the kinds' priorities) and says its transform and default likelihood:
 
 =============  ===========================================  =====================  ======================
 kind           the observed values                          transform              likelihood ("auto")
@@ -42,6 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pyro_vae import columns as column_kinds
+from pyro_vae.columns import MAX_LEVELS, ColumnSpec
 from pyro_vae.data import (
     DataSplits,
     Preprocessing,
@@ -57,50 +61,11 @@ from pyro_vae.data import (
 )
 from pyro_vae.errors import ConfigError, DataError
 
-MAX_LEVELS = 12  # numeric columns with this few distinct values are levels (a category each)
-ROWS_PER_LEVEL = 5  # ... when each level is seen this often on average
-#: a [0, 1] column spread less than this is modelled as real: a continuous Bernoulli cannot
-#: peak, and a Beta needs concentrations in the hundreds to fit a column that lives in 0.05-0.15
-UNIT_MIN_SD = 0.1
 MISSING_TOKENS = frozenset({"", "na", "nan", "n/a", "null", "none", "?"})
 #: Likelihoods of location-scale families: a real column is standardized for them.
 LOCATION_SCALE = frozenset(
     {"gaussian", "gaussian_shared", "gaussian_fixed", "gaussian_optimal", "laplace", "student_t"}
 )
-TAIL_SDS = 30.0  # a standardized value beyond this many sds is worth a warning
-
-
-@dataclass
-class ColumnSpec:
-    """What was chosen for one column, and why (training-split statistics)."""
-
-    name: str
-    kind: str
-    likelihood: Any
-    reason: str
-    mean: float | None = None
-    std: float | None = None
-    standardize: bool = False
-    levels: list[str] | None = None
-    values: list[float] | None = None  # the numbers a numeric categorical column's codes stand for
-    max: float | None = None
-    missing: int = 0
-    warning: str | None = None
-
-    @property
-    def likelihood_name(self) -> str:
-        return self.likelihood if isinstance(self.likelihood, str) else self.likelihood["name"]
-
-    def describe(self) -> str:
-        if self.standardize:
-            transform = f"standardized (mean {self.mean:.4g}, sd {self.std:.4g})"
-        elif self.levels is not None:
-            shown = ", ".join(self.levels[:5]) + (", ..." if len(self.levels) > 5 else "")
-            transform = f"coded 0..{len(self.levels) - 1} ({shown})"
-        else:
-            transform = "kept as is"
-        missing = f", {self.missing} missing in train" if self.missing else ""
-        return f"{self.name!r}: {self.kind}, {transform}, {self.likelihood_name} ({self.reason}){missing}"
 
 
 @dataclass
@@ -158,9 +123,8 @@ class TableSchema:
                     "options": {"center": c.mean, "spread": max(c.std, 1e-3)},
                 }
             c.likelihood, c.reason = spec, "given"
-            name = c.likelihood_name
-            scaled = c.kind in ("real", "count", "integer") and c.std is not None
-            c.standardize = scaled and name in LOCATION_SCALE
+            scalable = c.column_kind.standardizable and c.std is not None
+            c.standardize = scalable and c.likelihood_name in LOCATION_SCALE
         return dataclasses.replace(self, columns=columns)
 
     def _index(self, key: Any) -> int:
@@ -177,27 +141,32 @@ class TableSchema:
             f"column {key!r} is not in the table; its columns are {names} (or 0..{len(names) - 1})"
         )
 
-    def transform(self, raw: np.ndarray) -> Any:
-        """Raw rows ``(n, len(source_names))`` (text categories coded) to model space ``(n, D)``:
-        numeric levels coded, real columns standardized."""
-        return self.preprocessing().forward(as_tensor(self.coded(raw)))
+    @property
+    def encoder_scaled(self) -> list[bool]:
+        """Per column: whether the encoder should see it standardized although the model
+        keeps it in its own units (its kind says: counts and integers do)."""
+        return [c.column_kind.encoder_scaled for c in self.columns]
+
+    def transform(self, raw: np.ndarray) -> torch.Tensor:
+        """Raw rows ``(n, len(source_names))`` (text categories coded) to model units ``(n, D)``:
+        each column by its kind (numeric levels coded, real columns standardized), float32."""
+        x = np.asarray(raw, dtype=np.float64)[:, self.keep]
+        out = np.column_stack([c.column_kind.to_model(x[:, j], c) for j, c in enumerate(self.columns)])
+        return as_tensor(out.reshape(len(x), len(self.columns)))
 
     def coded(self, raw: np.ndarray) -> np.ndarray:
         """The kept columns of raw rows with numeric levels coded 0..K-1, nothing standardized."""
-        x = np.asarray(raw, dtype=np.float64)[:, self.keep].copy()
-        for j, c in enumerate(self.columns):
-            if c.values is not None:
-                x[:, j] = _codes(x[:, j], c)
-        return x
+        x = np.asarray(raw, dtype=np.float64)[:, self.keep]
+        raw_units = [dataclasses.replace(c, standardize=False) for c in self.columns]
+        out = [c.column_kind.to_model(x[:, j], c) for j, c in enumerate(raw_units)]
+        return np.column_stack(out).reshape(x.shape)
 
     def to_raw(self, x: torch.Tensor) -> np.ndarray:
-        """Model space ``(n, D)`` back to the columns' own units (numeric levels decoded)."""
-        out = self.preprocessing().inverse(x).double().numpy()
-        for j, c in enumerate(self.columns):
-            if c.values is not None:  # a fractional code (an imputed mean) interpolates between levels
-                decoded = np.interp(out[:, j], np.arange(len(c.values)), c.values)
-                out[:, j] = np.where(np.isnan(out[:, j]), np.nan, decoded)
-        return out
+        """Model units ``(n, D)`` back to the columns' own units (numeric levels decoded; a
+        fractional code, an imputed mean, interpolates between the levels' numbers)."""
+        y = torch.as_tensor(x).detach().cpu().double().numpy().reshape(len(x), len(self.columns))
+        out = [c.column_kind.to_raw(y[:, j], c) for j, c in enumerate(self.columns)]
+        return np.column_stack(out).reshape(y.shape)
 
     def summary_lines(self) -> list[str]:
         lines = [f"column  {c.describe()}" for c in self.columns]
@@ -217,18 +186,6 @@ class TableSchema:
         )
 
 
-def _codes(column: np.ndarray, spec: ColumnSpec) -> np.ndarray:
-    values = np.asarray(spec.values)
-    idx = np.clip(np.searchsorted(values, column), 0, len(values) - 1)
-    known = np.isnan(column) | (values[idx] == column)
-    if not known.all():
-        raise DataError(
-            f"column {spec.name!r} holds {column[~known][0]:g}, which is not one of its levels "
-            f"({', '.join(spec.levels or [])})"
-        )
-    return np.where(np.isnan(column), np.nan, idx)
-
-
 # --------------------------------------------------------------------------- inference
 
 
@@ -241,75 +198,17 @@ def infer_column(
 ) -> ColumnSpec | str:
     """The :class:`ColumnSpec` of one training column (NaN: missing), or why it is dropped.
 
-    The statistics come from the training split; the kind (binary, count, unit, real) from
+    The statistics come from the training split; the kind (:mod:`pyro_vae.columns`) from
     ``support``, every observed value of the column when given: a count column whose
     validation split holds 42.5 is real, whatever the training split shows.
     """
-    v = values[~np.isnan(values)]
-    s = v if support is None else support[~np.isnan(support)]
-    missing = int(np.isnan(values).sum())
-    if v.size == 0:
+    stats = column_kinds.ColumnStats.of(values, name, levels, support)
+    if stats.values.size == 0:
         return "no observed value in the training split"
-    unique = np.unique(v)
+    unique = np.unique(stats.values)
     if unique.size < 2:
         return f"constant ({levels[int(unique[0])] if levels else f'{unique[0]:g}'}) in the training split"
-    spec = ColumnSpec(name, "real", "gaussian", "real values", missing=missing, max=float(v.max()))
-    if levels is not None:
-        spec.kind, spec.levels, spec.reason = "categorical", list(levels), f"{len(levels)} labels"
-        spec.likelihood = {"name": "categorical", "options": {"num_categories": len(levels)}}
-        return spec
-    spec.mean, spec.std = float(v.mean()), float(v.std(ddof=1))
-    distinct = np.unique(s)
-    integers = bool(np.all(s == np.round(s)))
-    if np.array_equal(distinct, [0.0, 1.0]):
-        spec.kind, spec.likelihood, spec.reason = "binary", "bernoulli", "values 0 and 1"
-    elif integers and s.min() == 0:
-        _choose_integer_family(spec, s)
-    elif distinct.size <= min(MAX_LEVELS, v.size / ROWS_PER_LEVEL):
-        spec.kind, spec.values = "categorical", distinct.tolist()
-        spec.levels = [f"{x:g}" for x in distinct]
-        spec.likelihood = {
-            "name": "categorical",
-            "options": {"num_categories": int(distinct.size), "values": distinct.tolist()},
-        }
-        spec.reason = f"{distinct.size} distinct values: one level each"
-    elif integers:
-        _choose_integer_family(spec, s)
-    elif s.min() >= 0 and s.max() <= 1 and spec.std >= UNIT_MIN_SD:
-        inside = s.min() > 0 and s.max() < 1
-        spec.kind, spec.likelihood = "unit", "beta" if inside else "continuous_bernoulli"
-        spec.reason = "values inside (0, 1)" if inside else "values in [0, 1]"
-    else:
-        if s.min() >= 0 and s.max() <= 1:
-            spec.reason = f"values in [0, 1] but spread over a narrow range (sd {spec.std:.2g}): real"
-        spec.standardize = standardize
-        spec.warning = _scale_warning(v, spec.mean, spec.std, standardize)
-    return spec
-
-
-def _choose_integer_family(spec: ColumnSpec, support: np.ndarray) -> None:
-    """Counts from 0 (negative binomial), or integers on a scale (a rounded Gaussian)."""
-    span = f"integers from {support.min():g} to {support.max():g}"
-    if support.min() == 0:
-        spec.kind, spec.likelihood, spec.reason = "count", "negative_binomial", f"counts: {span}"
-        return
-    spec.kind, spec.reason = "integer", f"{span}: a measurement on an integer scale"
-    spec.likelihood = {
-        "name": "discretized_gaussian",
-        "options": {"center": spec.mean, "spread": max(spec.std, 1e-3)},
-    }
-
-
-def _scale_warning(v: np.ndarray, mean: float, std: float, standardize: bool) -> str | None:
-    if not standardize and not 1e-2 <= std <= 1e2:
-        return (
-            f"sd {std:.3g} on its raw scale: networks train badly on scales far from 1 (log p(x) "
-            "falls far below what the model can reach); keep standardize on (the default)"
-        )
-    far = float(np.abs(v - mean).max() / std)
-    if far > TAIL_SDS:
-        return f"values up to {far:.0f} sd from the mean: heavy tails, consider 'student_t' for it"
-    return None
+    return column_kinds.detect(stats, standardize)
 
 
 def infer_schema(

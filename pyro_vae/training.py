@@ -720,10 +720,12 @@ def fit(
             name, reason = vae.resolve_likelihood(train)
             notes.append(f"likelihood 'auto' chose {name!r}: {reason}")
         if _scales_table_inputs(vae, train, resume):
-            # counts and integers stay in their units for their likelihoods; the encoder sees them standardized
-            vae.scale_inputs(train.train, [c.kind in UNSCALED_KINDS for c in train.columns.columns])
+            # columns kept in their own units for their likelihoods (their kind says which) are
+            # standardized for the encoder
+            vae.scale_inputs(train.train, train.columns.encoder_scaled)
             notes.append(
-                "the encoder sees count and integer columns standardized (training split's statistics)"
+                "the encoder sees the columns kept in their own units (counts, integers) standardized "
+                "(training split's statistics)"
             )
         valid = train.valid if valid is None else valid
         train = train.train_dataset(seed=cfg.seed)
@@ -828,10 +830,6 @@ def _prepare(vae: VAE, train: Any, valid: Any, cfg: TrainConfig, history: Histor
     return train, valid
 
 
-#: table columns kept in their own units whose encoder input fit standardizes
-UNSCALED_KINDS = ("count", "integer")
-
-
 def batch_size_for(cfg: TrainConfig, train: Any, processes: int = 1) -> int:
     """``batch_size``, or the default for ``train``: 128, or a tenth of its points per
     process when that is smaller, at least 16. Small tables train better on more, smaller
@@ -848,14 +846,14 @@ def batch_size_for(cfg: TrainConfig, train: Any, processes: int = 1) -> int:
 
 def _scales_table_inputs(vae: VAE, splits: DataSplits, resume: bool) -> bool:
     """Whether fit sets the encoder's input scale: an untrained VAE with a built-in network
-    on a table (:func:`pyro_vae.tables.load_table`) with count or integer columns."""
+    on a table (:func:`pyro_vae.tables.load_table`) with a column its kind says the encoder scales."""
     schema = splits.columns
     return (
         schema is not None
         and not (vae.fitted or resume)
         and vae.input_scale is None
         and vae.network != "custom"
-        and any(c.kind in UNSCALED_KINDS for c in schema.columns)
+        and any(schema.encoder_scaled)
     )
 
 

@@ -389,7 +389,7 @@ def test_fit_on_a_table_scales_the_encoders_inputs_and_the_scale_is_saved(tmp_pa
     assert any("standardized" in note for note in history.notes)
     x = splits.train
     center, spread = torch.tensor(vae.input_scale["center"]), torch.tensor(vae.input_scale["spread"])
-    scaled = torch.tensor([c.kind in ("count", "integer") for c in splits.columns.columns])
+    scaled = torch.tensor(splits.columns.encoder_scaled)
     assert scaled.tolist() == [True, True, True, False, False]  # levels' codes are left alone
     torch.testing.assert_close(center, torch.where(scaled, x.double().mean(0), 0.0).float())
     torch.testing.assert_close(spread, torch.where(scaled, x.double().std(0, unbiased=False), 1.0).float())
@@ -411,7 +411,8 @@ def test_input_scale_is_checked():
 
 def test_a_narrow_column_inside_the_unit_interval_is_real():
     """0.05 to 0.15 (a smoothness ratio): a continuous Bernoulli cannot peak there; Gaussian, standardized."""
-    from pyro_vae.tables import UNIT_MIN_SD, infer_schema
+    from pyro_vae.columns import UNIT_MIN_SD
+    from pyro_vae.tables import infer_schema
 
     rng = np.random.default_rng(0)
     narrow, spread = rng.uniform(0.05, 0.15, 200), rng.uniform(0.02, 0.98, 200)

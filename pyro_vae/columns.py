@@ -1,0 +1,400 @@
+"""Column kinds of a table: each kind one small registered class.
+
+A kind detects itself from a column's values (:meth:`ColumnKind.detect`), gives its default
+likelihood from the column's training statistics (:meth:`ColumnKind.likelihood`), maps the
+column to model units and back (:meth:`ColumnKind.to_model`, :meth:`ColumnKind.to_raw`) and
+says in which units the model sees it (:meth:`ColumnKind.units`). :func:`detect` tries the
+registered kinds in the order of their ``priority`` (lowest first): the order is data, so a
+new kind is one class registered with ``@register(name)`` and a priority, and one test.
+
+=============  ========  ===========================================  =================================
+kind           priority  the observed values                          likelihood ("auto")
+=============  ========  ===========================================  =================================
+categorical    0 / 30    text labels (or declared); or at most 12     ``categorical`` (K levels)
+                         distinct numbers, each seen 5 times on
+                         average (a coded scale such as 1..7)
+binary         10        0 and 1                                      ``bernoulli``
+count          20        non-negative integers from 0                 ``negative_binomial``
+integer        40        other integers (an age, a cholesterol)       ``discretized_gaussian``
+unit           50        inside [0, 1], spread (sd >= 0.1)            ``beta`` / ``continuous_bernoulli``
+real           100       anything else                                ``gaussian`` (standardized)
+=============  ========  ===========================================  =================================
+
+Statistics are float64. Numbers at or beyond 2**53 are not "integers": above it every
+float64 is a whole number, so such a column is real.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pyro_vae.errors import DataError
+from pyro_vae.registry import Registry, UnregisteredName
+
+MAX_LEVELS = 12  # numeric columns with this few distinct values are levels (a category each)
+ROWS_PER_LEVEL = 5  # ... when each level is seen this often on average
+#: a [0, 1] column spread less than this is modelled as real: a continuous Bernoulli cannot
+#: peak, and a Beta needs concentrations in the hundreds to fit a column that lives in 0.05-0.15
+UNIT_MIN_SD = 0.1
+TAIL_SDS = 30.0  # a standardized value beyond this many sds is worth a warning
+#: above this every float64 is a whole number: "integer" says nothing about such a column
+EXACT_INTEGERS = 2.0**53
+
+
+@dataclass
+class ColumnSpec:
+    """What was chosen for one column, and why (training-split statistics)."""
+
+    name: str
+    kind: str
+    likelihood: Any
+    reason: str
+    mean: float | None = None
+    std: float | None = None
+    standardize: bool = False
+    levels: list[str] | None = None
+    values: list[float] | None = None  # the numbers a numeric categorical column's codes stand for
+    max: float | None = None
+    missing: int = 0
+    warning: str | None = None
+
+    @property
+    def likelihood_name(self) -> str:
+        """The registered name of the column's likelihood."""
+        return self.likelihood if isinstance(self.likelihood, str) else self.likelihood["name"]
+
+    @property
+    def column_kind(self) -> ColumnKind:
+        """The registered :class:`ColumnKind` named by :attr:`kind`."""
+        return create(self.kind)
+
+    def describe(self) -> str:
+        """One line: the name, kind, units, likelihood, why, and the missing cells."""
+        missing = f", {self.missing} missing in train" if self.missing else ""
+        units = self.column_kind.units(self)
+        return f"{self.name!r}: {self.kind}, {units}, {self.likelihood_name} ({self.reason}){missing}"
+
+
+@dataclass
+class ColumnStats:
+    """One column's observed values: ``values`` (the training split's, float64, NaN dropped),
+    ``support`` (every split's, which decides the kind), ``labels`` (text levels, when the
+    column was read as text or declared categorical; ``values`` are then codes)."""
+
+    name: str
+    values: np.ndarray
+    support: np.ndarray
+    missing: int = 0
+    labels: list[str] | None = None
+
+    @classmethod
+    def of(
+        cls, train: np.ndarray, name: str, labels: list[str] | None = None, support: np.ndarray | None = None
+    ) -> ColumnStats:
+        """The statistics of a training column (NaN: missing) and optionally of the whole column."""
+        train = np.asarray(train, dtype=np.float64)
+        whole = train if support is None else np.asarray(support, dtype=np.float64)
+        return cls(name, train[~np.isnan(train)], whole[~np.isnan(whole)], int(np.isnan(train).sum()), labels)
+
+    @cached_property
+    def distinct(self) -> np.ndarray:
+        """The sorted distinct values of the support."""
+        return np.unique(self.support)
+
+    @cached_property
+    def integers(self) -> bool:
+        """Whether every value is a whole number that float64 holds exactly."""
+        s = self.support
+        return bool(np.all(s == np.round(s)) and np.abs(s).max() < EXACT_INTEGERS)
+
+    @cached_property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @cached_property
+    def std(self) -> float:
+        """The training split's sample standard deviation (float64; values scaled first when
+        their squares would overflow or underflow, near 1e200 or 1e-200)."""
+        scale = float(np.abs(self.values).max())
+        if 1e-150 < scale < 1e150 or scale == 0:
+            return float(np.std(self.values, ddof=1))
+        return float(np.std(self.values / scale, ddof=1) * scale)
+
+    def in_unit_interval(self) -> bool:
+        return bool(self.support.min() >= 0 and self.support.max() <= 1)
+
+
+class ColumnKind:
+    """Base class of column kinds. Subclasses set ``priority`` and implement :meth:`detect`
+    and :meth:`likelihood`; the transform is the identity unless the column is standardized.
+
+    Class attributes:
+        priority: detection order, lowest first (:func:`detect`).
+        takes_labels: whether a text (or declared categorical) column can be of this kind.
+        encoder_scaled: whether the encoder sees the column standardized although the
+            likelihood sees it in its own units (counts, integers).
+        standardizable: whether a location-scale likelihood given for the column standardizes it.
+    """
+
+    name = UnregisteredName()
+    priority: ClassVar[float] = 100.0
+    takes_labels: ClassVar[bool] = False
+    encoder_scaled: ClassVar[bool] = False
+    standardizable: ClassVar[bool] = False
+
+    def detect(self, stats: ColumnStats) -> str | None:
+        """Why the column is of this kind (the reason shown to the user), or None."""
+        raise NotImplementedError
+
+    def likelihood(self, stats: ColumnStats) -> Any:
+        """The default likelihood spec for the column."""
+        raise NotImplementedError
+
+    def spec(self, stats: ColumnStats, reason: str, standardize: bool = True) -> ColumnSpec:
+        """The :class:`ColumnSpec` of a column detected as this kind."""
+        return ColumnSpec(
+            stats.name,
+            self.name,
+            self.likelihood(stats),
+            reason,
+            mean=stats.mean,
+            std=stats.std,
+            max=float(stats.values.max()),
+            missing=stats.missing,
+        )
+
+    def to_model(self, column: np.ndarray, spec: ColumnSpec) -> np.ndarray:
+        """Raw values (text codes for labelled columns; NaN missing) to model units, float64."""
+        column = np.asarray(column, dtype=np.float64)
+        return (column - spec.mean) / spec.std if spec.standardize else column
+
+    def to_raw(self, column: np.ndarray, spec: ColumnSpec) -> np.ndarray:
+        """Model units back to the column's own units (the inverse of :meth:`to_model`)."""
+        column = np.asarray(column, dtype=np.float64)
+        return column * spec.std + spec.mean if spec.standardize else column
+
+    def units(self, spec: ColumnSpec) -> str:
+        """How the model sees the column, for reports."""
+        if spec.standardize:
+            return f"standardized (mean {spec.mean:.4g}, sd {spec.std:.4g})"
+        return "kept as is"
+
+
+REGISTRY: Registry[ColumnKind] = Registry("column kind", ColumnKind)
+register = REGISTRY.register
+names = REGISTRY.names
+
+
+def create(spec: Any) -> ColumnKind:
+    """The column kind registered under ``spec`` (a name), or ``spec`` if it is a kind."""
+    return REGISTRY.create(spec)
+
+
+def by_priority() -> list[ColumnKind]:
+    """Every registered kind, in detection order."""
+    return sorted((create(n) for n in names()), key=lambda k: (k.priority, k.name))
+
+
+def detect(stats: ColumnStats, standardize: bool = True) -> ColumnSpec:
+    """The :class:`ColumnSpec` of the first kind (by priority) that detects itself in ``stats``."""
+    for kind in by_priority():
+        if stats.labels is not None and not kind.takes_labels:
+            continue
+        reason = kind.detect(stats)
+        if reason is not None:
+            return kind.spec(stats, reason, standardize)
+    raise DataError(f"column {stats.name!r}: no column kind fits its values (kinds: {', '.join(names())})")
+
+
+# --------------------------------------------------------------------------- the kinds
+
+
+@register("binary")
+class Binary(ColumnKind):
+    """Values 0 and 1."""
+
+    priority = 10.0
+
+    def detect(self, stats: ColumnStats) -> str | None:
+        return "values 0 and 1" if np.array_equal(stats.distinct, [0.0, 1.0]) else None
+
+    def likelihood(self, stats: ColumnStats) -> Any:
+        return "bernoulli"
+
+
+@register("count")
+class Count(ColumnKind):
+    """Non-negative integers from 0: a negative binomial, in the column's own units."""
+
+    priority = 20.0
+    encoder_scaled = True
+    standardizable = True
+
+    def detect(self, stats: ColumnStats) -> str | None:
+        if stats.integers and stats.support.min() == 0:
+            return f"counts: integers from 0 to {stats.support.max():g}"
+        return None
+
+    def likelihood(self, stats: ColumnStats) -> Any:
+        return "negative_binomial"
+
+
+@register("categorical")
+class Categorical(ColumnKind):
+    """Text labels (coded 0..K-1 when read), or a few distinct numbers, each a level.
+
+    A numeric column's codes stand for its ``values``; :meth:`to_raw` maps a fractional code
+    (an imputed mean) back by interpolating between the levels' numbers.
+    """
+
+    priority = 30.0
+    takes_labels = True
+
+    def detect(self, stats: ColumnStats) -> str | None:
+        if stats.labels is not None:
+            return f"{len(stats.labels)} labels"
+        k = stats.distinct.size
+        if k <= min(MAX_LEVELS, stats.values.size / ROWS_PER_LEVEL):
+            return f"{k} distinct values: one level each"
+        return None
+
+    def likelihood(self, stats: ColumnStats) -> Any:
+        if stats.labels is not None:
+            return {"name": "categorical", "options": {"num_categories": len(stats.labels)}}
+        values = stats.distinct.tolist()
+        return {"name": "categorical", "options": {"num_categories": len(values), "values": values}}
+
+    def spec(self, stats: ColumnStats, reason: str, standardize: bool = True) -> ColumnSpec:
+        if stats.labels is not None:  # codes: their mean and sd mean nothing
+            return ColumnSpec(
+                stats.name,
+                self.name,
+                self.likelihood(stats),
+                reason,
+                levels=list(stats.labels),
+                max=float(stats.values.max()),
+                missing=stats.missing,
+            )
+        spec = super().spec(stats, reason, standardize)
+        spec.values = stats.distinct.tolist()
+        spec.levels = [f"{x:g}" for x in stats.distinct]
+        return spec
+
+    def to_model(self, column: np.ndarray, spec: ColumnSpec) -> np.ndarray:
+        column = np.asarray(column, dtype=np.float64)
+        if spec.values is None:
+            return column
+        values = np.asarray(spec.values)
+        idx = np.clip(np.searchsorted(values, column), 0, len(values) - 1)
+        known = np.isnan(column) | (values[idx] == column)
+        if not known.all():
+            raise DataError(
+                f"column {spec.name!r} holds {column[~known][0]:g}, which is not one of its levels "
+                f"({', '.join(spec.levels or [])})"
+            )
+        return np.where(np.isnan(column), np.nan, idx)
+
+    def to_raw(self, column: np.ndarray, spec: ColumnSpec) -> np.ndarray:
+        column = np.asarray(column, dtype=np.float64)
+        if spec.values is None:
+            return column
+        decoded = np.interp(column, np.arange(len(spec.values)), spec.values)
+        return np.where(np.isnan(column), np.nan, decoded)
+
+    def units(self, spec: ColumnSpec) -> str:
+        levels = spec.levels or []
+        shown = ", ".join(levels[:5]) + (", ..." if len(levels) > 5 else "")
+        return f"coded 0..{len(levels) - 1} ({shown})"
+
+
+@register("integer")
+class Integer(ColumnKind):
+    """Integers not from 0 (an age, a cholesterol level): a Gaussian rounded to the integers,
+    which, unlike a negative binomial, can be narrower than a Poisson and has no origin."""
+
+    priority = 40.0
+    encoder_scaled = True
+    standardizable = True
+
+    def detect(self, stats: ColumnStats) -> str | None:
+        if stats.integers:
+            s = stats.support
+            return f"integers from {s.min():g} to {s.max():g}: a measurement on an integer scale"
+        return None
+
+    def likelihood(self, stats: ColumnStats) -> Any:
+        return {
+            "name": "discretized_gaussian",
+            "options": {"center": stats.mean, "spread": max(stats.std, 1e-3)},
+        }
+
+
+@register("unit")
+class Unit(ColumnKind):
+    """Values in [0, 1] spread over it: a Beta strictly inside, else a continuous Bernoulli."""
+
+    priority = 50.0
+
+    def detect(self, stats: ColumnStats) -> str | None:
+        if not stats.in_unit_interval() or stats.std < UNIT_MIN_SD:
+            return None
+        return "values inside (0, 1)" if self._inside(stats) else "values in [0, 1]"
+
+    def likelihood(self, stats: ColumnStats) -> Any:
+        return "beta" if self._inside(stats) else "continuous_bernoulli"
+
+    @staticmethod
+    def _inside(stats: ColumnStats) -> bool:
+        return bool(stats.support.min() > 0 and stats.support.max() < 1)
+
+
+@register("real")
+class Real(ColumnKind):
+    """Anything else: standardized with the training split's mean and sd, a Gaussian."""
+
+    priority = 100.0
+    standardizable = True
+
+    def detect(self, stats: ColumnStats) -> str | None:
+        if stats.in_unit_interval():
+            return f"values in [0, 1] but spread over a narrow range (sd {stats.std:.2g}): real"
+        return "real values"
+
+    def likelihood(self, stats: ColumnStats) -> Any:
+        return "gaussian"
+
+    def spec(self, stats: ColumnStats, reason: str, standardize: bool = True) -> ColumnSpec:
+        spec = super().spec(stats, reason, standardize)
+        spec.standardize = standardize
+        spec.warning = _scale_warning(stats, standardize)
+        return spec
+
+
+def _scale_warning(stats: ColumnStats, standardize: bool) -> str | None:
+    if not standardize and not 1e-2 <= stats.std <= 1e2:
+        return (
+            f"sd {stats.std:.3g} on its raw scale: networks train badly on scales far from 1 (log p(x) "
+            "falls far below what the model can reach); keep standardize on (the default)"
+        )
+    far = float(np.abs(stats.values - stats.mean).max() / stats.std)
+    if far > TAIL_SDS:
+        return f"values up to {far:.0f} sd from the mean: heavy tails, consider 'student_t' for it"
+    return None
+
+
+__all__ = [
+    "ColumnKind",
+    "ColumnSpec",
+    "ColumnStats",
+    "REGISTRY",
+    "register",
+    "names",
+    "create",
+    "detect",
+    "by_priority",
+    "MAX_LEVELS",
+]
