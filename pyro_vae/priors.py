@@ -356,6 +356,10 @@ class VampPrior(DiagonalGaussianMixturePrior):
         if idx.numel() < self.num_components:
             idx = idx[torch.randint(idx.numel(), (self.num_components,))]
         init = x[idx].to(self.pseudo_inputs).reshape(self.pseudo_inputs.shape)
+        # Missing cells (NaN) would make the weights non-finite: the pseudo-inputs start fully
+        # observed, each missing cell at its feature's observed mean (0.5 where none is observed).
+        observed_mean = torch.nanmean(x.to(self.pseudo_inputs).reshape(x.shape[0], *init.shape[1:]), 0)
+        init = torch.where(torch.isnan(init), torch.nan_to_num(observed_mean, nan=0.5).expand_as(init), init)
         with torch.no_grad():
             self.pseudo_inputs.copy_(init + self.init_noise * torch.randn_like(init))
 
