@@ -734,6 +734,118 @@ class DiscretizedGaussian(Likelihood):
         return DiscretizedNormal(self.center + self.spread * loc, scale)
 
 
+# --------------------------------------------------------------------------- point masses
+
+
+class PointMassMixture(dist.TorchDistribution):
+    r"""Atoms :math:`a_1 < \dots < a_K` with probabilities :math:`\pi_1..\pi_K` and, with
+    :math:`\pi_0`, a continuous ``density``: batch shape ``(..., n)``, event shape ``()``.
+
+    ``logits`` is ``(..., n, K + 1)``, the atoms' first and the density's last. Its log_prob
+    is taken against counting measure on the atoms plus Lebesgue measure: :math:`\log \pi_k`
+    at :math:`x = a_k` (a probability) and :math:`\log \pi_0 + \log f(x)` elsewhere (a
+    density). The density puts no mass on the atoms, so the two parts never overlap and
+    :math:`\sum_k \pi_k + \pi_0 \int f = 1`.
+    """
+
+    arg_constraints: ClassVar[dict] = {}
+    support = constraints.real
+
+    def __init__(self, atoms: torch.Tensor, logits: torch.Tensor, density: dist.Distribution) -> None:
+        self.atoms, self.logits, self.density = atoms, logits, density
+        batch = torch.broadcast_shapes(logits.shape[:-1], density.batch_shape)
+        super().__init__(batch, torch.Size(), validate_args=False)
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """:math:`\\log \\pi`, ``(..., n, K + 1)``: the atoms' then the density's."""
+        return self.logits.log_softmax(-1)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        hit = value.unsqueeze(-1) == self.atoms.to(value.dtype)  # exact: the atoms are the data's own values
+        log_w = self.log_weights
+        shape = torch.broadcast_shapes(value.shape, self.batch_shape)
+        which = hit.to(torch.uint8).argmax(-1, keepdim=True).expand(*shape, 1)
+        on_atom = log_w[..., :-1].expand(*shape, len(self.atoms)).gather(-1, which).squeeze(-1)
+        off_atom = log_w[..., -1] + self.density.log_prob(value)
+        return torch.where(hit.any(-1), on_atom, off_atom)
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        shape = torch.Size(sample_shape)
+        with torch.no_grad():
+            part = dist.Categorical(logits=self.logits).expand(self.batch_shape).sample(shape)
+            continuous = self.density.expand(self.batch_shape).sample(shape)
+            atom = self.atoms.to(continuous)[part.clamp(max=len(self.atoms) - 1)]
+            return torch.where(part == len(self.atoms), continuous, atom)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        w = self.log_weights.exp()
+        return (w[..., :-1] * self.atoms.to(w)).sum(-1) + w[..., -1] * self.density.mean
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        logits = self.logits.expand(*batch_shape, self.logits.shape[-1])
+        return PointMassMixture(self.atoms, logits, self.density.expand(batch_shape))
+
+
+@register("point_masses")
+class PointMasses(Likelihood):
+    r"""A real column where a few values hold many rows (zero-inflated amounts, a clipped
+    sensor, a ratio of small integers): those ``atoms`` and a Gaussian, mixed by the decoder.
+
+    .. math::
+        p(x \mid z) = \sum_{k=1}^{K} \pi_k(z)\,[x = a_k] + \pi_0(z)\,
+        \mathcal N\big(x;\ c + s\,\mu(z),\ (s\,\sigma(z))^2\big),
+        \qquad \pi(z) = \operatorname{softmax}(h(z)) \in \Delta^{K},
+
+    with :math:`\sigma = \operatorname{softplus}(h_\sigma) + \sigma_{\min}`. At an atom its
+    log_prob is :math:`\log \pi_k` (a probability), elsewhere :math:`\log \pi_0 + \log \mathcal N`
+    (a density per unit of the data): a Gaussian alone would have to spend its width on the
+    spikes, or grow without bound on them. The data stay in their own units, as for
+    ``discretized_gaussian``; ``center`` and ``spread`` (the column's training mean and
+    standard deviation, which tables set) put the decoder's outputs on the data's scale. The
+    decoder gives :math:`K + 3` outputs per feature: :math:`K + 1` logits, :math:`\mu` and
+    :math:`h_\sigma`. The default, one atom at 0, is a zero-inflated Gaussian.
+    """
+
+    support = REAL
+
+    def __init__(
+        self,
+        atoms: list[float] | tuple[float, ...] = (0.0,),
+        center: float = 0.0,
+        spread: float = 1.0,
+        min_scale: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        atoms = [float(a) for a in atoms] if isinstance(atoms, (list, tuple)) else atoms
+        if (
+            not isinstance(atoms, list)
+            or not atoms
+            or not all(math.isfinite(a) for a in atoms)
+            or any(b <= a for a, b in zip(atoms, atoms[1:]))
+        ):
+            raise ConfigError(f"atoms must be a non-empty list of finite, increasing numbers, got {atoms!r}")
+        if not math.isfinite(center):
+            raise ConfigError(f"center must be a finite number, got {center!r}")
+        self.atoms = atoms
+        self.center = float(center)
+        self.spread = positive("spread", spread)
+        self.min_scale = positive("min_scale", min_scale)
+        self.num_params = len(atoms) + 3
+        self.register_buffer("atom_values", torch.tensor(atoms), persistent=False)
+
+    def forward(self, params):
+        *logits, loc, raw_scale = self.unbind(params)
+        density = dist.Normal(
+            self.center + self.spread * loc,
+            self.spread * (F.softplus(raw_scale) + self.min_scale),
+            validate_args=False,
+        )
+        return PointMassMixture(self.atom_values.to(loc.device), torch.stack(logits, -1), density)
+
+
 # --------------------------------------------------------------------------- categories and tables
 
 
