@@ -132,7 +132,7 @@ class ColumnKind:
     """Base class of column kinds. Subclasses set ``priority`` and implement :meth:`detect`
     and :meth:`likelihood`; the transform is the identity unless the column is standardized.
 
-    Class attributes:
+    Attributes:
         priority: detection order, lowest first (:func:`detect`).
         takes_labels: whether a text (or declared categorical) column can be of this kind.
         encoder_scaled: whether the encoder sees the column standardized although the
