@@ -75,19 +75,13 @@ def _kl(
     except NotImplementedError:
         total = None
     by_dim = None
-    base = _diagonal_normal(posterior)
+    base = vae.variational.marginals(posterior)  # q(z_j|x): Gaussian for diagonal and lowrank guides
     if per_dim and base is not None and isinstance(prior, FactorizedPrior):
         try:
             by_dim = kl_divergence(base, prior.base())
         except NotImplementedError:
             by_dim = None
     return total, by_dim
-
-
-def _diagonal_normal(posterior: dist.Distribution) -> dist.Normal | None:
-    """The per-dimension normal of a diagonal Gaussian guide (None for any other guide)."""
-    base = getattr(posterior, "base_dist", None)
-    return base if isinstance(base, dist.Normal) and isinstance(posterior, dist.Independent) else None
 
 
 def _posterior_mean(posterior: dist.Distribution, z: torch.Tensor) -> torch.Tensor:
@@ -100,9 +94,9 @@ def _posterior_mean(posterior: dist.Distribution, z: torch.Tensor) -> torch.Tens
 
 def _kl_per_dim_draws(vae: VAE, w: LogWeights, most: int) -> torch.Tensor:
     """Summed over at most ``most`` of the draws ``w.z``: log q(z_j|x) - log p(z_j) per dimension
-    (a diagonal guide's marginals; NaN for a guide whose marginals have no closed form)."""
+    (the guide's Gaussian marginals; NaN for a guide whose marginals have no closed form)."""
     z = w.z[:most]
-    base = _diagonal_normal(w.posterior)
+    base = vae.variational.marginals(w.posterior)
     if base is None:
         return torch.full(z.shape[1:], math.nan, device=z.device)
     return (base.log_prob(z) - vae.prior.marginal_log_prob(z)).sum(0)
@@ -210,7 +204,9 @@ def evaluate(
     * ``kl_per_dim``: :math:`\mathrm{KL}(q(z_j|x)\,\|\,p(z_j))` per latent dimension, against the
       prior's marginals (these sum to ``kl`` for factorised priors only); in closed form
       where torch has it, else by Monte Carlo with at most 100 samples per point
-      (``kl_per_dim=False`` skips it);
+      (``kl_per_dim=False`` skips it; None for a guide whose marginals are not Gaussian,
+      the ``flow`` guide, :mod:`pyro_vae.guides`); the ``kl`` of a guide other than the
+      diagonal Gaussian is a Monte Carlo average over the ``num_samples`` draws;
     * ``active_units``: dimensions whose posterior mean varies over the data with
       variance above 0.01 (Burda et al., 2015);
     * ``log_likelihood_data_units``: :math:`\log p(x) + J`, with ``log_abs_det_jacobian``
@@ -396,6 +392,8 @@ def _evaluate(
     k_chunk, n_chunk = chunk_plan(num_samples, default_chunk_size(vae) if chunk_size is None else chunk_size)
     device = next(vae.parameters()).device
     probe = dist.Normal(torch.zeros(1, vae.latent_dim, device=device), 1.0).to_event(1)
+    if kl_per_dim and vae.variational.marginals(vae.variational(probe.mean, probe.stddev)) is None:
+        kl_per_dim = False  # a flow guide: its marginals q(z_j|x) have no closed form
     mc_kl_per_dim = kl_per_dim and _kl(vae, probe)[1] is None  # no closed form per dimension
     out: dict[str, list[torch.Tensor]] = {
         k: [] for k in ("log_px", "elbo", "recon", "kl", "kl_dim", "loc", "ldj", "missing")

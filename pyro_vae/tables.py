@@ -38,33 +38,28 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from pyro_vae import columns as column_kinds
+from pyro_vae.arrays import DataSplits, Preprocessing, _labels, _split_indices, as_tensor, integer_labels
 from pyro_vae.columns import MAX_LEVELS, ColumnSpec
-from pyro_vae.data import (
-    DataSplits,
-    Preprocessing,
-    _csv_labels,
-    _csv_rows,
-    _is_number,
-    _label_index,
-    _labels,
-    _numbered_column,
-    _split_indices,
-    as_tensor,
-    integer_labels,
-)
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.reading import MISSING_TOKENS, RawTable, as_raw_table, read_table  # noqa: F401
 
-MISSING_TOKENS = frozenset({"", "na", "nan", "n/a", "null", "none", "?"})
 #: Likelihoods of location-scale families: a real column is standardized for them.
 LOCATION_SCALE = frozenset(
-    {"gaussian", "gaussian_shared", "gaussian_fixed", "gaussian_optimal", "laplace", "student_t"}
+    {
+        "gaussian",
+        "gaussian_shared",
+        "gaussian_fixed",
+        "gaussian_optimal",
+        "gaussian_lowrank",
+        "laplace",
+        "student_t",
+    }
 )
 
 
@@ -240,109 +235,6 @@ def infer_schema(
     return schema
 
 
-# --------------------------------------------------------------------------- raw tables
-
-
-@dataclass
-class RawTable:
-    """A table as read: numbers with NaN for missing cells, categories coded 0..K-1."""
-
-    values: np.ndarray
-    names: list[str]
-    levels: dict[int, list[str]] = field(default_factory=dict)
-    labels: np.ndarray | None = None
-
-
-def _is_missing(cell: str) -> bool:
-    return cell.strip().lower() in MISSING_TOKENS
-
-
-def _column(cells: list[str]) -> tuple[np.ndarray, list[str] | None]:
-    """One column's values (NaN where missing) and, for text, its sorted levels (codes)."""
-    present = [c.strip() for c in cells if not _is_missing(c)]
-    if all(_is_number(c) for c in present):
-        return np.array([np.nan if _is_missing(c) else float(c) for c in cells]), None
-    levels = sorted(set(present))
-    code = {v: i for i, v in enumerate(levels)}
-    return np.array([np.nan if _is_missing(c) else code[c.strip()] for c in cells], dtype=np.float64), levels
-
-
-def _has_header(first: list[str], rest: list[list[str]], skip: int | None) -> bool:
-    cells = [(i, c) for i, c in enumerate(first) if i != skip]
-    if all(_is_number(c) or _is_missing(c) for _, c in cells):
-        return False
-    below = rest[:50]
-    return all(not _is_number(c) for _, c in cells) or any(
-        not _is_number(c) and all(_is_number(r[i]) or _is_missing(r[i]) for r in below if i < len(r))
-        for i, c in cells
-    )
-
-
-def read_table(path: str | Path, label_column: str | int | None = None) -> RawTable:
-    """Read a CSV table with an optional header: empty, ``NA``, ``NaN`` or ``?`` cells are
-    missing, text columns become categories coded 0..K-1 in sorted order."""
-    path = Path(path)
-    rows = _csv_rows(path)
-    guess = _numbered_column(label_column, len(rows[0]))
-    header = _has_header(rows[0], rows[1:], guess)
-    names = [c.strip() for c in rows[0]] if header else [f"x{i}" for i in range(len(rows[0]))]
-    body, start = (rows[1:], 2) if header else (rows, 1)
-    label_idx = None if label_column is None else _label_index(label_column, names, header, path)
-    if not body:
-        raise DataError(f"{path} has no data points (only a header row)")
-    if label_idx is not None and len(names) == 1:
-        raise DataError(f"{path} has no features: its only column is the label column {names[0]!r}")
-    for lineno, row in enumerate(body, start=start):
-        if len(row) != len(names):
-            raise DataError(f"{path}:{lineno}: expected {len(names)} columns, found {len(row)}")
-    features = [i for i in range(len(names)) if i != label_idx]
-    columns = [_column([r[i] for r in body]) for i in features]
-    values = np.column_stack([v for v, _ in columns])
-    levels = {j: lv for j, (_, lv) in enumerate(columns) if lv is not None}
-    labels = None
-    if label_idx is not None:
-        label_name = names[label_idx] if header else str(label_idx)
-        labels = _csv_labels(path, [r[label_idx].strip() for r in body], label_name, start)
-    return RawTable(values, [names[i] for i in features], levels, labels)
-
-
-def _from_frame(frame: Any, categorical: set) -> RawTable:
-    """A pandas ``DataFrame``: text, category and boolean columns coded, numbers as they are."""
-    values, levels = [], {}
-    for j, name in enumerate(frame.columns):
-        col = frame[name]
-        numeric = col.dtype.kind in "biuf" and str(name) not in categorical and j not in categorical
-        if numeric:
-            values.append(col.to_numpy(dtype=np.float64, na_value=np.nan))
-            continue
-        cells = col.astype(object).where(col.notna(), None).tolist()
-        present = sorted({str(c) for c in cells if c is not None})
-        code = {v: i for i, v in enumerate(present)}
-        values.append(np.array([np.nan if c is None else code[str(c)] for c in cells], dtype=np.float64))
-        levels[j] = present
-    return RawTable(np.column_stack(values), [str(n) for n in frame.columns], levels)
-
-
-def as_raw_table(table: Any, names: list[str] | None = None, categorical=()) -> RawTable:
-    """A :class:`RawTable` from a ``RawTable``, a pandas ``DataFrame`` or an array ``(n, D)``."""
-    categorical = set(categorical or ())
-    if isinstance(table, RawTable):
-        return table
-    if hasattr(table, "columns") and hasattr(table, "dtypes"):
-        return _from_frame(table, categorical)
-    values = np.asarray(as_tensor(table, dtype=torch.float64))
-    if values.ndim != 2:
-        raise DataError(f"a table must be 2-D (rows, columns), got shape {values.shape}")
-    names = list(names) if names is not None else [f"x{i}" for i in range(values.shape[1])]
-    levels = {}
-    for j, name in enumerate(names):
-        if name in categorical or j in categorical:
-            present = np.unique(values[~np.isnan(values[:, j]), j])
-            levels[j] = [f"{v:g}" for v in present]
-            values[:, j] = np.where(np.isnan(values[:, j]), np.nan, np.searchsorted(present, values[:, j]))
-    return RawTable(values, names, levels)
-
-
 def load_table(
     table: Any,
     labels: Any = None,
@@ -368,10 +260,7 @@ def load_table(
     raw = as_raw_table(table, names, categorical)
     labels = raw.labels if labels is None else integer_labels(labels)
     values = raw.values
-    if np.isinf(values).any():
-        raise DataError(
-            f"{name} holds {int(np.isinf(values).sum())} infinite values; remove them (NaN marks a missing cell)"
-        )
+    _check_values(values, raw.names, name)
     idx = _split_indices(len(values), valid_fraction, test_fraction, seed)
     schema = infer_schema(values[idx[0]], raw.names, raw.levels, standardize, support=values)
     if column_likelihoods:
@@ -389,6 +278,25 @@ def load_table(
         feature_names=schema.names,
         columns=schema,
     )
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_values(values: np.ndarray, names: list[str], name: str) -> None:
+    """Infinite cells, and numbers the model's float32 cannot hold, are refused before any
+    statistic is taken or any file written (naming the column)."""
+    if np.isinf(values).any():
+        raise DataError(
+            f"{name} holds {int(np.isinf(values).sum())} infinite values; remove them (NaN marks a missing cell)"
+        )
+    top = np.nanmax(np.abs(values), axis=0, initial=0.0)
+    if (top > FLOAT32_MAX).any():
+        j = int(np.argmax(top))
+        raise DataError(
+            f"column {names[j]!r} of {name}: values up to {top[j]:.3g} do not fit in float32 (max "
+            f"{FLOAT32_MAX:.2g}), in which the model reports them; rescale it (divide by a power of ten)"
+        )
 
 
 def missing_summary(x: Any) -> tuple[int, int]:
