@@ -17,6 +17,8 @@ binary         10        0 and 1                                      ``bernoull
 count          20        non-negative integers from 0                 ``negative_binomial``
 integer        40        other integers (an age, a cholesterol)       ``discretized_gaussian``
 unit           50        inside [0, 1], spread (sd >= 0.1)            ``beta`` / ``continuous_bernoulli``
+point_masses   60        a few values hold many rows (each >= 5%,     ``point_masses`` (those atoms and
+                         together >= 25%), the rest spread out        a Gaussian, in the data's units)
 real           100       anything else                                ``gaussian`` (standardized)
 =============  ========  ===========================================  =================================
 
@@ -43,6 +45,11 @@ UNIT_MIN_SD = 0.1
 TAIL_SDS = 30.0  # a standardized value beyond this many sds is worth a warning
 #: above this every float64 is a whole number: "integer" says nothing about such a column
 EXACT_INTEGERS = 2.0**53
+#: a value of a non-integer column holding this share of its rows is an atom (point mass) ...
+ATOM_SHARE = 0.05
+ATOMS_TOTAL = 0.25  # ... when the atoms together hold this share
+MAX_ATOMS = 6  # the most frequent ones, at most
+OFF_ATOMS = 0.1  # ... and at least this share (and 10 rows) lies off them, for the density
 
 
 @dataclass
@@ -350,6 +357,53 @@ class Unit(ColumnKind):
     @staticmethod
     def _inside(stats: ColumnStats) -> bool:
         return bool(stats.support.min() > 0 and stats.support.max() < 1)
+
+
+@register("point_masses")
+class PointMasses(ColumnKind):
+    """A real column where a few values hold many rows (diabetes' ``s4``, a ratio of small
+    integers; zero-inflated amounts; a clipped sensor): those atoms, each a probability, and a
+    Gaussian density for the rest, in the column's own units (no Jacobian to add)."""
+
+    priority = 60.0
+    encoder_scaled = True
+    standardizable = True
+
+    def detect(self, stats: ColumnStats) -> str | None:
+        atoms, share = _atoms(stats.support)
+        if atoms.size == 0:
+            return None
+        shown = ", ".join(f"{a:g}" for a in atoms)
+        return f"{share:.0%} of the values on {atoms.size} of them ({shown}): point masses and a density"
+
+    def likelihood(self, stats: ColumnStats) -> Any:
+        atoms, _ = _atoms(stats.support)
+        rest = stats.values[~np.isin(stats.values, atoms)]
+        rest = rest if rest.size > 1 else stats.values  # the training split may miss what the support has
+        return {
+            "name": "point_masses",
+            "options": {
+                "atoms": atoms.tolist(),
+                "center": float(rest.mean()),
+                "spread": max(float(rest.std(ddof=1)), 1e-3),
+            },
+        }
+
+
+def _atoms(support: np.ndarray) -> tuple[np.ndarray, float]:
+    """The atoms of a non-integer column (sorted; empty when it has none) and their share of it."""
+    none = np.empty(0), 0.0
+    if support.size == 0 or np.all(support == np.round(support)):
+        return none
+    values, counts = np.unique(support, return_counts=True)
+    share = counts / support.size
+    heavy = np.sort(np.argsort(-share, kind="stable")[:MAX_ATOMS])
+    heavy = heavy[share[heavy] >= ATOM_SHARE]
+    total = float(share[heavy].sum())
+    off = support.size - counts[heavy].sum()
+    if heavy.size == 0 or total < ATOMS_TOTAL or off < max(10, OFF_ATOMS * support.size):
+        return none
+    return values[heavy], total
 
 
 @register("real")

@@ -28,6 +28,7 @@ EXAMPLES = {
     "integer": (RNG.integers(18, 90, 200).astype(float), None),
     "unit": (RNG.uniform(0.01, 0.99, 200), None),
     "real": (RNG.normal(50.0, 10.0, 200), None),
+    "point_masses": (np.where(RNG.uniform(size=200) < 0.4, 0.0, RNG.lognormal(2.0, 1.0, 200)), None),
 }
 
 

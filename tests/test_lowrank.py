@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.distributions as td
@@ -10,6 +11,7 @@ from torch.nn import functional as F
 import pyro_vae
 from pyro_vae import likelihoods
 from pyro_vae.errors import ConfigError
+from pyro_vae.tables import load_table
 from tests.test_step import loss_and_grads
 
 D, RANK = 5, 2
@@ -133,3 +135,15 @@ def test_images_are_refused_with_the_fix():
     lik = likelihoods.create("gaussian_lowrank")
     with pytest.raises(ConfigError, match="vectors.*flatten"):
         lik.setup((1, 4, 4))
+
+
+def test_a_tables_real_columns_given_gaussian_lowrank_are_standardized_as_one_block():
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=300)
+    table = np.stack([100 + 10 * u, 5 * u + rng.normal(size=300), rng.integers(0, 2, 300)], 1)
+    splits = load_table(
+        table, names=["a", "b", "flag"], column_likelihoods={"a": "gaussian_lowrank", "b": "gaussian_lowrank"}
+    )
+    assert [c.standardize for c in splits.columns.columns] == [True, True, False]
+    lik = likelihoods.create(splits.columns.likelihood_spec())
+    assert [p.name for p in lik.parts] == ["gaussian_lowrank", "bernoulli"]

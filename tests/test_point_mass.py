@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import pyro_vae
-from pyro_vae import likelihoods
+from pyro_vae import columns, likelihoods
+from pyro_vae.tables import load_table
 
 ATOMS = [0.0, 3.0, 4.0]
 
@@ -115,3 +116,46 @@ def test_a_zero_inflated_column_inside_columns_trains_and_evaluates(missing):
     assert math.isfinite(m["log_likelihood"])
     filled = vae.impute(x[:50], num_samples=8)
     assert torch.isfinite(filled).all()
+
+
+# --------------------------------------------------------------------------- the column kind
+
+
+def zero_inflated(n: int = 400, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    amount = np.where(rng.uniform(size=n) < 0.4, 0.0, np.round(rng.lognormal(3.0, 1.0, n), 2))
+    return np.stack([rng.normal(size=n), amount], 1)
+
+
+def test_a_zero_inflated_column_is_its_own_kind_kept_in_its_units():
+    splits = load_table(zero_inflated(), names=["x", "amount"], seed=0)
+    real, amount = splits.columns.columns
+    assert real.kind == "real" and amount.kind == "point_masses"
+    assert amount.likelihood["options"]["atoms"] == [0.0]
+    assert not amount.standardize  # probabilities at the atom need no Jacobian; the density is per unit
+    kept = splits.train[:, 1].numpy()  # float32, as the raw values are held in the model
+    assert np.isin(kept, zero_inflated()[:, 1].astype(np.float32)).all() and (kept == 0).mean() > 0.3
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(0).normal(size=300),  # no repeated values
+        np.round(np.random.default_rng(0).normal(50, 10, 300)),  # integers: a kind of their own
+        np.where(
+            np.random.default_rng(0).uniform(size=300) < 0.97, 1.5, np.random.default_rng(1).normal(size=300)
+        ),
+    ],
+    ids=["continuous", "integers", "almost-constant"],
+)
+def test_columns_without_a_density_beside_their_atoms_are_not_point_masses(values):
+    spec = columns.detect(columns.ColumnStats.of(values, "v"))
+    assert spec.kind != "point_masses"
+
+
+def test_diabetes_s4_is_point_masses():
+    datasets = pytest.importorskip("sklearn.datasets")
+    frame = datasets.load_diabetes(as_frame=True, scaled=False).frame
+    spec = columns.detect(columns.ColumnStats.of(frame["s4"].to_numpy(), "s4"))
+    assert spec.kind == "point_masses"
+    assert spec.likelihood["options"]["atoms"] == [2.0, 3.0, 4.0, 5.0, 6.0]
