@@ -1,6 +1,6 @@
 """pyro_vae: variational autoencoders written as Pyro models, with the loss derived, not hand-written."""
 
-from pyro_vae import ais, data, imputation, likelihoods, networks, priors, tables  # noqa: E402
+from pyro_vae import ais, data, guides, imputation, likelihoods, networks, priors, tables  # noqa: E402
 from pyro_vae.evaluation import evaluate  # noqa: E402
 from pyro_vae.model import VAE  # noqa: E402
 from pyro_vae.objectives import BetaSchedule, make_elbo  # noqa: E402
@@ -21,6 +21,7 @@ __all__ = [
     "diagnostics",
     "evaluate",
     "fit",
+    "guides",
     "imputation",
     "likelihoods",
     "make_elbo",

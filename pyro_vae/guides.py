@@ -107,7 +107,8 @@ class DiagonalGuide(Guide):
         return dist.Normal(loc, scale).to_event(1)
 
     def marginals(self, posterior):
-        return posterior.base_dist
+        base = getattr(posterior, "base_dist", None)  # None for another law (a subclass's traced guide)
+        return base if isinstance(posterior, dist.Independent) and isinstance(base, dist.Normal) else None
 
 
 @register("lowrank")
@@ -137,6 +138,8 @@ class LowRankGuide(Guide):
         return dist.LowRankMultivariateNormal(loc, factor, scale**2)
 
     def marginals(self, posterior):
+        if not isinstance(posterior, dist.LowRankMultivariateNormal):
+            return None
         return dist.Normal(posterior.loc, posterior.variance.sqrt())
 
 

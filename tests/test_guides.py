@@ -1,0 +1,252 @@
+r"""Guides (pyro_vae.guides): densities against independent computations, the exact posterior
+of factor analysis, training, saving and loading, and missing cells, for every guide."""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pyro_vae
+from pyro_vae import guides
+from pyro_vae.errors import ConfigError
+from tests.ddp_worker import TABLE_SPECS, data_for
+
+GUIDES = {
+    "diagonal": "diagonal",
+    "lowrank": "lowrank",
+    "lowrank_rank1": {"name": "lowrank", "options": {"rank": 1}},
+    "flow": "flow",
+    "flow_spline": {"name": "flow", "options": {"transform": "spline", "layers": 1, "hidden": [8]}},
+}
+
+
+def encoder_output(n: int = 4, latent: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, latent, generator=g), 0.3 + torch.rand(n, latent, generator=g)
+
+
+def built(spec, latent: int = 3, seed: int = 0) -> guides.Guide:
+    torch.manual_seed(seed)
+    guide = guides.create(spec)
+    guide.setup(latent)
+    return guide
+
+
+# --------------------------------------------------------------------------- densities
+
+
+def test_the_diagonal_guide_is_the_encoders_gaussian():
+    loc, scale = encoder_output()
+    q = built("diagonal")(loc, scale)
+    z = q.rsample((5,))
+    by_hand = (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+    torch.testing.assert_close(q.log_prob(z), by_hand)
+    assert (q.batch_shape, q.event_shape) == ((4,), (3,))
+
+
+@pytest.mark.parametrize("spec", [GUIDES["lowrank"], GUIDES["lowrank_rank1"]], ids=["full", "rank1"])
+def test_the_lowrank_density_of_its_own_draws_is_the_gaussian_formula(spec):
+    loc, scale = encoder_output()
+    guide = built(spec)
+    q = guide(loc, scale)
+    z = q.rsample((6,))
+    factor = guide.factor(guides.context(loc, scale)).unflatten(-1, (3, guide.columns)).double()
+    cov = torch.diag_embed(scale.double() ** 2) + factor @ factor.transpose(-1, -2)
+    diff = (z.double() - loc.double()).unsqueeze(-1)
+    maha = (diff.transpose(-1, -2) @ torch.linalg.solve(cov, diff)).squeeze(-1).squeeze(-1)
+    by_hand = -0.5 * maha - 0.5 * torch.logdet(cov) - 1.5 * math.log(2 * math.pi)
+    torch.testing.assert_close(q.log_prob(z).double(), by_hand, rtol=1e-5, atol=1e-5)
+    mean, sd = guide.moments(q)
+    torch.testing.assert_close(sd.double(), cov.diagonal(dim1=-2, dim2=-1).sqrt(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mean, loc)
+
+
+@pytest.mark.parametrize("spec", [GUIDES["flow"], GUIDES["flow_spline"]], ids=["affine", "spline"])
+def test_the_flow_density_of_its_own_draws_uses_the_jacobians_determinant(spec):
+    """log q(z) = log N(z0; mu, sigma) - log|det df/dz0|, the Jacobian by autograd on the
+    whole batch (its off-diagonal point blocks are zero), against Pyro's cached log density."""
+    loc, scale = encoder_output()
+    guide = built(spec)
+    q = guide(loc, scale)
+    torch.manual_seed(3)
+    z = q.rsample()
+    torch.manual_seed(3)
+    z0 = q.base_dist.rsample()  # the same base draw
+
+    def push(v):
+        for t in q.transforms:
+            v = t(v)
+        return v
+
+    torch.testing.assert_close(push(z0), z)
+    jac = torch.autograd.functional.jacobian(push, z0)  # (n, L, n, L)
+    blocks = torch.stack([jac[i, :, i, :] for i in range(z0.shape[0])]).double()
+    off = jac.clone()
+    for i in range(z0.shape[0]):
+        off[i, :, i, :] = 0
+    assert off.abs().max() == 0
+    by_hand = dist.Normal(loc, scale).log_prob(z0).sum(-1).double() - torch.linalg.slogdet(blocks)[1]
+    torch.testing.assert_close(q.log_prob(z).double(), by_hand, rtol=1e-5, atol=1e-5)
+    # at a point it did not draw, Pyro inverts the layers: the same density
+    torch.testing.assert_close(q.log_prob(z.detach().clone()), q.log_prob(z), rtol=1e-4, atol=1e-4)
+
+
+def test_the_flow_guide_is_not_a_diagonal_gaussian():
+    """Its marginals have no closed form: moments come from draws, in a private stream."""
+    loc, scale = encoder_output()
+    guide = built("flow")
+    q = guide(loc, scale)
+    assert guide.marginals(q) is None
+    state = torch.get_rng_state()
+    mean, sd = guide.moments(q)
+    assert torch.equal(torch.get_rng_state(), state)
+    z = q.sample((20000,))
+    se = z.std(0) / math.sqrt(guides.MOMENT_DRAWS)  # the standard error of the estimate
+    assert ((mean - z.mean(0)).abs() < 4 * se).all()
+    assert ((sd / z.std(0) - 1).abs() < 0.15).all()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("flows", "Did you mean 'flow'"),
+        ({"name": "flow", "options": {"transform": "planar"}}, "transform must be one of affine, spline"),
+        ({"name": "lowrank", "options": {"rank": 0}}, "rank"),
+        ({"name": "lowrank", "options": {"ranks": 2}}, "does not take option"),
+    ],
+)
+def test_bad_guides_are_one_line_errors(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        guides.create(spec)
+
+
+# --------------------------------------------------------------------------- factor analysis
+
+D, L = 5, 2
+
+
+def fixed_factor_analysis(guide) -> tuple[pyro_vae.VAE, torch.Tensor, torch.Tensor]:
+    """A linear-Gaussian VAE (factor analysis) whose decoder is fixed with nearly collinear
+    columns, so that the exact posterior N(A x + c, Sigma) is strongly correlated; the data
+    are drawn from it. Returns the VAE, the data and Sigma's precision."""
+    torch.manual_seed(0)
+    vae = pyro_vae.VAE(D, L, hidden=(), likelihood="gaussian_shared", prior="standard_normal", guide=guide)
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(D, L, generator=g)
+    w[:, 1] = w[:, 0] + 0.3 * torch.randn(D, generator=g)
+    with torch.no_grad():
+        vae.decoder.net[0].weight.copy_(w)
+        vae.decoder.net[0].bias.copy_(torch.randn(D, generator=g))
+    for p in [*vae.decoder.parameters(), *vae.likelihood.parameters()]:
+        p.requires_grad_(False)
+    x = vae.sample(256)
+    psi = vae.likelihood.scale.detach().double() ** 2
+    precision = torch.eye(L, dtype=torch.float64) + w.double().T @ (w.double() / psi[:, None])
+    return vae, x, precision
+
+
+def exact_log_px(vae, x):
+    lin = vae.decoder.net[0]
+    w, b = lin.weight.detach().double(), lin.bias.detach().double()
+    psi = vae.likelihood.scale.detach().double() ** 2
+    return dist.MultivariateNormal(b, w @ w.T + torch.diag(psi)).log_prob(x.double())
+
+
+def fit_guide(vae, x, steps=1500):
+    """Adam on the encoder and the guide alone (the decoder fixed): the ELBO's optimum is the
+    guide family's closest member to the exact posterior in KL(q || p)."""
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=2e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = -vae.log_weights(x, 8).log_w.mean()
+        loss.backward()
+        opt.step()
+        sched.step()
+
+
+@pytest.fixture(scope="module")
+def fa_gaps():
+    gaps = {}
+    for name in ("diagonal", "lowrank"):
+        vae, x, precision = fixed_factor_analysis(name)
+        fit_guide(vae, x)
+        result = pyro_vae.evaluate(vae, x, num_samples=2000)
+        gaps[name] = (exact_log_px(vae, x).mean().item() - result["elbo"], result)
+    # the best any diagonal Gaussian can do (reverse KL): precision's diagonal as its own
+    kl_min = 0.5 * (precision.diagonal().log().sum() - torch.logdet(precision)).item()
+    return gaps, kl_min
+
+
+def test_the_lowrank_guide_reaches_the_exact_posterior_of_factor_analysis(fa_gaps):
+    gaps, kl_min = fa_gaps
+    gap, result = gaps["lowrank"]
+    assert kl_min > 0.2  # the posterior is far from diagonal: the test can tell the guides apart
+    assert abs(gap) < 0.02, gap
+    assert abs(result["log_likelihood"] - result["elbo"]) < 0.02
+
+
+def test_the_diagonal_guide_cannot_reach_it(fa_gaps):
+    gaps, kl_min = fa_gaps
+    gap, _ = gaps["diagonal"]
+    assert gap > kl_min - 0.02, (gap, kl_min)
+    assert gap > 0.2
+
+
+# --------------------------------------------------------------------------- with the library
+
+
+COMBINATIONS = [
+    (g, lik, "standard_normal") for g in GUIDES for lik in ("bernoulli", "gaussian", "poisson")
+] + [(g, "gaussian", prior) for g in GUIDES for prior in ("mixture", "vamp", "learned_normal")]
+
+
+@pytest.mark.parametrize(("guide", "likelihood", "prior"), COMBINATIONS)
+def test_every_guide_trains_saves_and_loads(guide, likelihood, prior, tmp_path):
+    x = data_for(likelihood)[:64]
+    vae = pyro_vae.VAE(
+        6,
+        2,
+        hidden=(8,),
+        likelihood=TABLE_SPECS.get(likelihood, likelihood),
+        prior=prior,
+        guide=GUIDES[guide],
+    )
+    history = pyro_vae.fit(vae, x, epochs=2, batch_size=32, progress=False, seed=0)
+    assert all(math.isfinite(v) for v in history["train_loss"])
+    vae.save(tmp_path / "m")
+    loaded = pyro_vae.VAE.load(tmp_path / "m")
+    assert loaded.variational.spec() == vae.variational.spec()
+    assert loaded.config() == vae.config()
+    first = pyro_vae.evaluate(vae, x[:16], num_samples=20, seed=3)
+    again = pyro_vae.evaluate(loaded, x[:16], num_samples=20, seed=3)
+    assert first["log_likelihood"] == again["log_likelihood"]
+    assert math.isfinite(first["elbo"]) and first["log_likelihood"] >= first["elbo"] - 1e-3
+
+
+def test_the_default_guide_leaves_config_and_weights_as_before():
+    vae = pyro_vae.VAE(6, 2, hidden=(8,), likelihood="gaussian")
+    assert "guide" not in vae.config()
+    assert not any(name.startswith("variational") for name in vae.state_dict())
+    assert pyro_vae.VAE.from_config(vae.config()).variational.name == "diagonal"
+
+
+@pytest.mark.parametrize("guide", list(GUIDES))
+def test_missing_cells_work_with_every_guide(guide):
+    x = data_for("gaussian")[:64].clone()
+    x[::3, 1] = float("nan")
+    x[1::4, 4] = float("nan")
+    vae = pyro_vae.VAE(6, 2, hidden=(8,), likelihood="gaussian", guide=GUIDES[guide])
+    pyro_vae.fit(vae, x, epochs=2, batch_size=32, progress=False, seed=0)
+    assert vae.missing
+    result = pyro_vae.evaluate(vae, x, num_samples=20)
+    assert result["missing_rows"] > 0 and math.isfinite(result["log_likelihood"])
+    filled = vae.impute(x, num_samples=50)
+    assert not torch.isnan(filled).any()
+    observed = ~torch.isnan(x)
+    assert torch.equal(filled[observed], x[observed])
