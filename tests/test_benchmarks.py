@@ -300,7 +300,49 @@ def test_ddp_scaling_quick(tmp_path):
 def test_readme_benchmark_table_matches_the_committed_results():
     import readme_table
 
-    assert readme_table.main(["--check", str(ROOT / "README.md")]) == 0
+    # README.md (headline rows, the KL answers) and docs/benchmarks.md (the full table)
+    assert {path.name for path in readme_table.PAGES} == {"README.md", "benchmarks.md"}
+    assert readme_table.main(["--check"]) == 0
+    readme = (ROOT / "README.md").read_text()
+    for name in ("headline", "kl_answers"):
+        assert all(marker in readme for marker in readme_table.markers(name)), name
+
+
+def test_headline_rows_are_rows_of_the_full_table():
+    import readme_table
+
+    full = readme_table.render().split("\n")
+    headline = readme_table.render_headline().split("\n")
+    assert len(headline) > 4
+    # every headline row but the tables' one-row summary is the full table's own row
+    rows = [row for row in headline[2:] if "real tables" not in row]
+    assert len(rows) == len(headline) - 3 and all(row in full for row in rows)
+    assert readme_table.render_headline(Path("/nonexistent")).count("\n") == 1
+
+
+def test_kl_answers_follow_the_results_file():
+    import readme_table
+
+    results = json.loads(readme_table.KL_RESULTS.read_text())
+    text = readme_table.kl_answers(results)
+    assert text.count("\n* **") == 4 and results["command"] in text
+    gaussian = next(r for r in results["learned_sigma"]["rows"] if r["likelihood"] == "gaussian")
+    assert f"{gaussian['log_px']:.2f}" in text and "better than every" in text
+    # A result that says otherwise changes the sentence, not only the number.
+    gaussian["log_px"] = -1000.0
+    changed = readme_table.kl_answers(results)
+    assert "-1000.00" in changed and "better than every" not in changed
+
+
+def test_readme_table_refuses_a_page_without_blocks_and_writes_nothing(tmp_path, capsys):
+    import readme_table
+
+    good, bad = tmp_path / "good.md", tmp_path / "bad.md"
+    good.write_text(f"{readme_table.BEGIN}\n{readme_table.END}\n")
+    bad.write_text("no markers here\n")
+    with pytest.raises(SystemExit, match="bad.md has no block to fill"):
+        readme_table.main(["--write", str(good), str(bad)])
+    assert good.read_text() == f"{readme_table.BEGIN}\n{readme_table.END}\n"
 
 
 def test_readme_table_check_catches_a_stale_table(tmp_path, capsys):
