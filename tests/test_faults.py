@@ -358,7 +358,7 @@ def test_cli_refuses(case: Case, finished_run: Path, tmp_path: Path, monkeypatch
     assert re.search(case.pattern, err, re.S), err
     assert "error" in err
     assert "Traceback" not in err
-    assert "unexpected" not in err, err  # an expected failure, not a bug report
+    assert "internal error" not in err, err  # an expected failure, not a bug report
     assert "weights_only=False" not in err
     after = snapshot(tmp_path)
     changed = [p for p, b in before.items() if after.get(p, "gone") != b]

@@ -9,6 +9,7 @@ the :class:`~pyro_vae.training.TrainConfig` that :func:`pyro_vae.fit` takes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from pyro_vae import likelihoods, priors
 from pyro_vae.data import DATASETS
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, ResumeError, SchemaError
 from pyro_vae.networks import ACTIVATIONS, NETWORKS
 from pyro_vae.objectives import make_elbo
 from pyro_vae.settings import Settings, at_least, each_positive, setting
@@ -193,3 +194,189 @@ def _plugin(where: str, build) -> None:
         build()
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+# ------------------------------------------------------------------ resuming a run
+
+#: Settings a resumed run may change: where it runs and how its final evaluation is done. The
+#: model, the data and the training are those the run started with.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "data.data_dir",  # where the same data set's files are, on this machine
+        "train.device",
+        "train.num_threads",
+        "train.ddp_timeout_s",
+        "eval.num_samples",
+        "eval.split",
+        "eval.chunk_size",
+    }
+)
+#: Budgets a resumed run may extend: a larger value, or for ``max_minutes`` null (no limit).
+RESUME_MAY_EXTEND = frozenset({"train.epochs", "train.max_minutes"})
+
+
+@dataclass(frozen=True)
+class SettingChange:
+    """One setting whose value differs between a saved run and the settings given to resume it."""
+
+    key: str
+    saved: Any
+    given: Any
+
+    @property
+    def allowed(self) -> bool:
+        """Whether a resumed run may make this change (:data:`RESUME_MAY_CHANGE`, or an extension)."""
+        if self.key in RESUME_MAY_CHANGE:
+            return True
+        return self.key in RESUME_MAY_EXTEND and _extends(self.saved, self.given)
+
+    def describe(self) -> str:
+        """``key (--flag): saved X, given Y``, and why an extendable budget was refused."""
+        text = f"{self.key} ({flag_of(self.key)}): saved {_shown(self.saved)}, given {_shown(self.given)}"
+        if self.key in RESUME_MAY_EXTEND and not self.allowed:
+            text += " (a resumed run may only extend it)"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"saved": self.saved, "given": self.given}
+
+
+def flag_of(key: str) -> str:
+    """The command-line flag of setting ``key`` (``"model.hidden"`` -> ``"--hidden"``).
+
+    Args:
+        key: ``section.field`` of a :class:`RunConfig` setting.
+
+    Returns:
+        The flag that :mod:`pyro_vae.app.cli` generates for it.
+    """
+    section, name = key.split(".", 1)
+    field = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+    return field.metadata.get("flag") or "--" + name.replace("_", "-")
+
+
+def setting_changes(saved: RunConfig, given: RunConfig) -> list[SettingChange]:
+    """Every setting whose value differs between two run configs, in section and field order.
+
+    Args:
+        saved: the settings a run was trained with.
+        given: the settings it is now given.
+
+    Returns:
+        One :class:`SettingChange` per differing setting (a beta schedule counts as one).
+    """
+    old, new = saved.to_dict(), given.to_dict()
+    return [
+        SettingChange(f"{section}.{name}", old[section][name], new[section][name])
+        for section in SECTIONS
+        for name in old[section]
+        if old[section][name] != new[section][name]
+    ]
+
+
+def check_resume(saved: RunConfig, given: RunConfig, where: str | Path) -> list[SettingChange]:
+    """The changes a resumed run makes, once every one of them is allowed.
+
+    Args:
+        saved: the settings in the run's ``config.json``.
+        given: the settings it is resumed with.
+        where: the saved ``config.json``, named in the message.
+
+    Returns:
+        The allowed changes (budgets extended, where it runs, how it is evaluated), to record.
+
+    Raises:
+        ResumeError: listing every refused change (``setting (--flag): saved X, given Y``).
+    """
+    changes = setting_changes(saved, given)
+    refused = [c for c in changes if not c.allowed]
+    if refused:
+        raise ResumeError(
+            f"--resume continues the run as {where} describes it, and {len(refused)} setting(s) differ: "
+            + "; ".join(c.describe() for c in refused)
+            + ". Leave them out to continue the run (a longer --epochs or --max-minutes may extend it), "
+            "or train a new run with another --out"
+        )
+    return changes
+
+
+def _extends(saved: Any, given: Any) -> bool:
+    if given is None:  # no limit
+        return saved is not None
+    return saved is not None and given > saved
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+# ------------------------------------------------------------------ a run's table schema
+
+SHOWN_MOVES = 5  # reordered columns named in a message, at most
+
+
+def check_columns(saved: dict[str, Any] | None, given: dict[str, Any] | None, where: str) -> None:
+    """Refuse data whose table differs from the one a run was trained on.
+
+    Both schemas are :meth:`~pyro_vae.tables.TableSchema.to_dict` dicts (a run's
+    ``config.json`` holds the saved one under ``"columns"``): the raw table's column names and
+    their order, and each kept column's kind and levels must be the same.
+
+    Args:
+        saved: the run's schema, or None for a run that saved none (nothing to check).
+        given: the schema of the data given now, or None when they are not a table.
+        where: the data's file or name, for the message.
+
+    Raises:
+        SchemaError: naming every column that differs, and the run's columns in order.
+    """
+    if saved is None:
+        return
+    run_names = list(saved["source_names"])
+    if given is None:
+        raise SchemaError(f"{where} is not a table, and the run was trained on one with columns {run_names}")
+    problems = _name_problems(run_names, list(given["source_names"])) or _column_problems(saved, given)
+    if problems:
+        raise SchemaError(
+            f"the table in {where} does not match the one the run was trained on: "
+            + "; ".join(problems)
+            + f". Give the run's columns, in its order: {', '.join(run_names)}"
+        )
+
+
+def _name_problems(run: list[str], here: list[str]) -> list[str]:
+    problems = [f"column {n!r} is missing" for n in run if n not in here]
+    problems += [f"column {n!r} is not in the run's table" for n in here if n not in run]
+    if problems:
+        return problems
+    moved = [
+        f"column {n!r} is column {here.index(n) + 1} here, {i + 1} in the run's table"
+        for i, n in enumerate(run)
+        if here[i] != n
+    ]
+    return moved[:SHOWN_MOVES] + (
+        [f"{len(moved) - SHOWN_MOVES} more moved"] if len(moved) > SHOWN_MOVES else []
+    )
+
+
+def _column_problems(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    run = {c["name"]: c for c in saved["columns"]}
+    here = {c["name"]: c for c in given["columns"]}
+    dropped = {d["name"]: d.get("reason", "") for d in given.get("dropped", [])}
+    problems = []
+    for name, c in run.items():
+        if name not in here:
+            problems.append(
+                f"column {name!r} is dropped here ({dropped.get(name, 'not kept')}); the run models it"
+            )
+            continue
+        h = here[name]
+        if h["kind"] != c["kind"]:
+            problems.append(f"column {name!r} is {h['kind']} here, {c['kind']} in the run's table")
+        for part in ("levels", "values"):
+            if h.get(part) != c.get(part):
+                problems.append(
+                    f"column {name!r} has {part} {h.get(part)} here, {c.get(part)} in the run's table"
+                )
+    problems += [f"column {n!r} is modelled here but was dropped by the run" for n in here if n not in run]
+    return problems

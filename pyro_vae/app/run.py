@@ -20,11 +20,11 @@ import torch
 from pyro_vae import data as data_module
 from pyro_vae import distributed as dist_utils
 from pyro_vae.app import plotting
-from pyro_vae.app.config import SPLITS, RunConfig
-from pyro_vae.app.rundir import RunDirectory
+from pyro_vae.app.config import SPLITS, RunConfig, SettingChange, check_columns, check_resume
+from pyro_vae.app.rundir import CONFIG_FILE, RunDirectory
 from pyro_vae.errors import DataError
 from pyro_vae.evaluation import evaluate
-from pyro_vae.io import atomic_write, atomic_write_json, load_tensors, save_figure
+from pyro_vae.io import atomic_write, atomic_write_json, load_tensors, read_json, save_figure
 from pyro_vae.model import VAE
 from pyro_vae.training import HISTORY_FILE, TRAINING_STATE_FILE, History, batch_size_for, fit
 
@@ -171,6 +171,7 @@ def train_run(
     ctx = dist_utils.setup(cfg.train.device, cfg.train.ddp_timeout_s) if distributed else dist_utils.SINGLE
     if not ctx.is_main:
         echo = _silent
+    saved = _saved_settings(cfg, rundir) if rundir.resume else None  # before the data are read
     splits = load_data(cfg)
     # the default batch size depends on the data: fixed here, so config.json and the report say it
     cfg = cfg.replace("train", batch_size=batch_size_for(cfg.train, splits.train, ctx.world_size))
@@ -178,10 +179,14 @@ def train_run(
     if splits.columns is not None:
         for line in splits.columns.summary_lines():
             echo(line)
+    changes = _check_resumed(saved, cfg, splits, rundir, echo) if saved is not None else []
     vae = _prepared_vae(cfg, splits, rundir, echo)
+    record = _resume_record(rundir, changes) if rundir.resume else {}
     with rundir.lock() if ctx.is_main else contextlib.nullcontext():
         try:
-            history, metrics = _train_and_write(cfg, vae, splits, rundir, ctx, distributed, progress, echo)
+            history, metrics = _train_and_write(
+                cfg, vae, splits, rundir, ctx, distributed, progress, echo, record=record
+            )
         except BaseException:
             if ctx.is_main:
                 rundir.abandon()
@@ -202,15 +207,22 @@ def train_run(
     return metrics
 
 
-def _train_and_write(cfg, vae, splits, rundir, ctx, distributed, progress, echo) -> tuple[History, dict]:
-    """Train in the partial directory, evaluate, write everything there and move it into place."""
+def _train_and_write(
+    cfg, vae, splits, rundir, ctx, distributed, progress, echo, *, record: dict[str, Any]
+) -> tuple[History, dict]:
+    """Train in the partial directory, evaluate, write everything there and move it into place.
+
+    ``record`` adds to ``config.json`` (a resumed run's ``"resumes"``, from :func:`_resume_record`).
+    """
     resume = rundir.resume
-    extra = {"run": cfg.to_dict(), "preprocessing": splits.preprocessing.to_dict()}
+    extra = {"run": cfg.to_dict(), "preprocessing": splits.preprocessing.to_dict(), **record}
     if splits.columns is not None:
         extra["columns"] = splits.columns.to_dict()
     work = rundir.prepare() if ctx.is_main else (rundir.source if resume else rundir.partial)
-    if ctx.is_main and not resume:
-        vae.save(work, extra=extra)  # the run's settings are on disk before training starts
+    if ctx.is_main:
+        # the run's settings are on disk before training starts; a resumed run's extended budget
+        # too, so that an interruption leaves a partial run that says what it was training for
+        vae.save(work, extra=extra)
     _describe(cfg, vae, ctx, distributed, echo)
     history = fit(
         vae,
@@ -256,6 +268,65 @@ def _prepared_vae(cfg: RunConfig, splits: data_module.DataSplits, rundir: RunDir
     if len(splits.split(cfg.eval.split)[0]) == 0:
         raise DataError(f"the {cfg.eval.split} split is empty: choose another eval.split (--eval-split)")
     return vae
+
+
+def _saved_settings(cfg: RunConfig, rundir: RunDirectory) -> RunConfig:
+    """The settings a resumed run was trained with, once ``cfg`` changes none it may not.
+
+    Checked before the data are read, so that a changed data path is named rather than read;
+    a null batch size (the data's default) is compared once the data are in
+    (:func:`_check_resumed`).
+
+    Raises:
+        ResumeError: listing every model, data or training setting that differs.
+    """
+    saved = RunConfig.from_json(rundir.source)
+    if cfg.train.batch_size is None:
+        cfg = cfg.replace("train", batch_size=saved.train.batch_size)
+    check_resume(saved, cfg, rundir.source / CONFIG_FILE)
+    return saved
+
+
+def _check_resumed(
+    saved: RunConfig, cfg: RunConfig, splits: data_module.DataSplits, rundir: RunDirectory, echo
+) -> list[SettingChange]:
+    """The changes a resumed run makes (printed), its batch size and table checked against the saved.
+
+    Raises:
+        ResumeError: the batch size differs.
+        SchemaError: the table differs from the one the run was trained on (names, order, kinds, levels).
+    """
+    path = rundir.source / CONFIG_FILE
+    changes = check_resume(saved, cfg, path)
+    check_columns(read_json(path, what="run config").get("columns"), _schema(splits), _data_name(cfg))
+    for change in changes:
+        echo(f"resume  {change.describe()}")
+    return changes
+
+
+def _resume_record(rundir: RunDirectory, changes: list[SettingChange]) -> dict[str, Any]:
+    """What ``config.json`` records of the run's resumes: the earlier ones and this one.
+
+    Args:
+        rundir: the run, with the ``config.json`` and (checked) training state it continues from.
+        changes: the settings this resume changed.
+
+    Returns:
+        ``{"resumes": [...]}``, each entry the epoch it continued after and the settings it
+        changed (``{"saved": X, "given": Y}``).
+    """
+    earlier = read_json(rundir.source / CONFIG_FILE, what="run config").get("resumes", [])
+    state = load_tensors(rundir.source / TRAINING_STATE_FILE, what="training state")
+    entry = {"after_epoch": int(state["epoch"]), "changes": {c.key: c.to_dict() for c in changes}}
+    return {"resumes": [*earlier, entry]}
+
+
+def _schema(splits: data_module.DataSplits) -> dict[str, Any] | None:
+    return None if splits.columns is None else splits.columns.to_dict()
+
+
+def _data_name(cfg: RunConfig) -> str:
+    return cfg.data.path or cfg.data.dataset
 
 
 def _describe(cfg: RunConfig, vae: VAE, ctx, distributed: bool, echo) -> None:
@@ -319,7 +390,13 @@ def load_run(
         cfg = cfg.replace("eval", split=split)
     if data_dir is not None:
         cfg = cfg.replace("data", data_dir=data_dir)
-    return cfg, VAE.load(run_dir), load_data(cfg)
+    vae = VAE.load(run_dir)
+    splits = load_data(cfg)
+    # the data are read again from their file: refuse a table unlike the one the model was trained on
+    check_columns(
+        read_json(run_dir / CONFIG_FILE, what="run config").get("columns"), _schema(splits), _data_name(cfg)
+    )
+    return cfg, vae, splits
 
 
 def evaluate_run(
