@@ -334,6 +334,23 @@ def test_kl_answers_follow_the_results_file():
     assert "-1000.00" in changed and "better than every" not in changed
 
 
+def test_benchmark_notes_take_their_figures_from_the_results_files():
+    import readme_table
+
+    speed = json.loads((BENCHMARKS / "results" / "speed.json").read_text())
+    step = "fit's step (Trace_ELBO traced once, replayed)"
+    assert f"{speed['what_if']['ratio_over_plain'][step]:.2f}x the plain loop's" in readme_table.speed_note(
+        speed
+    )
+    speed["what_if"]["ratio_over_plain"][step] = 9.87
+    assert "9.87x the plain loop's" in readme_table.speed_note(speed)
+    threads = json.loads((BENCHMARKS / "results" / "threads.json").read_text())
+    threads["where_threads_pay"]["smallest_paying_work"] = 40_000_000
+    assert "from about 4.0e7 multiply-adds" in readme_table.threads_note(threads)
+    notes = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert all(marker in notes for marker in readme_table.markers("notes"))
+
+
 def test_readme_table_refuses_a_page_without_blocks_and_writes_nothing(tmp_path, capsys):
     import readme_table
 
