@@ -16,11 +16,15 @@ mixture of its probabilities.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from pyro_vae.evaluation import CHUNK_ELEMENTS, sampling
-from pyro_vae.model import VAE
+from pyro_vae.chunking import CHUNK_ELEMENTS, sampling
 from pyro_vae.utils import positive_int
+
+if TYPE_CHECKING:  # annotations only: the VAE calls this module
+    from pyro_vae.model import VAE
 
 
 @torch.no_grad()

@@ -1047,3 +1047,14 @@ def _column_specs(columns: list | dict, names: list[str] | None) -> list[Any]:
             else {"name": spec["name"], "options": dict(spec.get("options", {}))}
         )
     return out
+
+
+def choose_auto(data: Any, vector: bool = True) -> tuple[Any, str]:
+    """The likelihood ``"auto"`` gives ``data`` and why: a table's splits per column as
+    ``splits.columns`` chose, otherwise from the training data's support (per column for vectors
+    of mixed kinds)."""
+    if getattr(data, "columns", None) is not None:
+        return data.columns.likelihood_spec(), "chosen for each column of the table from its values"
+    x = getattr(data, "train", data)
+    spec, reason = choose_columns(x) if vector and isinstance(x, torch.Tensor) else (None, "")
+    return (spec, reason) if spec is not None else choose_likelihood(x)

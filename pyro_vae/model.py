@@ -27,7 +27,7 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 
-from pyro_vae import guides, likelihoods, priors
+from pyro_vae import guides, imputation, likelihoods, priors
 from pyro_vae import networks as nets
 from pyro_vae.errors import ConfigError, DataError, DataTypeError, UsageError
 from pyro_vae.networks import ACTIVATIONS, Decoder, GaussianEncoder
@@ -260,16 +260,7 @@ class VAE(PyroModule):
         all; the others keep center 0 and spread 1). Untrained, built-in networks."""
         if self.network == CUSTOM or self.fitted:
             raise ConfigError("input_scale is set before training, on a VAE with a built-in network")
-        observed = ~torch.isnan(x)
-        count = observed.sum(0).clamp(min=1)
-        filled = torch.where(observed, x, torch.zeros_like(x)).double()
-        center = filled.sum(0) / count
-        var = (torch.where(observed, x.double() - center, torch.zeros_like(filled)) ** 2).sum(0) / count
-        spread = torch.where(var > 0, var.sqrt(), torch.ones_like(var))
-        if features is not None:
-            chosen = torch.as_tensor(list(features), dtype=torch.bool)
-            center, spread = center.where(chosen, 0.0), spread.where(chosen, 1.0)
-        self.input_scale = self._checked_scale({"center": center.tolist(), "spread": spread.tolist()})
+        self.input_scale = self._checked_scale(nets.input_scale(x, features))
         device = self.device
         self._set_encoder(None)
         self.encoder.to(device)
@@ -368,14 +359,7 @@ class VAE(PyroModule):
         """
         if self.is_resolved:
             return self.likelihood.name, None
-        spec, reason = None, ""
-        if getattr(x, "columns", None) is not None:
-            spec, reason = x.columns.likelihood_spec(), "chosen for each column of the table from its values"
-        x = getattr(x, "train", x)
-        if spec is None and len(self.input_shape) == 1 and isinstance(x, torch.Tensor):
-            spec, reason = likelihoods.choose_columns(x)
-        if spec is None:
-            spec, reason = likelihoods.choose_likelihood(x)
+        spec, reason = likelihoods.choose_auto(x, vector=len(self.input_shape) == 1)
         likelihood = likelihoods.create(spec)
         logger.info("likelihood='auto' chose %r because %s", likelihood.name, reason)
         self._set_likelihood(likelihood)
@@ -573,9 +557,7 @@ class VAE(PyroModule):
         self, x: torch.Tensor, num_samples: int = 1000, *, draws: bool = False, seed: int = 0
     ) -> torch.Tensor:
         """``x`` with its missing (NaN) cells filled by the model; see :func:`pyro_vae.imputation.impute`."""
-        from pyro_vae.imputation import impute
-
-        return impute(self, x, num_samples, draws=draws, seed=seed)
+        return imputation.impute(self, x, num_samples, draws=draws, seed=seed)
 
     # ------------------------------------------------------------------ persistence
 

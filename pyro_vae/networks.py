@@ -104,6 +104,22 @@ class ScaledInput(nn.Module):
         return self.net((x - self.center) / self.spread)
 
 
+def input_scale(x: torch.Tensor, features: Sequence[bool] | None = None) -> dict[str, list[float]]:
+    """The encoder's input scale from training data ``x`` (NaN cells ignored): each feature's
+    mean and standard deviation (1 where it is constant), for the chosen ``features`` (default:
+    all; the others keep center 0 and spread 1). Statistics in float64."""
+    observed = ~torch.isnan(x)
+    count = observed.sum(0).clamp(min=1)
+    filled = torch.where(observed, x, torch.zeros_like(x)).double()
+    center = filled.sum(0) / count
+    var = (torch.where(observed, x.double() - center, torch.zeros_like(filled)) ** 2).sum(0) / count
+    spread = torch.where(var > 0, var.sqrt(), torch.ones_like(var))
+    if features is not None:
+        chosen = torch.as_tensor(list(features), dtype=torch.bool)
+        center, spread = center.where(chosen, 0.0), spread.where(chosen, 1.0)
+    return {"center": center.tolist(), "spread": spread.tolist()}
+
+
 class GaussianEncoder(nn.Module):
     r"""Amortized diagonal Gaussian :math:`q(z \mid x) = \mathcal N(\mu(x), \operatorname{diag}\sigma(x)^2)`.
 

@@ -8,11 +8,11 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from test_factor_analysis import D, L, fa_parameters
 
 import pyro_vae
 from pyro_vae.ais import ais
 from tests.ddp_worker import TABLE_SPECS, data_for
+from tests.test_factor_analysis import D, L, fa_parameters
 
 LIKELIHOODS = pyro_vae.likelihoods.names()
 PRIORS = [p for p in pyro_vae.priors.names() if p != "standard_normal"]
@@ -165,3 +165,63 @@ def test_the_vamp_prior_trains_on_a_table_with_missing_cells():
     pyro_vae.fit(vae, x, epochs=3, batch_size=32, progress=False)
     assert torch.isfinite(vae.prior.pseudo_inputs).all()
     assert torch.isfinite(torch.tensor(pyro_vae.evaluate(vae, x, 50)["log_likelihood"]))
+
+
+@pytest.fixture
+def table_with_missing_cells(tmp_path):
+    """A CSV table of 5 correlated real columns, 15% of its cells empty."""
+    rng = torch.Generator().manual_seed(0)
+    x = torch.randn(240, 2, generator=rng) @ torch.randn(2, 5, generator=rng) + 0.3 * torch.randn(
+        240, 5, generator=rng
+    )
+    x[torch.rand(x.shape, generator=rng) < 0.15] = float("nan")
+    path = tmp_path / "table.csv"
+    rows = [",".join("" if v != v else f"{v:.5f}" for v in row.tolist()) for row in x]
+    path.write_text("a,b,c,d,e\n" + "\n".join(rows) + "\n")
+    return path
+
+
+FAST = ["--epochs", "3", "--hidden", "16", "--eval-samples", "20", "--num-threads", "1", "--no-progress"]
+
+
+def test_compare_diagnose_and_ais_run_on_a_table_with_missing_cells(table_with_missing_cells, tmp_path):
+    """compare used to say "build it with VAE(..., missing=True)"; AIS failed on the missing cells."""
+    from pyro_vae.app.cli import main
+
+    data = ["--dataset", "csv", "--data-path", str(table_with_missing_cells)]
+    assert (
+        main(["compare", "--out", str(tmp_path / "cmp"), "--priors", "standard_normal,vamp", *data, *FAST])
+        == 0
+    )
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *data, *FAST]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                "--method",
+                "ais",
+                "--ais-steps",
+                "10",
+                "--ais-chains",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    diagnose = [
+        "diagnose",
+        str(run),
+        "--out",
+        str(tmp_path / "diag"),
+        "--num-points",
+        "10",
+        "--nuts-points",
+        "1",
+    ]
+    assert (
+        main([*diagnose, "--nuts-warmup", "10", "--nuts-draws", "10", "--is-samples", "50", "--no-progress"])
+        == 0
+    )

@@ -1,4 +1,4 @@
-"""Command line: ``pyro-vae train``, ``evaluate``, ``compare`` and ``diagnose``."""
+"""Command line: ``pyro-vae train``, ``evaluate``, ``compare``, ``diagnose`` and ``sample``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pyro_vae.app.config import SECTIONS, RunConfig
 from pyro_vae.distributed import PeerFailure
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.objectives import BetaSchedule
+from pyro_vae.registry import did_you_mean
 from pyro_vae.training import TrainingDiverged
 
 # What the command line says where a flag does not map one-to-one onto a setting's field.
@@ -100,8 +101,50 @@ def _patience(text: str) -> int | None:
     return None if value <= 0 else value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line, ``pyro-vae: error: ...``, and point to ``--help``
+    (the usage text, several lines, is what ``--help`` shows)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"pyro-vae: error: {message} (see {self.prog} --help)\n")
+
+
+def _check_unknown_flags(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]
+) -> None:
+    """Refuse what the command did not recognise, with a "did you mean" for a mistyped flag."""
+    if not extras:
+        return
+    command = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 (argparse keeps them there)
+    known = list(command._option_string_actions)  # noqa: SLF001
+    hints = ""
+    for word in extras:
+        flag = word.split("=", 1)[0]
+        if flag.startswith("--"):
+            hints += did_you_mean(flag, known).replace(" Did you mean", f" {flag}: did you mean")
+    command.error(f"unrecognized arguments: {' '.join(extras)}.{hints}".rstrip("."))
+
+
+def _choice(parse, key: str, choices):
+    """``parse``, then the value checked against ``choices`` (a callable: read when the flag is
+    parsed, so plug-ins registered later count) with a "did you mean" for a mistyped name."""
+
+    def parse_choice(text: str):
+        value = parse(text)
+        allowed = list(choices() if callable(choices) else choices)
+        if value is not None and value not in allowed:
+            raise argparse.ArgumentTypeError(
+                f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}."
+                f"{did_you_mean(str(value), map(str, allowed))}"
+            )
+        return value
+
+    parse_choice.__name__ = parse.__name__  # argparse names the type in its messages
+    return parse_choice
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders as Pyro models.")
+    parser = _Parser(prog="pyro-vae", description="Variational autoencoders as Pyro models.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -137,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--out", type=Path, default=Path("runs/compare"), help="output directory (default runs/compare)"
+    )
+    c.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what --out holds; the old comparison stays whole until the new one has succeeded",
     )
     c.add_argument(
         "--priors",
@@ -217,6 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, help="output directory (default: the run directory)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
+
+    sm = sub.add_parser(
+        "sample",
+        help="synthetic rows of a table run as CSV, optionally given some columns",
+        description="Synthetic rows of a table run (--dataset csv) in the table's own units and labels; "
+        "--given draws the other columns from their conditional by importance resampling.",
+    )
+    sm.add_argument("--run", type=Path, required=True, help="the run directory")
+    sm.add_argument("-n", type=int, required=True, help="the number of rows")
+    sm.add_argument("--given", type=_json_object, help='columns to condition on, e.g. \'{"sex": "female"}\'')
+    sm.add_argument("--out", type=Path, required=True, help="the CSV file to write (never overwritten)")
+    sm.add_argument(
+        "--num-samples", type=int, default=1000, help="importance proposals for --given (default 1000)"
+    )
+    sm.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -259,8 +322,10 @@ def add_run_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> 
 def _add_flag(group, key: str, f: dataclasses.Field, tp, default) -> None:
     meta = f.metadata
     flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-    choices = meta.get("choices")
-    choices = list(choices() if callable(choices) else choices) if choices is not None else None
+    choices_source = meta.get("choices")
+    choices = (
+        list(choices_source() if callable(choices_source) else choices_source) if choices_source else None
+    )
     text = meta.get("help", "")
     if choices:
         text += f"; one of {', '.join(map(str, choices))}"
@@ -273,6 +338,8 @@ def _add_flag(group, key: str, f: dataclasses.Field, tp, default) -> None:
         kwargs["action"] = argparse.BooleanOptionalAction
     else:
         kwargs["type"] = _parser(f.name, tp)
+        if choices_source is not None:
+            kwargs["type"] = _choice(kwargs["type"], key, choices_source)
         kwargs["metavar"] = f.name.upper()
     group.add_argument(flag, **kwargs)
 
@@ -358,7 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ``--debug`` prints the traceback before the line.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    _check_unknown_flags(parser, args, extras)
     args.argv = argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from pyro_vae import distributed
@@ -489,6 +558,7 @@ def _compare(args: argparse.Namespace) -> int:
         normal_scales=args.normal_scales,
         progress=not args.no_progress,
         command=shlex.join(["pyro-vae", *args.argv]),
+        overwrite=args.overwrite,
     )
     for r in result.failed:
         print(f"pyro-vae: prior {r.entry.label} failed: {r.error}", file=sys.stderr)
@@ -497,14 +567,13 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _select(args: argparse.Namespace) -> int:
     """Run ``pyro-vae select``: every candidate trained, the choice printed with its train flags."""
-    from pyro_vae.app.run import build_vae, input_shape, load_data
+    from pyro_vae.app.run import build_vae, load_data
 
     cfg = config_from_args(args)
     splits = load_data(cfg)
-    shape = input_shape(cfg, splits)
 
     def build(latent_dim: int, hidden: tuple[int, ...]):
-        return build_vae(cfg.replace("model", latent_dim=latent_dim, hidden=list(hidden)), shape)
+        return build_vae(cfg.replace("model", latent_dim=latent_dim, hidden=list(hidden)), splits)
 
     chosen = selection.select(
         splits,
@@ -526,12 +595,23 @@ def _select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample(args: argparse.Namespace) -> int:
+    from pyro_vae.app.sample import sample_run
+
+    for flag, value in (("-n", args.n), ("--num-samples", args.num_samples)):
+        if value < 1:
+            raise PyroVAEError(f"{flag} must be a positive integer, got {value}")
+    sample_run(args.run, args.n, args.out, given=args.given, num_samples=args.num_samples, seed=args.seed)
+    return 0
+
+
 COMMANDS = {
     "train": _train,
     "select": _select,
     "compare": _compare,
     "evaluate": _evaluate,
     "diagnose": _diagnose,
+    "sample": _sample,
 }
 
 

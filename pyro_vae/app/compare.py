@@ -17,8 +17,10 @@ differs), keeps every run under ``OUT/runs/<name>/`` (each repeatable from its
   that of the aggregate posterior :math:`\frac1N\sum_n q(z \mid x_n)`, on one grid.
 
 A prior whose run fails (for example :class:`~pyro_vae.training.TrainingDiverged`) gets a
-row with its error and the others go on. The tables are rewritten after every prior, so
-an interrupted comparison keeps what it finished.
+row with its error and the others go on. The comparison is written in ``.OUT.partial``
+beside ``OUT`` (its tables rewritten after every prior, to follow) and moved into place
+when whole, under the rules of :mod:`pyro_vae.app.rundir`: an existing ``OUT`` is replaced
+only with ``overwrite`` and stays whole until then.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import io
 import json
 import math
 import re
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -43,10 +44,12 @@ import torch
 import xarray as xr
 from matplotlib.figure import Figure
 
+from pyro_vae import description
 from pyro_vae import priors as prior_registry
 from pyro_vae.app import plotting
 from pyro_vae.app.config import RunConfig
-from pyro_vae.app.run import build_vae, input_shape, load_data, read_pointwise, train_run
+from pyro_vae.app.run import load_data, read_pointwise, train_run
+from pyro_vae.app.rundir import RunDirectory
 from pyro_vae.data import DataSplits
 from pyro_vae.errors import ConfigError, ConfigTypeError, DataError
 from pyro_vae.io import atomic_write_text, save_figure
@@ -267,8 +270,9 @@ def _check_shared_settings(cfg: RunConfig, splits: DataSplits, first: PriorEntry
     t = cfg.validate().train
     splits.split(cfg.eval.split)
     probe = cfg.replace("model", prior=first.spec["name"], prior_options=first.spec["options"])
-    vae = build_vae(probe, input_shape(probe, splits))  # latent size, widths, likelihood, activation
-    name, reason = vae.resolve_likelihood(splits.train)
+    resolved = description.resolve(probe.model, splits)  # latent size, widths, likelihood, missing cells
+    vae = description.build(resolved)
+    name, reason = vae.likelihood.name, resolved.likelihood_reason
     vae.check_data(splits.train)
     # One throw-away step: the first training in a process pays one-off start-up costs
     # (about a second), which would otherwise count against the first prior's training time.
@@ -285,6 +289,7 @@ def compare_priors(
     progress: bool = True,
     echo: Callable[..., None] = print,
     command: str | None = None,
+    overwrite: bool = False,
 ) -> ComparisonResult:
     """Train ``base_config`` once per prior and write the comparison's tables and figures to ``out_dir``.
 
@@ -293,12 +298,15 @@ def compare_priors(
             every run; its ``model.prior`` and ``model.prior_options`` are replaced per run.
         priors: registered names or ``{"name", "options"}`` specs (default: every
             registered prior, so newly registered ones join automatically).
-        out_dir: where ``comparison.{md,csv,json}``, the figures and ``runs/<prior>/`` go.
-            A rerun replaces the run directories of the priors it trains.
+        out_dir: where ``comparison.{md,csv,json}``, the figures and ``runs/<prior>/`` go,
+            under train's run-directory rules (:mod:`pyro_vae.app.rundir`): the comparison is
+            written in ``.NAME.partial`` beside it and moved into place when whole.
         normal_scales: the scales at which the bare name ``normal`` runs (default 0.5, 2, 5).
         progress: progress bars while training and evaluating.
         echo: receives one line per prior and the final table.
         command: the command line that ran the comparison, recorded in the tables.
+        overwrite: replace what ``out_dir`` holds (once the new comparison is whole);
+            without it, a non-empty ``out_dir`` is refused before anything is written.
 
     Returns:
         a :class:`ComparisonResult`; failed priors are in ``result.failed`` with their errors.
@@ -306,6 +314,10 @@ def compare_priors(
     start = time.perf_counter()
     entries = resolve_priors(priors, normal_scales)
     out = Path(out_dir)
+    # train's rules: an existing comparison or run is replaced only with overwrite, and only once
+    # the new comparison is whole; a comparison cannot be resumed, so no partial one is kept
+    rundir = RunDirectory(out, overwrite=overwrite, resumable=False, echo=echo).check()
+    out = rundir.out
     splits = load_data(base_config)
     size = base_config.model.latent_size(splits.num_features, table=splits.columns is not None)
     base_config = base_config.replace("model", latent_dim=size)  # every run, and every report, the same
@@ -313,25 +325,50 @@ def compare_priors(
     likelihood = _check_shared_settings(base_config, splits, entries[0])
     summary = _summary(base_config, splits, likelihood, entries)
     summary["command"] = command
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "runs").mkdir(exist_ok=True)
     t = base_config.train
     echo(f"compare {len(entries)} priors on {splits.summary()}")
     echo(
         f"        likelihood {likelihood}; latent {base_config.model.latent_dim}, hidden "
         f"{base_config.model.widths()}; seed {t.seed}; {_budget_text(base_config)}"
     )
-    result = ComparisonResult(out, base_config, [], summary)
+    with rundir.lock():
+        try:
+            result = _compare_in(rundir.prepare(), out, base_config, summary, entries, splits, progress, echo)
+        except BaseException:
+            rundir.abandon()
+            raise
+        rundir.commit()
+    result.out_dir = out
+    result.seconds = time.perf_counter() - start
+    summary["total_seconds"] = result.seconds
+    echo("")
+    echo(_markdown_table(result.rows, summary))
+    echo(f"wrote   {out}/: {' '.join(result.files)} runs/ ({result.seconds:.0f} s in all)")
+    return result
+
+
+def _compare_in(
+    work: Path,
+    out: Path,
+    base_config: RunConfig,
+    summary: dict[str, Any],
+    entries: list[PriorEntry],
+    splits: DataSplits,
+    progress: bool,
+    echo: Callable[..., None],
+) -> ComparisonResult:
+    """Train every prior and write the tables and figures into ``work`` (the comparison's partial
+    directory, moved to ``out`` once whole); the tables record the paths under ``out``."""
+    start = time.perf_counter()
+    result = ComparisonResult(work, base_config, [], summary)
     views: list[_Views | None] = []
     width = max(len(e.label) for e in entries)
     for i, entry in enumerate(entries, 1):
         cfg = base_config.replace(
             "model", prior=entry.spec["name"], prior_options=dict(entry.spec["options"])
         )
-        run_dir = out / "runs" / entry.slug
-        if run_dir.is_dir():
-            shutil.rmtree(run_dir)  # no stale metrics or figures from an earlier comparison
-        pr = PriorResult(entry, run_dir)
+        run_dir = work / "runs" / entry.slug
+        pr = PriorResult(entry, out / "runs" / entry.slug)
         t0 = time.perf_counter()
         try:
             pr.metrics = train_run(cfg, run_dir, progress=progress, overwrite=True, echo=_silent)
@@ -351,14 +388,10 @@ def compare_priors(
             f"[{i}/{len(entries)}] {entry.label:<{width}}  {_progress_text(pr, base_config.model.latent_dim)}"
         )
         _write_tables(result)
-    figures = _write_figures(out, result, views, splits)
+    figures = _write_figures(work, result, views, splits)
     result.files = [*TABLES, *figures]
-    result.seconds = time.perf_counter() - start
-    summary.update(complete=True, total_seconds=result.seconds, figures=figures)
+    summary.update(complete=True, total_seconds=time.perf_counter() - start, figures=figures)
     _write_tables(result)
-    echo("")
-    echo(_markdown_table(result.rows, summary))
-    echo(f"wrote   {out}/: {' '.join(result.files)} runs/ ({result.seconds:.0f} s in all)")
     return result
 
 
@@ -416,9 +449,7 @@ def paired_differences(pointwise: dict[str, Any]) -> dict[str, dict[str, Any]]:
     elpds = {name: elpd_data(v) for name, v in pointwise.items()}
     sizes = {int(e["n_data_points"]) for e in elpds.values()}
     if len(sizes) > 1:
-        raise DataError(
-            f"paired differences need the same points for every model, got sizes {sorted(sizes)}"
-        )
+        raise DataError(f"paired differences need the same points for every model, got sizes {sorted(sizes)}")
     n = sizes.pop()
     with warnings.catch_warnings():  # arviz 0.23 sorts in place, which pandas now deprecates
         warnings.filterwarnings("ignore", message="The inplace keyword")

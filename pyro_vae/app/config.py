@@ -10,70 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pyro_vae import likelihoods, priors
 from pyro_vae.data import DATASETS
+from pyro_vae.description import DEFAULT_LATENT, ModelConfig  # noqa: F401  (the model section, defined in the core)
 from pyro_vae.errors import ConfigError, ResumeError, SchemaError
-from pyro_vae.networks import ACTIVATIONS, NETWORKS
 from pyro_vae.objectives import make_elbo
-from pyro_vae.settings import Settings, at_least, each_positive, setting
+from pyro_vae.settings import Settings, at_least, setting
 from pyro_vae.training import TrainConfig
 
 SPLITS = ("train", "valid", "test")
-
-
-DEFAULT_LATENT = 8  # latent dimensions unless the data call for more
-
-
-@dataclass
-class ModelConfig(Settings):
-    SECTION = "model"
-
-    latent_dim: int | None = setting(
-        None,
-        f"dimension of the latent code z (default {DEFAULT_LATENT}; for a table of more than "
-        f"{2 * DEFAULT_LATENT} columns, half its columns)",
-        check=at_least(1),
-    )
-    network: str = setting(
-        "mlp",
-        "the encoder and decoder: mlp (dense), conv (28x28 or 32x32 images) or gated (gated dense)",
-        choices=lambda: sorted(NETWORKS),
-    )
-    hidden: list[int] | None = setting(
-        None,
-        "hidden layer widths of both networks (null: the network's own, mlp 256,256, conv none, "
-        "gated 300,300; 'linear' on the command line: no hidden layer)",
-        check=lambda v: None if v is None else each_positive(v),
-    )
-    likelihood: str = setting(
-        "auto",
-        "the observation distribution ('auto': chosen from the data)",
-        choices=lambda: ["auto", *likelihoods.names()],
-    )
-    likelihood_options: dict = setting({}, 'options of the likelihood, e.g. {"min_scale": 0.01}')
-    prior: str = setting("standard_normal", "the prior p(z)", choices=lambda: priors.names())
-    prior_options: dict = setting({}, 'options of the prior, e.g. {"num_components": 20}')
-    activation: str = setting("relu", "hidden-layer nonlinearity", choices=lambda: sorted(ACTIVATIONS))
-
-    def latent_size(self, num_features: int, table: bool = False) -> int:
-        """``latent_dim``, or the default for the data: 8, or half the columns of a table
-        wider than 16, whose correlated columns may need more. The evidence is mixed: in
-        ``benchmarks/results/defaults.json`` latent 8 scores 0.45 nats per row above 15 on
-        the 30-column breast cancer table (2 splits) and the rule changes no other table."""
-        if self.latent_dim is not None:
-            return self.latent_dim
-        if table and num_features > 2 * DEFAULT_LATENT:
-            return math.ceil(num_features / 2)
-        return DEFAULT_LATENT
-
-    def widths(self) -> list[int]:
-        """``hidden``, or the network's default widths when it is not set."""
-        return list(NETWORKS[self.network].default_hidden if self.hidden is None else self.hidden)
 
 
 @dataclass

@@ -18,18 +18,36 @@ import numpy as np
 import torch
 
 from pyro_vae import data as data_module
+from pyro_vae import description, memory
 from pyro_vae import distributed as dist_utils
 from pyro_vae.app import plotting
 from pyro_vae.app.config import SPLITS, RunConfig, SettingChange, check_columns, check_resume
 from pyro_vae.app.rundir import CONFIG_FILE, RunDirectory
-from pyro_vae.errors import DataError
-from pyro_vae.evaluation import evaluate
-from pyro_vae.io import atomic_write, atomic_write_json, load_tensors, read_json, save_figure
+from pyro_vae.errors import CheckpointError, ConfigError, DataError
+from pyro_vae.evaluation import default_chunk_size, evaluate
+from pyro_vae.io import (
+    atomic_write,
+    atomic_write_json,
+    check_training_state,
+    load_tensors,
+    read_json,
+    save_figure,
+)
 from pyro_vae.model import VAE
-from pyro_vae.training import HISTORY_FILE, TRAINING_STATE_FILE, History, batch_size_for, fit
+from pyro_vae.training import (
+    CHECKPOINT_FORMAT,
+    HISTORY_FILE,
+    TRAINING_STATE_FILE,
+    History,
+    batch_size_for,
+    fit,
+)
+from pyro_vae.utils import available_cpus, resolve_device
 
 POINTWISE_FILE = "pointwise.npz"
 FIGURES = ("training_curves.png", "reconstructions.png", "samples.png", "latent_means.png")
+# What training_state.pt must hold to be resumed (as pyro_vae.training writes it).
+TRAINING_STATE_KEYS = ("format", "epoch", "model", "optimizer", "history", "early_stopping", "rng")
 
 
 def load_data(cfg: RunConfig) -> data_module.DataSplits:
@@ -39,35 +57,18 @@ def load_data(cfg: RunConfig) -> data_module.DataSplits:
 
 
 def input_shape(cfg: RunConfig, splits: data_module.DataSplits) -> int | tuple[int, ...]:
-    """What the VAE of a run sees: the data's own shape when they are images ``(n, C, H, W)``;
-    for flattened images (MNIST, digits) the image shape, channels first, with ``conv`` and
-    the number of features with ``mlp`` and ``gated``."""
-    if splits.train.dim() > 2:
-        return tuple(splits.train.shape[1:])
-    shape = splits.image_shape
-    if cfg.model.network != "conv" or shape is None:
-        return splits.num_features
-    return (1, *shape) if len(shape) == 2 else tuple(shape)
+    """What the VAE of a run sees (:func:`pyro_vae.description.input_shape`)."""
+    return description.input_shape(cfg.model, splits)
 
 
-def build_vae(
-    cfg: RunConfig, num_features: int | tuple[int, ...], missing: bool = False, table: bool = False
-) -> VAE:
-    m = cfg.model
-    size = num_features if isinstance(num_features, int) else math.prod(num_features)
-    likelihood = m.likelihood
-    if likelihood != "auto":
-        likelihood = {"name": m.likelihood, "options": m.likelihood_options}
-    return VAE(
-        num_features,
-        m.latent_size(size, table),
-        hidden=m.widths(),
-        likelihood=likelihood,
-        prior={"name": m.prior, "options": m.prior_options},
-        activation=m.activation,
-        network=m.network,
-        missing=missing,
-    )
+def build_vae(cfg: RunConfig, splits: data_module.DataSplits, echo=None) -> VAE:
+    """The run's VAE, its description completed from the training split
+    (:func:`pyro_vae.description.resolve`) and every module built once; ``echo`` prints what
+    the data decided."""
+    resolved = description.resolve(cfg.model, splits)
+    for reason in resolved.reasons if echo is not None else ():
+        echo(f"model   {reason}")
+    return description.build(resolved)
 
 
 def _public_metrics(result: dict[str, Any]) -> dict[str, Any]:
@@ -166,7 +167,7 @@ def train_run(
     ``torchrun`` every process trains its share with DDP and process 0 alone prints and writes.
     """
     cfg.validate()
-    rundir = RunDirectory(out, resume=resume, overwrite=overwrite).check()
+    rundir = RunDirectory(out, resume=resume, overwrite=overwrite, echo=echo).check()
     distributed = launched_by_torchrun()
     ctx = dist_utils.setup(cfg.train.device, cfg.train.ddp_timeout_s) if distributed else dist_utils.SINGLE
     if not ctx.is_main:
@@ -251,23 +252,45 @@ def _prepared_vae(cfg: RunConfig, splits: data_module.DataSplits, rundir: RunDir
     """The VAE to train, its likelihood chosen and every split checked against it (no writes)."""
     if rundir.resume:
         vae = VAE.load(rundir.source)
-        # whole and readable before the run is copied to continue it (no writes on a damaged one)
-        load_tensors(rundir.source / TRAINING_STATE_FILE, what="training state", finite=True)
-        echo(f"resume  from {rundir.source}/{TRAINING_STATE_FILE}")
+        # whole, readable and this run's own before the run is copied to continue it (no writes
+        # on a damaged or foreign one, and no partial copy left to block the next run)
+        path = rundir.source / TRAINING_STATE_FILE
+        state = load_tensors(path, what="training state", finite=True)
+        check_training_state(vae, state, path, TRAINING_STATE_KEYS)
+        if state["format"] != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"training state {path} was written by another pyro_vae version (format {state['format']!r}, "
+                f"this one writes {CHECKPOINT_FORMAT}) and cannot be resumed exactly; start afresh with --overwrite"
+            )
+        echo(f"resume  from {path}")
     else:
-        vae = build_vae(
-            cfg, input_shape(cfg, splits), missing=splits.has_missing, table=splits.columns is not None
-        )
-        name, reason = vae.resolve_likelihood(splits)
-        if reason is not None:
-            echo(f"model   likelihood 'auto' -> {name!r} ({reason})")
+        vae = build_vae(cfg, splits, echo)
     for split in SPLITS:
         x, _ = splits.split(split)
         if len(x):
             vae.check_data(x)
     if len(splits.split(cfg.eval.split)[0]) == 0:
         raise DataError(f"the {cfg.eval.split} split is empty: choose another eval.split (--eval-split)")
+    check_resources(cfg, vae)
     return vae
+
+
+def check_resources(cfg: RunConfig, vae: VAE) -> None:
+    """A training step, an evaluation chunk and the thread count against this machine (no writes).
+
+    Raises:
+        ConfigError: naming the setting to lower.
+    """
+    t = cfg.train
+    device = resolve_device(t.device)
+    memory.check_step(vae, t.batch_size, t.num_particles, device=device)
+    memory.check_chunk(vae, cfg.eval.chunk_size or default_chunk_size(vae), device=device)
+    cores = available_cpus()
+    if t.num_threads is not None and t.num_threads > cores:
+        raise ConfigError(
+            f"train.num_threads {t.num_threads} is more than the {cores} CPU cores this process may use; "
+            f"give at most {cores} (--num-threads), or leave it unset to follow the machine's load"
+        )
 
 
 def _saved_settings(cfg: RunConfig, rundir: RunDirectory) -> RunConfig:

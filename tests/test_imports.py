@@ -1,0 +1,112 @@
+"""The package's import structure: no cycles (function-local imports included, so that none
+hides one) and a core that never imports the application (``pyro_vae.app``)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pyro_vae
+
+PACKAGE = Path(pyro_vae.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _targets(node: ast.AST, module: str, is_package: bool) -> list[str]:
+    """The package's modules that an import statement names (``from a import b``: ``a.b`` when it is one)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name.split(".")[0] == "pyro_vae"]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    if node.level:
+        base = module.split(".")[: len(module.split(".")) - node.level + is_package]
+        source = ".".join(base + ([node.module] if node.module else []))
+    else:
+        source = node.module or ""
+    if source.split(".")[0] != "pyro_vae":
+        return []
+    return [f"{source}.{a.name}" if f"{source}.{a.name}" in MODULES else source for a in node.names]
+
+
+def _type_checking_only(tree: ast.Module) -> set[ast.AST]:
+    """Imports under ``if TYPE_CHECKING:``: annotations only, never run."""
+    nodes: set[ast.AST] = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.If)
+            and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+        ):
+            nodes.update(n for child in node.body for n in ast.walk(child))
+    return nodes
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports anywhere in its body (functions included)."""
+    graph = {}
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        skip = _type_checking_only(tree)
+        found = set()
+        for node in ast.walk(tree):
+            if node not in skip:
+                found.update(_targets(node, module, path.name == "__init__.py"))
+        # a package's own ancestors (``pyro_vae``) are loaded by Python first: no edge back to them
+        graph[module] = {t for t in found if t in MODULES and t != module and not module.startswith(t + ".")}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle, as a path, or None."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(v: str) -> list[str] | None:
+        state[v] = 1
+        path.append(v)
+        for w in sorted(graph[v]):
+            if state.get(w) == 1:
+                return path[path.index(w) :] + [w]
+            if w not in state and (found := visit(w)):
+                return found
+        state[v] = 2
+        path.pop()
+        return None
+
+    for v in sorted(graph):
+        if v not in state and (found := visit(v)):
+            return found
+    return None
+
+
+def _without_package_inits(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    # ``import pyro_vae.x`` runs ``pyro_vae/__init__`` first, which imports most of the package:
+    # the package's own re-exports are the public API, not a dependency of its modules.
+    return {m: {t for t in ts if t != "pyro_vae"} for m, ts in graph.items() if m != "pyro_vae"}
+
+
+def test_the_package_has_no_import_cycle():
+    cycle = _cycle(_without_package_inits(import_graph()))
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_core_never_imports_the_application():
+    graph = import_graph()
+    entry_points = {"pyro_vae", "pyro_vae.__main__"}  # ``python -m pyro_vae`` runs the application
+    core = [m for m in graph if m not in entry_points and not m.startswith("pyro_vae.app")]
+    offending = {m: sorted(t for t in graph[m] if t.startswith("pyro_vae.app")) for m in core}
+    assert not {m: t for m, t in offending.items() if t}
+
+
+def test_the_graph_sees_function_local_imports():
+    """A check that cannot fail is no check: an import inside a function is an edge."""
+    tree = ast.parse("def f():\n    from pyro_vae import model\n")
+    targets = [t for node in ast.walk(tree) for t in _targets(node, "pyro_vae.x", False)]
+    assert targets == ["pyro_vae.model"]
+    assert _cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
