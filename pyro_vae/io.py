@@ -35,6 +35,9 @@ __all__ = [
     "load_tensors",
     "read_json",
     "load_state_into",
+    "stale_temporaries",
+    "is_temporary",
+    "check_training_state",
 ]
 
 # What to do about a checkpoint that cannot be used, appended to most messages.
@@ -73,6 +76,42 @@ def _tmp_path(path: Path) -> Path:
     """A hidden temporary name beside ``path``: same filesystem (so the rename is atomic),
     unique per process (so two processes writing one file never share a temporary)."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+# The temporary files of _tmp_path: ".NAME.PID.tmp".
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def stale_temporaries(directory: str | Path) -> list[Path]:
+    """The temporary files of :func:`atomic_write` in ``directory`` whose writing process has
+    ended (killed mid-write): half-written, never renamed into place, safe to remove. Those of
+    a process still running are left alone (it may be writing them now)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in sorted(directory.iterdir()):
+        match = _TMP_NAME.match(path.name)
+        if match and path.is_file() and not _process_alive(int(match["pid"])):
+            found.append(path)
+    return found
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is that of a temporary file of :func:`atomic_write`."""
+    return _TMP_NAME.match(name) is not None
 
 
 def _fsync_file(path: Path) -> None:
@@ -323,3 +362,37 @@ def load_state_into(
             f"{path} does not fit {described} ({_state_dict_problems(str(exc))}); "
             "was it saved by another version or edited?"
         ) from None
+
+
+def state_problems(module: torch.nn.Module, state: Any, limit: int = 3) -> str | None:
+    """What keeps ``state`` from loading into ``module`` (missing or unexpected keys, shapes),
+    found without loading it; None when it fits."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a dictionary of tensors"
+    expected = module.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    for k, tensor in expected.items():
+        saved = state.get(k)
+        if isinstance(saved, torch.Tensor) and saved.shape != tensor.shape:
+            problems.append(f"{k} is {tuple(saved.shape)} where the model has {tuple(tensor.shape)}")
+        elif k in state and not isinstance(saved, torch.Tensor):
+            problems.append(f"{k} is a {type(saved).__name__}, not a tensor")
+    if not problems:
+        return None
+    more = f"; and {len(problems) - limit} more" if len(problems) > limit else ""
+    return "; ".join(problems[:limit]) + more
+
+
+def check_training_state(
+    module: torch.nn.Module, state: dict, path: str | Path, keys: tuple[str, ...]
+) -> None:
+    """Refuse a training state that another run wrote: ``keys`` missing, or weights that do not
+    fit ``module``; a :class:`CheckpointError` naming ``path`` and what to do."""
+    fix = "it is not this run's training state: put back the run's own file, or start afresh with --overwrite"
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"training state {path} lacks {', '.join(missing)}; {fix}")
+    problems = state_problems(module, state["model"])
+    if problems is not None:
+        raise CheckpointError(f"training state {path} does not fit the run's model ({problems}); {fix}")

@@ -18,11 +18,19 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 from pyro_vae.errors import ConfigError
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` for the choice closest to a mistyped ``name`` (difflib's ratio of
+    at least 0.6), or ``""`` when none is close: the one suggestion every message uses."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 class UnregisteredName:
@@ -83,10 +91,9 @@ class Registry(Generic[T]):
         try:
             return self._classes[name]
         except KeyError:
-            close = difflib.get_close_matches(name, self._classes, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"unknown {self.kind} {name!r}.{hint} Choose one of: {', '.join(self.names())}."
+                f"unknown {self.kind} {name!r}.{did_you_mean(name, self._classes)} "
+                f"Choose one of: {', '.join(self.names())}."
             ) from None
 
     def _accepted(self) -> str:

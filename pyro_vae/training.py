@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from pyro_vae import distributed as dist_utils
-from pyro_vae import objectives
+from pyro_vae import memory, objectives
 from pyro_vae.data import DataSplits, TensorBatches, as_tensor, features_of, make_loader
 from pyro_vae.distributed import PeerFailure
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, UnknownKeyError
@@ -735,6 +735,7 @@ def fit(
     history.notes.extend(notes)
     cfg = cfg.replace(batch_size=batch_size_for(cfg, train, ctx.world_size))
     train, valid = _prepare(vae, train, valid, cfg, history, resume=resume)
+    memory.check_step(vae, cfg.batch_size, cfg.num_particles, device=device)  # before a step can swap
     threads = ThreadPolicy(
         cfg.num_threads,
         work_per_step(vae, cfg.batch_size) if device.type == "cpu" else None,

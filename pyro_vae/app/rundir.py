@@ -11,7 +11,13 @@ Rules, checked before anything is written:
 * one process at a time: ``.NAME.lock`` is held (``flock``) while a run writes, and a
   second process on the same ``--out`` stops at once with a clear message. The lock goes
   with the process, so a killed run never leaves a stale lock behind (at most an unlocked
-  file, which the next run takes over).
+  file, which the next run takes over);
+* what a killed process leaves is put right by the next command on the same ``--out``, which
+  says what it did: a half-written ``.FILE.PID.tmp`` is removed, a move into place that was
+  cut short is finished, the replaced run's ``.NAME.old`` copy is removed, and a partial run
+  stopped before its first checkpoint (nothing in it to resume) is removed when a new run
+  starts. ``--resume`` and a plain run agree on what can be resumed: a partial run holding
+  ``training_state.pt`` and ``config.json``.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ import contextlib
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pyro_vae.errors import RunDirectoryError
+from pyro_vae.io import is_temporary, stale_temporaries
 from pyro_vae.training import TRAINING_STATE_FILE
 
 CONFIG_FILE = "config.json"
@@ -34,13 +41,29 @@ class RunDirectory:
 
     ``source`` is where a resumed run's state is read from: the partial directory of an
     interrupted run, or the finished run itself (continued in a copy, so that it stays
-    whole until the continuation succeeds).
+    whole until the continuation succeeds). ``resumable=False`` is for what cannot be
+    continued (a comparison): its messages offer ``--overwrite`` alone, and its partial
+    directory is never kept. ``echo`` receives a line for each leftover put right.
     """
 
-    def __init__(self, out: str | Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        out: str | Path,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        resumable: bool = True,
+        echo: Callable[[str], None] = print,
+    ) -> None:
         self.out = Path(out)
+        if self.out.name in ("", ".", ".."):  # "." and ".." are directories with names: use them
+            self.out = self.out.resolve()
+        if not self.out.name:
+            raise RunDirectoryError(f"--out {out} names no directory; give a path such as runs/my_run")
         self.resume = resume
         self.overwrite = overwrite
+        self.resumable = resumable
+        self.echo = echo
         self.partial = self.out.with_name(f".{self.out.name}.partial")
         self.lock_path = self.out.with_name(f".{self.out.name}.lock")
         self.old = self.out.with_name(f".{self.out.name}.old")
@@ -48,29 +71,42 @@ class RunDirectory:
     # ------------------------------------------------------------------ checks, no writes
 
     def check(self) -> RunDirectory:
-        """Refuse a location that cannot be used, before any byte is written."""
-        if self.out.name in ("", ".", ".."):
-            raise RunDirectoryError(f"--out {self.out} names no directory; give a path such as runs/my_run")
+        """Refuse a location that cannot be used, before any byte is written.
+
+        Leftovers of a killed process (:meth:`recover`) are put right first, as they are part
+        of no run: what remains is checked as the killed process would have left it had it
+        finished its last move.
+        """
         if self.out.exists() and not self.out.is_dir():
             raise RunDirectoryError(f"--out {self.out} is a file, not a directory; choose another --out")
+        for place in (self.partial, self.old):
+            if place.exists() and not place.is_dir():
+                raise RunDirectoryError(
+                    f"{place} is in the way of --out {self.out} (a file where pyro-vae keeps a run's "
+                    "working copy): move or remove it, or choose another --out"
+                )
         _check_parent_writable(self.out)
         self._check_not_locked()
+        self.recover()
         return self._check_contents()
+
+    def _resumable(self, directory: Path) -> bool:
+        return (directory / TRAINING_STATE_FILE).is_file() and (directory / CONFIG_FILE).is_file()
 
     def _check_contents(self) -> RunDirectory:
         if self.resume:
             self.source  # noqa: B018 (raises when there is nothing to resume)
             return self
-        if self.partial.is_dir() and not self.overwrite:
+        if self.partial.is_dir() and self.resumable and self._resumable(self.partial) and not self.overwrite:
             raise RunDirectoryError(
                 f"an interrupted run of {self.out} is in {self.partial}: continue it with --resume, "
                 "or start afresh with --overwrite"
             )
         if _non_empty(self.out) and not self.overwrite:
+            resume = ", --resume to continue it," if self.resumable and self._resumable(self.out) else ""
             raise RunDirectoryError(
-                f"{self.out} already holds a run ({_listing(self.out)}); pass --overwrite to replace it "
-                "(the old run stays until the new one has succeeded), --resume to continue it, or "
-                "choose another --out"
+                f"{self.out} already holds {_holds(self.out)} ({_listing(self.out)}); pass --overwrite to "
+                f"replace it (the old one stays until the new run has succeeded){resume} or choose another --out"
             )
         return self
 
@@ -102,12 +138,54 @@ class RunDirectory:
     def source(self) -> Path:
         """The directory a resumed run continues from."""
         for candidate in (self.partial, self.out):
-            if (candidate / TRAINING_STATE_FILE).is_file() and (candidate / CONFIG_FILE).is_file():
+            if self._resumable(candidate):
                 return candidate
+        if self.partial.is_dir():
+            raise RunDirectoryError(
+                f"nothing to resume in {self.out}: the interrupted run in {self.partial} stopped before "
+                f"its first checkpoint (no {TRAINING_STATE_FILE}); start the run again without --resume "
+                "(which removes that partial run)"
+            )
         raise RunDirectoryError(
             f"nothing to resume in {self.out}: no {TRAINING_STATE_FILE} and {CONFIG_FILE} there "
             f"or in {self.partial}; start the run without --resume"
         )
+
+    # ------------------------------------------------------------------ leftovers
+
+    def recover(self) -> None:
+        """Put right what a killed process left (each said through ``echo``); called by :meth:`check`
+        once no process holds the lock, so none of it belongs to a run being written."""
+        if os.environ.get("RANK", "0") != "0":
+            return  # under torchrun process 0 alone writes
+        if self.old.is_dir():
+            if self.out.exists():
+                _remove(self.old)
+                self.echo(
+                    f"removed {self.old}: the replaced run, left when a process was stopped just after "
+                    f"moving its new run into {self.out}"
+                )
+            elif self.partial.is_dir():
+                os.replace(self.partial, self.out)
+                _remove(self.old)
+                self.echo(f"finished moving the run into {self.out}: its process was stopped during the move")
+            else:
+                os.replace(self.old, self.out)
+                self.echo(f"restored {self.out} from {self.old}: its process was stopped while replacing it")
+        for directory in (self.out, self.partial):
+            for tmp in stale_temporaries(directory):
+                tmp.unlink(missing_ok=True)
+                self.echo(f"removed {tmp}: half a file, left when the process writing it was stopped")
+        if (
+            self.partial.is_dir()
+            and not (self.resumable and self._resumable(self.partial))
+            and not self.resume
+        ):
+            _remove(self.partial)
+            self.echo(
+                f"removed {self.partial}: an interrupted run stopped before its first checkpoint "
+                "(nothing in it to resume)"
+            )
 
     # ------------------------------------------------------------------ writing
 
@@ -151,7 +229,10 @@ class RunDirectory:
             source = self.source
             if source == self.out:
                 _remove(self.partial)
-                shutil.copytree(self.out, self.partial)
+                # another process's temporary files are its own (it may be writing them now)
+                shutil.copytree(
+                    self.out, self.partial, ignore=lambda d, names: [n for n in names if is_temporary(n)]
+                )
             return self.partial
         _remove(self.partial)  # only reached with --overwrite when a partial run exists
         self.partial.mkdir(parents=True)
@@ -159,7 +240,7 @@ class RunDirectory:
 
     def abandon(self) -> None:
         """After a failure: keep a partial run that can be resumed, remove one that cannot."""
-        if self.partial.is_dir() and not (self.partial / TRAINING_STATE_FILE).is_file():
+        if self.partial.is_dir() and not (self.resumable and self._resumable(self.partial)):
             _remove(self.partial)
 
     def commit(self) -> Path:
@@ -174,6 +255,15 @@ class RunDirectory:
 
 def _non_empty(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
+
+
+def _holds(path: Path) -> str:
+    """What an existing ``--out`` holds, in words: a run, a comparison, or files of the user's."""
+    if (path / CONFIG_FILE).is_file():
+        return "a run"
+    if (path / "comparison.json").is_file():
+        return "a comparison"
+    return "files"
 
 
 def _listing(path: Path, limit: int = 4) -> str:
