@@ -14,7 +14,7 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from pyro_vae import priors, selection
+from pyro_vae import guides, priors, selection
 from pyro_vae.app.config import SECTIONS, RunConfig
 from pyro_vae.distributed import PeerFailure
 from pyro_vae.errors import PyroVAEError
@@ -195,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--normal-scales",
         type=_scales,
         help="scales at which the prior 'normal' runs, e.g. 0.5,2,5 (the default); 'none': its default scale",
+    )
+    c.add_argument(
+        "--guides",
+        type=_names,
+        help="compare guides instead of priors: comma-separated guide names, e.g. diagonal,lowrank,flow "
+        f"(registered: {','.join(guides.names())}); the prior is --prior's",
     )
     c.add_argument(
         "--quick", action="store_true", help="a smoke run: 10 epochs, hidden 64, 100 importance samples"
@@ -559,9 +565,10 @@ def _compare(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         command=shlex.join(["pyro-vae", *args.argv]),
         overwrite=args.overwrite,
+        guides=args.guides,
     )
     for r in result.failed:
-        print(f"pyro-vae: prior {r.entry.label} failed: {r.error}", file=sys.stderr)
+        print(f"pyro-vae: {r.entry.setting} {r.entry.label} failed: {r.error}", file=sys.stderr)
     return 1 if result.failed else 0
 
 

@@ -26,6 +26,7 @@ only with ``overwrite`` and stays whole until then.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -45,6 +46,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from pyro_vae import description
+from pyro_vae import guides as guide_registry
 from pyro_vae import priors as prior_registry
 from pyro_vae.app import plotting
 from pyro_vae.app.config import RunConfig
@@ -110,6 +112,11 @@ class PriorEntry:
     label: str
     slug: str
     spec: dict[str, Any]
+    setting: str = "prior"  # the model setting it varies: "prior", or "guide" (compare --guides)
+
+    def changes(self) -> dict[str, Any]:
+        """The model settings of this entry's run (``prior`` and ``prior_options``, or the guide's)."""
+        return {self.setting: self.spec["name"], f"{self.setting}_options": dict(self.spec["options"])}
 
 
 def _format_value(v: Any) -> str:
@@ -143,6 +150,31 @@ def resolve_priors(
     scales = _normal_scales(normal_scales, priors)
     entries = [entry for item in priors for entry in _entries_of(item, scales)]
     _check_entries(entries)
+    return entries
+
+
+def resolve_guides(guides: Sequence[str | dict[str, Any]]) -> list[PriorEntry]:
+    """The guides to compare (:mod:`pyro_vae.guides`), validated: names or ``{"name", "options"}`` specs.
+
+    Each entry's run sets ``model.guide`` and ``model.guide_options``; everything else,
+    the prior included, is the base config's.
+    """
+    if isinstance(guides, str):
+        raise ConfigTypeError("guides must be a list of guide names or specs, not one string")
+    if len(guides) == 0:
+        raise ConfigError(f"no guides to compare; choose from: {', '.join(guide_registry.names())}")
+    entries = []
+    for item in guides:
+        if not isinstance(item, (str, dict)):
+            raise ConfigTypeError(f"a guide must be a name or a {{'name', 'options'}} dict, got {item!r}")
+        try:
+            spec = guide_registry.create(item).spec()  # an unknown name or a bad option fails here
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"guide {item!r}: {err}") from None
+        options = item.get("options", {}) if isinstance(item, dict) else {}
+        entries.append(dataclasses.replace(_entry(spec["name"], options), setting="guide"))
+    if len({e.slug for e in entries}) != len(entries):
+        raise ConfigError(f"a guide is listed twice: {[e.label for e in entries]}")
     return entries
 
 
@@ -269,7 +301,7 @@ def _check_shared_settings(cfg: RunConfig, splits: DataSplits, first: PriorEntry
     """Fail before the first run on settings every run shares; returns the likelihood's name and why."""
     t = cfg.validate().train
     splits.split(cfg.eval.split)
-    probe = cfg.replace("model", prior=first.spec["name"], prior_options=first.spec["options"])
+    probe = cfg.replace("model", **first.changes())
     resolved = description.resolve(probe.model, splits)  # latent size, widths, likelihood, missing cells
     vae = description.build(resolved)
     name, reason = vae.likelihood.name, resolved.likelihood_reason
@@ -289,6 +321,7 @@ def compare_priors(
     progress: bool = True,
     echo: Callable[..., None] = print,
     command: str | None = None,
+    guides: Sequence[str | dict[str, Any]] | None = None,
     overwrite: bool = False,
 ) -> ComparisonResult:
     """Train ``base_config`` once per prior and write the comparison's tables and figures to ``out_dir``.
@@ -312,7 +345,9 @@ def compare_priors(
         a :class:`ComparisonResult`; failed priors are in ``result.failed`` with their errors.
     """
     start = time.perf_counter()
-    entries = resolve_priors(priors, normal_scales)
+    if guides is not None and (priors is not None or normal_scales is not None):
+        raise ConfigError("compare either priors or guides: the other stays as the base config sets it")
+    entries = resolve_guides(guides) if guides is not None else resolve_priors(priors, normal_scales)
     out = Path(out_dir)
     # train's rules: an existing comparison or run is replaced only with overwrite, and only once
     # the new comparison is whole; a comparison cannot be resumed, so no partial one is kept
@@ -326,7 +361,7 @@ def compare_priors(
     summary = _summary(base_config, splits, likelihood, entries)
     summary["command"] = command
     t = base_config.train
-    echo(f"compare {len(entries)} priors on {splits.summary()}")
+    echo(f"compare {len(entries)} {entries[0].setting}s on {splits.summary()}")
     echo(
         f"        likelihood {likelihood}; latent {base_config.model.latent_dim}, hidden "
         f"{base_config.model.widths()}; seed {t.seed}; {_budget_text(base_config)}"
@@ -364,9 +399,7 @@ def _compare_in(
     views: list[_Views | None] = []
     width = max(len(e.label) for e in entries)
     for i, entry in enumerate(entries, 1):
-        cfg = base_config.replace(
-            "model", prior=entry.spec["name"], prior_options=dict(entry.spec["options"])
-        )
+        cfg = base_config.replace("model", **entry.changes())
         run_dir = work / "runs" / entry.slug
         pr = PriorResult(entry, out / "runs" / entry.slug)
         t0 = time.perf_counter()
@@ -496,7 +529,8 @@ def _summary(
 
     t = cfg.train
     return {
-        "title": f"Prior comparison on {splits.name}",
+        "title": f"{entries[0].setting.capitalize()} comparison on {splits.name}",
+        "compared": entries[0].setting,
         "data": splits.summary(),
         "dataset": cfg.data.dataset,
         "data_seed": cfg.data.seed,
@@ -563,6 +597,7 @@ def _markdown_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     with_errors = any(r["error"] for r in rows)
     split = summary["evaluation"]["split"]
     headers = [f"{split} {h}" if k == "log_likelihood" else h for h, k, _ in columns]
+    headers[0] = summary.get("compared", "prior")  # the prior, or the guide (compare --guides)
     lines = ["| " + " | ".join(headers + ["error"] * with_errors) + " |"]
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(columns) - 1) + ["---"] * with_errors) + "|")
     scored = [r["log_likelihood"] for r in rows if r["log_likelihood"] is not None]
