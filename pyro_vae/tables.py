@@ -49,6 +49,8 @@ from pyro_vae.columns import MAX_LEVELS, ColumnSpec
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.reading import MISSING_TOKENS, RawTable, as_raw_table, read_table  # noqa: F401
 
+#: a column of this many rows or more whose values are all distinct keys is an identifier
+MIN_KEY_ROWS = 20
 #: Likelihoods of location-scale families: a real column is standardized for them.
 LOCATION_SCALE = frozenset(
     {
@@ -203,7 +205,22 @@ def infer_column(
     unique = np.unique(stats.values)
     if unique.size < 2:
         return f"constant ({levels[int(unique[0])] if levels else f'{unique[0]:g}'}) in the training split"
-    return column_kinds.detect(stats, standardize)
+    return _identifier(stats) or column_kinds.detect(stats, standardize)
+
+
+def _identifier(stats: column_kinds.ColumnStats) -> str | None:
+    """Why a column looks like row identifiers (every value distinct: text keys, or consecutive
+    integers such as R's row names), or None. It is no measurement: modelled, it would be a
+    category per row, or an "integer" whose density says nothing."""
+    n = stats.support.size
+    if n < MIN_KEY_ROWS or stats.distinct.size != n:
+        return None
+    if stats.labels is not None:
+        return f"an identifier: {n} distinct labels, one per row"
+    lo, hi = stats.distinct[0], stats.distinct[-1]
+    if stats.integers and hi - lo == n - 1:
+        return f"an identifier: the consecutive integers {lo:g}..{hi:g}, one per row (a row number)"
+    return None
 
 
 def infer_schema(
