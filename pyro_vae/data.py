@@ -213,13 +213,25 @@ def load_dataset(
         if name == "csv":
             x, y, _ = _read_numeric_csv(path, label_column)
         else:
-            x, y = np.load(path, allow_pickle=False), None
+            x, y = _load_npy(path), None
         if dequantize and x.size:
             levels = int(x.max()) + 1
         return load_array(
             x, y, name=Path(path).stem, dequantize_levels=levels, standardize=bool(standardize), seed=seed
         )
     raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def _load_npy(path: str | Path) -> np.ndarray:
+    """The array in a ``.npy`` file; one that is not a numeric ``.npy`` is a :class:`DataError`."""
+    try:
+        return np.load(path, allow_pickle=False)  # plain arrays only: never unpickle files
+    except (ValueError, EOFError):  # numpy's errors for a pickle, an object array, a cut file
+        # numpy's own words suggest unpickling the file: not repeated to the user
+        raise DataError(
+            f"{path} cannot be read as a .npy array of numbers (it is not in numpy's .npy format, holds "
+            "Python objects, or is cut short); save a numeric array with numpy.save"
+        ) from None
 
 
 def tile_images(images: np.ndarray, shape: Sequence[int], rows: int) -> np.ndarray:

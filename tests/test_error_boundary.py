@@ -15,12 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from pyro_vae import errors, likelihoods
 from pyro_vae.app import cli, run
-from pyro_vae.data import as_tensor, features_of
+from pyro_vae.data import as_tensor, features_of, load_dataset
 from pyro_vae.distributed import PeerFailure
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError
 from pyro_vae.objectives import BetaSchedule
@@ -194,6 +195,21 @@ def test_the_core_raises_library_errors_for_a_users_input(call, builtin) -> None
         call()
     assert isinstance(info.value, builtin)
     assert str(info.value) and not str(info.value).startswith(("'", '"')), str(info.value)
+
+
+@pytest.mark.parametrize("content", ["objects", "text", "cut"])
+def test_a_file_that_is_not_a_numeric_npy_is_a_data_error(content, tmp_path) -> None:
+    path = tmp_path / "x.npy"
+    if content == "objects":
+        np.save(path, np.array([{"a": 1}] * 5, dtype=object), allow_pickle=True)
+    elif content == "text":
+        path.write_text("a,b\n1,2\n")
+    else:
+        np.save(path, np.zeros((50, 4)))
+        path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(DataError, match=r"x\.npy cannot be read as a \.npy array of numbers") as info:
+        load_dataset("npy", path=str(path))
+    assert "allow_pickle" not in str(info.value)
 
 
 BARE = re.compile(r"raise (ValueError|TypeError|KeyError|RuntimeError)\(")

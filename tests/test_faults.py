@@ -329,6 +329,15 @@ CLI_CASES = {
         ["evaluate", RUN, "--num-samples", "0", "--no-progress"], r"--num-samples"
     ),
     "evaluate-split-bogus": Case(["evaluate", RUN, "--split", "bogus", "--no-progress"], r"--split.*'bogus'"),
+    "diagnose-seed-negative": Case(
+        ["diagnose", RUN, "--no-progress", "--seed", "-1", "--nuts-points", "0"],
+        r"--seed must be an integer >= 0",
+    ),
+    "npy-not-npy": Case(
+        train("--dataset", "npy", "--data-path", "t.npy"),
+        r"t\.npy cannot be read as a \.npy array of numbers",
+        setup=write("t.npy", "a,b\n1,2\n"),
+    ),
     # --- train --resume from a damaged training state
     "resume-state-truncated": Case(
         train("--resume", out=RUN), r"training_state\.pt", setup=damaged(state_truncated)

@@ -70,6 +70,7 @@ def diagnose_run(
     positive_int("--nuts-warmup", nuts_warmup, 0)
     positive_int("--nuts-draws", nuts_draws, 1)
     positive_int("--is-samples", num_is_samples, 1)
+    positive_int("--seed", seed, 0)
     if nuts_points > num_points:
         raise ConfigError(f"--nuts-points ({nuts_points}) cannot exceed --num-points ({num_points})")
     cfg, vae, splits = load_run(run_dir, split=split, data_dir=data_dir)
