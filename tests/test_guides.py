@@ -3,6 +3,7 @@ of factor analysis, training, saving and loading, and missing cells, for every g
 
 from __future__ import annotations
 
+import json
 import math
 
 import pyro
@@ -12,6 +13,8 @@ import torch
 
 import pyro_vae
 from pyro_vae import guides
+from pyro_vae.app.config import RunConfig
+from pyro_vae.app.diagnose import diagnose_run
 from pyro_vae.errors import ConfigError
 from pyro_vae.refine import evaluate_refined, refine
 from tests.ddp_worker import TABLE_SPECS, data_for
@@ -314,3 +317,55 @@ def test_refinement_refuses_bad_steps():
     vae = pyro_vae.VAE(6, 2, hidden=(8,), likelihood="gaussian")
     with pytest.raises(ConfigError, match="steps"):
         refine(vae, data_for("gaussian"), steps=-1)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_train_with_a_guide_saves_it_and_evaluate_reloads_it(tmp_path):
+    from pyro_vae.app.cli import main
+
+    out = tmp_path / "run"
+    flags = ["--epochs", "2", "--hidden", "16", "--latent-dim", "2", "--eval-samples", "20", "--no-progress"]
+    options = '{"layers": 1, "transform": "spline"}'
+    assert main(["train", "--out", str(out), *flags, "--guide", "flow", "--guide-options", options]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["run"]["model"]["guide"] == "flow"
+    assert saved["model"]["guide"]["options"]["transform"] == "spline"
+    vae = pyro_vae.VAE.load(out)
+    assert isinstance(vae.variational, guides.FlowGuide) and vae.variational.layers == 1
+    assert main(["evaluate", str(out), "--no-progress"]) == 0
+    lines: list[str] = []
+    report = diagnose_run(
+        out, num_samples=50, num_points=30, nuts_points=0, progress=False, echo=lines.append
+    )
+    assert report["guide"]["name"] == "flow" and len(report["psis"]["pointwise"]["khat"]) == 30
+    assert ", guide flow: k-hat > 0.7 for " in lines[0]
+    bad = ["--guide", "flow", "--guide-options", '{"layer": 1}']
+    assert main(["train", "--out", str(tmp_path / "bad"), *flags, *bad]) == 2
+
+
+def test_compare_guides_on_the_same_points(tmp_path):
+    from pyro_vae.app.compare import compare_priors, default_config
+
+    cfg = default_config().replace("model", hidden=[16]).replace("eval", num_samples=20)
+    cfg = cfg.replace("train", epochs=2, patience=None, num_threads=1)
+    out = tmp_path / "cmp"
+    result = compare_priors(
+        cfg, out_dir=out, guides=["diagonal", "lowrank"], progress=False, echo=lambda *a: None
+    )
+    assert not result.failed
+    rows = result.rows
+    assert [r["prior"] for r in rows] == ["diagonal", "lowrank"]  # the entry's label, in the first column
+    assert min(r["diff_to_best"] for r in rows) < 0 and max(r["diff_to_best"] for r in rows) == 0
+    assert all(r["diff_to_best_se"] is not None for r in rows)
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["compared"] == "guide" and report["title"].startswith("Guide comparison")
+    assert (out / "comparison.md").read_text().splitlines()[0].startswith("# Guide comparison")
+    assert "| guide |" in (out / "comparison.md").read_text()
+    run = RunConfig.from_json(out / "runs" / "lowrank")
+    assert run.model.guide == "lowrank" and run.model.prior == cfg.model.prior
+    with pytest.raises(ConfigError, match="either priors or guides"):
+        compare_priors(cfg, ["laplace"], out_dir=tmp_path / "x", guides=["flow"])
+    with pytest.raises(ConfigError, match="Did you mean 'flow'"):
+        compare_priors(cfg, out_dir=tmp_path / "y", guides=["flows"])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyro_vae import likelihoods, priors
+from pyro_vae import guides, likelihoods, priors
 from pyro_vae.data import DATASETS
 from pyro_vae.description import DEFAULT_LATENT, ModelConfig  # noqa: F401  (the model section, defined in the core)
 from pyro_vae.errors import ConfigError, ResumeError, SchemaError
@@ -93,6 +93,7 @@ class RunConfig:
             lambda: m.likelihood == "auto" or likelihoods.create(m.likelihood, **m.likelihood_options),
         )
         _plugin("model.prior", lambda: priors.create({"name": m.prior, "options": m.prior_options}))
+        _plugin("model.guide", lambda: guides.create({"name": m.guide, "options": m.guide_options}))
         _plugin("train", lambda: make_elbo(t.loss, t.num_particles))
         if d.column_likelihoods and (m.likelihood != "auto" or d.dataset != "csv"):
             raise ConfigError(

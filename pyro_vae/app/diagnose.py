@@ -129,6 +129,7 @@ def diagnose_run(
         "split": cfg.eval.split,
         "num_points": int(x.shape[0]),
         "num_samples": num_samples,
+        "guide": vae.variational.spec(),  # k-hat judges this guide's q(z|x) (compare --guides trains others)
         "psis": psis.to_dict(pointwise=True),
         "nuts": None if nuts is None else nuts.to_dict(),
         "timings": timings,
@@ -150,7 +151,8 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         for w in p["worst"][:5]
     )
     lines = [
-        f"psis    {report['split']}, {p['num_points']} points, K={p['num_samples']}: k-hat > 0.7 for "
+        f"psis    {report['split']}, {p['num_points']} points, K={p['num_samples']}, guide "
+        f"{report.get('guide', {}).get('name', 'diagonal')}: k-hat > 0.7 for "
         f"{shares['0.7']:.1%} of points (> 0.5: {shares['0.5']:.1%}, > 1.0: {shares['1.0']:.1%}); "
         f"log p(x) PSIS {_fmt(p['log_px_psis_mean'])}, plain {_fmt(p['log_px_is_mean'])} nats",
         f"worst   {worst}",
