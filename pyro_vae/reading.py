@@ -9,7 +9,8 @@ CSV files as people have them are read right or refused with the file, line and 
 
 - UTF-8 with or without a byte-order mark, or UTF-16 with one; another encoding is an
   error naming the file and the byte (``encoding=`` reads it);
-- the delimiter sniffed among ``, ; tab |`` (:class:`csv.Sniffer`), a comma when unsure;
+- the delimiter sniffed among ``, ; tab |`` (:class:`csv.Sniffer`), a comma when unsure; in
+  a file not delimited by commas, a column of numbers written ``1,5`` is read as 1.5, saying so;
 - duplicate column names made unique (``a``, ``a.1``), saying so; each keeps its own data;
 - numbers are decimal literals only: ``1_042`` (which Python's ``float`` takes as 1042) or
   ``0x1A`` are text; integers beyond 2**53 are warned about (float64 rounds them);
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import difflib
 import io
 import operator
@@ -46,6 +48,8 @@ MISSING_TOKENS = frozenset({"", "na", "nan", "n/a", "null", "none", "?"})
 #: a decimal literal: what a CSV cell holds when it is a number (no ``_``, no hex)
 NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 INTEGER = re.compile(r"[+-]?\d+")
+#: a number written with a decimal comma (``1,5``), as files delimited by ``;`` often are
+DECIMAL_COMMA = re.compile(r"[+-]?(\d+,?\d*|,\d+)([eE][+-]?\d+)?")
 INFINITY = frozenset({"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?")
 _MONTH = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
@@ -136,6 +140,7 @@ class _Cells:
     cells: list[str]
     lines: list[int]
     where: str
+    decimal_comma: bool = False  # the file is not comma-delimited: "1,5" may be 1.5
 
     def present(self) -> list[int]:
         return [i for i, c in enumerate(self.cells) if c.lower() not in MISSING_TOKENS]
@@ -146,6 +151,9 @@ def _parse_column(col: _Cells, declared: bool, text_cells: str) -> tuple[np.ndar
     present = col.present()
     if declared:
         return _levels(col)
+    if _decimal_commas(col, present):
+        _warn(f"{col.where}: column {col.name!r} is read with decimal commas (1,5 as 1.5)")
+        col = dataclasses.replace(col, cells=[c.replace(",", ".") for c in col.cells])
     numeric = [_is_number(col.cells[i]) for i in present]
     if all(numeric):
         return _numbers(col), None
@@ -161,6 +169,13 @@ def _parse_column(col: _Cells, declared: bool, text_cells: str) -> tuple[np.ndar
     if 2 * sum(numeric) >= len(present):
         return _stray_text(col, [i for i, ok in zip(present, numeric) if not ok], text_cells), None
     return _levels(col)
+
+
+def _decimal_commas(col: _Cells, present: list[int]) -> bool:
+    cells = [col.cells[i] for i in present]
+    return (
+        col.decimal_comma and any("," in c for c in cells) and all(DECIMAL_COMMA.fullmatch(c) for c in cells)
+    )
 
 
 def _levels(col: _Cells) -> tuple[np.ndarray, list[str]]:
@@ -268,7 +283,7 @@ def read_table(
     if text_cells not in TEXT_CELLS:
         raise ConfigError(f"text_cells must be one of {', '.join(TEXT_CELLS)}, got {text_cells!r}")
     path = Path(path)
-    rows, lines = _csv_rows(path, encoding)
+    rows, lines, delimiter = _csv_rows(path, encoding)
     guess = _numbered_column(label_column, len(rows[0]))
     header = _has_header(rows[0], rows[1:], guess)
     given = [c.strip() for c in rows[0]] if header else [f"x{i}" for i in range(len(rows[0]))]
@@ -286,7 +301,9 @@ def read_table(
     features = [i for i in range(len(names)) if i != label_idx]
     columns = [
         _parse_column(
-            _Cells(names[i], [r[i].strip() for r in body], body_lines, str(path)), i in declared, text_cells
+            _Cells(names[i], [r[i].strip() for r in body], body_lines, str(path), delimiter != ","),
+            i in declared,
+            text_cells,
         )
         for i in features
     ]
@@ -343,12 +360,14 @@ def _columns(sample: str, dialect: Any) -> int:
     return widths.pop() if len(widths) == 1 else 0
 
 
-def _csv_rows(path: Path, encoding: str | None = None) -> tuple[list[list[str]], list[int]]:
-    """The non-blank rows of the CSV file at ``path`` (at least one) and their line numbers."""
+def _csv_rows(path: Path, encoding: str | None = None) -> tuple[list[list[str]], list[int], str]:
+    """The non-blank rows of the CSV file at ``path`` (at least one), their line numbers and
+    the delimiter."""
     if not path.is_file():
         raise FileNotFoundError(f"no CSV file at {path}")
     text = _decode(path, encoding)
-    reader = csv.reader(io.StringIO(text, newline=""), _dialect(text))
+    dialect = _dialect(text)
+    reader = csv.reader(io.StringIO(text, newline=""), dialect)
     rows, lines = [], []
     try:
         for row in reader:
@@ -364,7 +383,7 @@ def _csv_rows(path: Path, encoding: str | None = None) -> tuple[list[list[str]],
         raise DataError(f"{path}:{reader.line_num}: {e}{hint}") from None
     if not rows:
         raise DataError(f"{path} is empty")
-    return rows, lines
+    return rows, lines, dialect.delimiter
 
 
 # --------------------------------------------------------------------------- frames and arrays
@@ -525,7 +544,7 @@ def _read_numeric_csv(
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """The strict reader of whole numbers and decimals (every cell a number)."""
     path = Path(path)
-    rows, lines = _csv_rows(path)
+    rows, lines, _ = _csv_rows(path)
     first = rows[0]
     guess = _numbered_column(label_column, len(first))
     has_header = not all(_is_number(c) for i, c in enumerate(first) if i != guess)

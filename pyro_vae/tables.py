@@ -3,20 +3,10 @@
 :func:`load_table` (a numpy array, a pandas ``DataFrame`` or :func:`read_table`'s CSV) and
 ``pyro-vae train --dataset csv`` infer a :class:`TableSchema` from the training split. Each
 kind is a registered class of :mod:`pyro_vae.columns`, which detects itself from the column's
-values (in the order of the kinds' priorities) and says its transform and default likelihood:
-
-=============  ===========================================  =====================  ======================
-kind           the observed values                          transform              likelihood ("auto")
-=============  ===========================================  =====================  ======================
-binary         0 and 1                                      kept                   ``bernoulli``
-count          non-negative integers from 0                 kept                   ``negative_binomial``
-categorical    text labels (or declared), or at most 12     coded 0..K-1           ``categorical`` (K levels)
-               distinct numbers (each seen 5 times on
-               average; a coded scale such as 1..7)
-integer        other integers (an age, a cholesterol)       kept                   ``discretized_gaussian``
-unit           inside [0, 1] (Beta when strictly inside)    kept                   ``beta`` / ``continuous_bernoulli``
-real           anything else                                standardized           ``gaussian`` with sigma(z)
-=============  ===========================================  =====================  ======================
+values (in the order of the kinds' priorities) and says its transform and default likelihood;
+that module's docstring holds the table of kinds. Columns that are identifiers (every value
+a distinct key, or consecutive integers such as R's row names, in tables of 20 rows or more)
+are dropped saying so, like constant ones. Files and frames are read by :mod:`pyro_vae.reading`.
 
 Counts and integers stay in their own units (their likelihoods give probabilities, which
 need no Jacobian); the encoder sees every column standardized all the same

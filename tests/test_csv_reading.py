@@ -83,6 +83,14 @@ def test_the_delimiter_is_sniffed(tmp_path, sep):
     assert table.names == ["a", "b", "c"] and table.values.shape == (60, 3) and not table.levels
 
 
+def test_a_semicolon_file_with_decimal_commas_reads_its_numbers(tmp_path):
+    rows = ["a;b;c"] + [f"{i * 0.25:.2f};{i % 4};x{i % 3}".replace(".", ",") for i in range(40)]
+    with pytest.warns(UserWarning, match="column 'a' is read with decimal commas"):
+        table = read_table(write(tmp_path, "\n".join(rows) + "\n"))
+    np.testing.assert_allclose(table.values[:, 0], np.arange(40) * 0.25)
+    assert list(table.levels) == [2] and table.values[5, 1] == 1.0
+
+
 def test_a_comma_file_with_semicolons_inside_text_stays_a_comma_file(tmp_path):
     rows = ["x,note"] + [f'{i},"a; b; c {i % 4}"' for i in range(30)]
     table = read_table(write(tmp_path, "\n".join(rows) + "\n"))
