@@ -57,9 +57,17 @@ def impute(
 def _impute_batch(vae: VAE, x: torch.Tensor, k: int, draws: bool) -> torch.Tensor:
     w = vae.log_weights(x, k)
     log_w, z = w.log_w, w.z  # (k, n), (k, n, latent_dim)
+    filled, observed = vae.observed_part(x)
     if not draws:
         weights = torch.softmax(log_w, 0)
-        return vae.likelihood.weighted_mean(vae.likelihood(vae.decoder(z)), weights)
+        return vae.likelihood.weighted_mean(_missing_given_observed(vae, z, filled, observed), weights)
     pick = torch.distributions.Categorical(logits=log_w.T).sample((k,))  # (k, n) indices of draws
     chosen = z.gather(0, pick.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
-    return vae.likelihood(vae.decoder(chosen)).sample()
+    return _missing_given_observed(vae, chosen, filled, observed).sample()
+
+
+def _missing_given_observed(vae: VAE, z: torch.Tensor, x: torch.Tensor, observed: torch.Tensor | None):
+    """:math:`p(x_m \\mid x_o, z)`: the decoder's distribution at ``z``, conditioned on the
+    observed cells where the likelihood's noise correlates the cells (``Likelihood.given``)."""
+    d = vae.likelihood(vae.decoder(z))
+    return d if observed is None else vae.likelihood.given(d, x, observed)

@@ -183,6 +183,16 @@ class Likelihood(nn.Module):
         mean = self.mean(d)
         return (weights.reshape(*weights.shape, *[1] * (mean.dim() - 2)) * mean).sum(0)
 
+    def given(self, d: dist.Distribution, x: torch.Tensor, observed: torch.Tensor) -> dist.Distribution:
+        """The distribution of each point's missing cells given its observed ones, under ``d``
+        (this likelihood's, batch ``(..., *event_shape)``), which imputation fills them from.
+
+        ``x`` holds placeholders in the missing cells and ``observed`` marks the others. The
+        cells of almost every likelihood are independent given ``z``: ``d`` itself; one whose
+        noise correlates them (``gaussian_lowrank``) conditions on the observed cells.
+        """
+        return d
+
     def placeholder(self, x: torch.Tensor) -> torch.Tensor:
         """Values in the support, shaped like one data point of ``x``, for its missing cells."""
         return torch.full(x.shape[1:], self.support.placeholder, dtype=x.dtype, device=x.device)
@@ -420,6 +430,28 @@ class LowRankCells(dist.TorchDistribution):
         observed = mask if self.observed is None else self.observed & mask
         return LowRankCells(self.loc, self.cov_factor, self.cov_diag, observed)
 
+    def given(self, value: torch.Tensor, observed: torch.Tensor) -> LowRankCells:
+        r"""The cells given the ``observed`` ones of ``value``: low rank plus diagonal again.
+
+        With :math:`x = \mu + W u + \sigma \odot \varepsilon`, the observed cells give
+        :math:`u \mid x_o \sim \mathcal N(m, S)`, :math:`S = (I + W_o^\top \Psi_o^{-1} W_o)^{-1}`,
+        :math:`m = S\, W_o^\top \Psi_o^{-1} (x_o - \mu_o)`, so
+        :math:`x \mid x_o \sim \mathcal N(\mu + W m,\ (W L)(W L)^\top + \Psi)` with :math:`S = L L^\top`:
+        for the missing cells, the Gaussian conditional
+        :math:`\mu_m + \Sigma_{mo}\Sigma_{oo}^{-1}(x_o - \mu_o)`, in :math:`O(D r^2)`.
+        """
+        shape = self.shape_of(value)
+        seen = observed.expand(shape)
+        factor = self.cov_factor.expand(*shape, self.cov_factor.shape[-1])
+        eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
+        weighted = (factor * torch.where(seen, 1 / self.cov_diag, 0.0).unsqueeze(-1)).mT  # W_o^T Psi_o^-1
+        chol = torch.linalg.cholesky(eye + weighted @ factor)  # S^-1 = C C^T
+        residual = torch.where(seen, value - self.loc, 0.0).unsqueeze(-1)
+        m = torch.cholesky_solve(weighted @ residual, chol)
+        root = torch.linalg.solve_triangular(chol.mT, eye.expand_as(chol), upper=True)  # C^-T: S = C^-T C^-1
+        loc = self.loc + (factor @ m).squeeze(-1)
+        return LowRankCells(loc, factor @ root, self.cov_diag.expand(shape))
+
     def rsample(self, sample_shape=()) -> torch.Tensor:
         return self.joint().rsample(torch.Size(sample_shape))
 
@@ -486,6 +518,9 @@ class GaussianLowRank(Likelihood):
         loc, raw_scale, *rows = self.unbind(params)
         scale = F.softplus(raw_scale) + self.min_scale
         return LowRankCells(loc, torch.stack(rows, -1), scale.pow(2))
+
+    def given(self, d, x, observed):
+        return d.given(x, observed)
 
 
 # --------------------------------------------------------------------------- data in [0, 1]
@@ -987,6 +1022,12 @@ class Columns(Likelihood):
 
     def weighted_mean(self, d, weights):
         return self._by_part(d, lambda part, sub: part.weighted_mean(sub, weights))
+
+    def given(self, d, x, observed):
+        parts = [
+            (i, part.given(sub, x[..., i], observed[..., i])) for part, (i, sub) in zip(self.parts, d.parts)
+        ]
+        return ColumnsDistribution(parts, d.order)
 
     def placeholder(self, x):
         out = torch.empty(x.shape[1:], dtype=x.dtype, device=x.device)

@@ -147,3 +147,53 @@ def test_a_tables_real_columns_given_gaussian_lowrank_are_standardized_as_one_bl
     assert [c.standardize for c in splits.columns.columns] == [True, True, False]
     lik = likelihoods.create(splits.columns.likelihood_spec())
     assert [p.name for p in lik.parts] == ["gaussian_lowrank", "bernoulli"]
+
+
+def conditional(mvn: td.MultivariateNormal, x: torch.Tensor, observed: torch.Tensor):
+    """The dense Gaussian conditional of the missing cells: mean and covariance."""
+    o, m = observed, ~observed
+    cov, mu = mvn.covariance_matrix, mvn.loc
+    gain = cov[m][:, o] @ torch.linalg.inv(cov[o][:, o])
+    return mu[m] + gain @ (x[o] - mu[o]), cov[m][:, m] - gain @ cov[o][:, m]
+
+
+def test_the_missing_cells_given_the_observed_are_the_gaussian_conditional():
+    params = params_for(3, d=6).detach()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    observed = torch.tensor([[1, 0, 1, 1, 0, 1], [0, 0, 0, 0, 0, 1], [1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    lik = make(d=6)
+    got = lik.given(lik(params), x, observed)
+    full = dense(params)
+    for n in range(3):
+        mean, cov = conditional(
+            td.MultivariateNormal(full.loc[n], full.covariance_matrix[n]), x[n], observed[n]
+        )
+        m = ~observed[n]
+        torch.testing.assert_close(got.loc[n][m], mean)
+        factor = got.cov_factor[n][m]
+        torch.testing.assert_close(factor @ factor.T + torch.diag(got.cov_diag[n][m]), cov)
+
+
+def test_impute_fills_with_the_conditional_mean_and_draws_from_the_conditional():
+    """A decoder that ignores z (weights 0, biases set): every draw of z gives the same
+    correlated Gaussian, so imputation must return its conditional mean exactly."""
+    torch.manual_seed(0)
+    vae = pyro_vae.VAE(3, 1, hidden=(4,), likelihood="gaussian_lowrank", missing=True)
+    params = torch.tensor([[1.0, -2.0, 0.5], [-3.0, -3.0, -3.0], [2.0, 1.9, -1.0], [0.1, -0.2, 0.3]])
+    last = vae.decoder.net[-1]
+    with torch.no_grad():
+        for p in vae.decoder.parameters():
+            p.zero_()
+        last.bias.copy_(params.reshape(-1))
+    x = torch.tensor([[2.0, float("nan"), float("nan")], [float("nan"), 0.0, 1.0]])
+    assert torch.equal(vae.decoder(torch.zeros(1, 1))[0], params)  # the decoder's output layout
+    mvn = dense(params.double())
+    filled = vae.impute(x, num_samples=16)
+    for n in range(2):
+        o = ~torch.isnan(x[n])
+        mean, _ = conditional(mvn, x[n].double(), o)
+        torch.testing.assert_close(filled[n][~o].double(), mean, rtol=1e-5, atol=1e-5)
+    draws = vae.impute(x[:1].expand(4000, 3), num_samples=4, draws=True)[:, :, 1:].reshape(-1, 2).double()
+    mean, cov = conditional(mvn, x[0].double(), ~torch.isnan(x[0]))
+    torch.testing.assert_close(draws.mean(0), mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(torch.cov(draws.T), cov, atol=0.05, rtol=0.05)
