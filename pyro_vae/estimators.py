@@ -36,7 +36,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from pyro_vae.data import DataSplits
 from pyro_vae.description import ModelConfig, build, resolve
-from pyro_vae.errors import DataError
+from pyro_vae.errors import ConfigTypeError, DataError
 from pyro_vae.evaluation import evaluate
 from pyro_vae.objectives import BetaSchedule
 from pyro_vae.settings import Settings, at_least, setting
@@ -121,7 +121,7 @@ def _init_for(*classes: type[Settings]):
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(defaults))
         if unknown:
-            raise TypeError(
+            raise ConfigTypeError(
                 f"{type(self).__name__} got unknown parameter(s) {unknown}; its parameters: {', '.join(defaults)}"
             )
         for name, default in defaults.items():  # stored as given: checked by fit, as scikit-learn asks

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pyro_vae import guides, priors, selection
-from pyro_vae.app.config import SECTIONS, RunConfig
+from pyro_vae.app.config import SECTIONS, RunConfig, flag_of
 from pyro_vae.distributed import PeerFailure
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.objectives import BetaSchedule
@@ -327,7 +327,7 @@ def add_run_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> 
 
 def _add_flag(group, key: str, f: dataclasses.Field, tp, default) -> None:
     meta = f.metadata
-    flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+    flag = flag_of(key)
     choices_source = meta.get("choices")
     choices = (
         list(choices_source() if callable(choices_source) else choices_source) if choices_source else None
