@@ -175,3 +175,39 @@ def build(resolved: Resolved) -> VAE:
 
     memory.check_model_size(construct)
     return construct()
+
+
+# ------------------------------------------------------------------ a VAE built before its data
+
+
+def complete_from_table(vae: VAE, splits: DataSplits, *, fresh: bool) -> list[str]:
+    """Complete a VAE built with a partial description from a table's splits, in place, as
+    :func:`resolve` would have: each column's ``"auto"`` likelihood, and (``fresh``: untrained)
+    the encoder's input scale for the columns kept in their own units. Returns what was decided."""
+    notes = []
+    if not vae.is_resolved and splits.columns is not None:
+        name, reason = vae.resolve_likelihood(splits)
+        notes.append(f"likelihood 'auto' chose {name!r}: {reason}")
+    schema = splits.columns
+    scaled = schema is not None and any(schema.encoder_scaled)
+    if fresh and scaled and vae.input_scale is None and vae.network != "custom":
+        vae.scale_inputs(splits.train, schema.encoder_scaled)
+        notes.append(
+            "the encoder sees the columns kept in their own units (counts, integers) standardized "
+            "(training split's statistics)"
+        )
+    return notes
+
+
+def complete_from_data(vae: VAE, sample: Any, *, has_missing: bool, fresh: bool) -> list[str]:
+    """Complete a VAE built with a partial description from training data (a tensor or batches),
+    in place: an ``"auto"`` likelihood from the data's support, and (``fresh``) missing cells
+    when the data hold NaN. Returns what was decided."""
+    notes = []
+    if not vae.is_resolved:
+        name, reason = vae.resolve_likelihood(sample)
+        notes.append(f"likelihood 'auto' chose {name!r}: {reason}")
+    if fresh and has_missing and not vae.missing:
+        vae.enable_missing()  # MIWAE: the encoder sees the observed part and the mask
+        notes.append("the training data hold missing (NaN) cells: scored on their observed cells")
+    return notes

@@ -29,7 +29,7 @@ from pyro.nn import PyroModule
 
 from pyro_vae import guides, imputation, likelihoods, priors
 from pyro_vae import networks as nets
-from pyro_vae.errors import ConfigError, DataError, DataTypeError, UsageError
+from pyro_vae.errors import ConfigError, DataError, DataTypeError, RunDirectoryError, UsageError
 from pyro_vae.networks import ACTIVATIONS, Decoder, GaussianEncoder
 from pyro_vae.utils import positive_int
 
@@ -213,14 +213,15 @@ class VAE(PyroModule):
         self.__dict__["_decoder_net"] = decoder  # registered once, as decoder.net, when the likelihood is set
         self.fitted = False  # set by fit(); data-dependent initialisation happens only once
         self.missing = False
+        if missing:
+            self._check_missing_allowed()
+        self.missing = bool(missing)  # before the encoder is built: it is built once, for the mask
         self.input_scale = self._checked_scale(input_scale)
         self._set_encoder(encoder)
         self.prior = priors.create(prior)
         self.prior.setup(self.latent_dim, self.input_dim, self.encoder)
         self.variational = guides.create(guide)
         self.variational.setup(self.latent_dim)
-        if missing:
-            self.enable_missing()
         # With "auto", the likelihood and the decoder wait for data (resolve_likelihood, the
         # one place that chooses); until then both are a placeholder that explains itself.
         self.likelihood: likelihoods.Likelihood = _UNRESOLVED  # type: ignore[assignment]
@@ -267,10 +268,8 @@ class VAE(PyroModule):
         self.prior.setup(self.latent_dim, self.input_dim, self.encoder)
         self.prior.to(device)
 
-    def enable_missing(self) -> None:
-        """Accept missing cells (NaN): rebuild the encoder to see ``[x, mask]`` (untrained, built-in networks)."""
-        if self.missing:
-            return
+    def _check_missing_allowed(self) -> None:
+        """A :class:`~pyro_vae.errors.ConfigError` unless missing cells can be turned on."""
         if self.network == CUSTOM or len(self.input_shape) != 1 or self.fitted:
             raise ConfigError(
                 "missing cells (NaN) need a VAE built for them: an untrained VAE of vectors with a built-in "
@@ -284,6 +283,12 @@ class VAE(PyroModule):
                 )
                 + "; impute or drop the missing cells first"
             )
+
+    def enable_missing(self) -> None:
+        """Accept missing cells (NaN): rebuild the encoder to see ``[x, mask]`` (untrained, built-in networks)."""
+        if self.missing:
+            return
+        self._check_missing_allowed()
         self.missing = True
         device = self.device
         self._set_encoder(None)
@@ -631,6 +636,8 @@ class VAE(PyroModule):
         ``state_dict`` saves those weights instead of the current ones.
         """
         directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise RunDirectoryError(f"cannot save the model into {directory}: it is a file; choose a directory")
         directory.mkdir(parents=True, exist_ok=True)
         from pyro_vae.io import atomic_torch_save, atomic_write_json, read_json
         from pyro_vae.version import __version__
@@ -673,6 +680,13 @@ class VAE(PyroModule):
                 f"no {CONFIG_FILE} in {directory}: is this a directory written by VAE.save?"
             )
         payload = read_json(config_path)
+        version = payload.get("format_version", FORMAT_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+            raise CheckpointError(
+                f"{config_path} has format_version {version!r}, and this pyro_vae reads "
+                f"format {FORMAT_VERSION}: it was written by a newer pyro_vae "
+                f"({payload.get('pyro_vae_version', 'version unknown')}) or edited; load it with that version"
+            )
         if not isinstance(payload.get("model"), dict):
             raise ConfigError(f"{config_path} has no 'model' section: not written by VAE.save")
         custom = payload["model"].get("network") == CUSTOM

@@ -35,8 +35,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from pyro_vae import description, memory, objectives
 from pyro_vae import distributed as dist_utils
-from pyro_vae import memory, objectives
 from pyro_vae.data import DataSplits, TensorBatches, as_tensor, features_of, make_loader
 from pyro_vae.distributed import PeerFailure
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, UnknownKeyError
@@ -57,8 +57,13 @@ CHECKPOINT_FORMAT = 3
 # Draws of z in all for the validation ELBO when valid_samples is not set (see TrainConfig).
 BATCH_SIZE = 128
 MIN_BATCH_SIZE = 16
-VALID_DRAWS = 10_000
+VALID_DRAWS = 1_000
 MAX_VALID_SAMPLES = 32
+# Seconds of training between two checkpoints (see TrainConfig.checkpoint_every_s).
+CHECKPOINT_EVERY_S = 30.0
+# Early stopping's noise: the latest changes of the validation bound it reads, and how many it needs.
+NOISE_WINDOW = 20
+MIN_CHANGES = 5
 # Defaults chosen by measurement on small tables (README, "Defaults").
 LR_PATIENCE = 40
 WEIGHT_DECAY = 0.0
@@ -126,9 +131,28 @@ class TrainConfig(Settings):
     )
     num_threads: int | None = setting(
         None,
-        "torch CPU threads (default: one for a small model, else the cores other processes leave "
-        "idle, rechecked as training runs; OMP_NUM_THREADS also fixes it)",
+        "torch CPU threads (default: one for a small model, else one per core, fixed for the run so "
+        "that the results do not depend on the machine's load; OMP_NUM_THREADS also fixes it)",
         check=at_least(1),
+    )
+    adaptive_threads: bool = setting(
+        False,
+        "without num_threads, use the cores other processes leave idle, rechecked as training runs: "
+        "faster beside busy processes, but the weights then depend on the load (pyro_vae.threads)",
+    )
+    compile_step: bool = setting(
+        False,
+        "run the replayed training step through torch.compile (a C++ compiler on CPU, triton on CUDA): "
+        "faster steps once compiled, but compiling takes tens of seconds, once per process and model "
+        "shape; where it cannot, the step stays eager and a note says why (docs/speed.md)",
+    )
+    checkpoint_every_s: float = setting(
+        CHECKPOINT_EVERY_S,
+        "seconds of training between two checkpoints of the whole training state (one is also "
+        "written after the first epoch and when training ends; 0: after every epoch); history.csv "
+        "gets a line every epoch",
+        check=at_least(0),
+        flag="--checkpoint-every",
     )
     max_minutes: float | None = setting(
         None,
@@ -225,8 +249,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, has_valid
     or ``lr_patience`` null)."""
     if not has_valid or cfg.lr_patience is None:
         return None
+    # threshold: the validation bound's noise, set before each step (EarlyStopping.noise)
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience, threshold=0.0
+        optimizer,
+        mode="max",
+        factor=cfg.lr_factor,
+        patience=cfg.lr_patience,
+        threshold=0.0,
+        threshold_mode="abs",
     )
 
 
@@ -251,25 +281,63 @@ def _all_finite(state: dict[str, torch.Tensor]) -> bool:
 
 
 class EarlyStopping:
-    """Keeps the weights of the best validation score; says when ``patience`` epochs passed without one."""
+    """Keeps the weights of the best validation score; says when ``patience`` epochs passed
+    without a gain larger than the score's own noise.
 
-    def __init__(self, patience: int | None) -> None:
+    An epoch that scores above every earlier one is the best (its weights are kept), but it
+    resets the count of stale epochs only when it beats the score of the last such gain by
+    more than :meth:`noise`, the score's epoch-to-epoch scatter. A curve still rising by
+    much less than its scatter per epoch (as a long run's validation bound does for hundreds
+    of epochs, each new best a little luckier than the last) then stops after ``patience``
+    epochs instead of running on for each new record.
+
+    Args:
+        patience: stale epochs after which to stop; None: never stop.
+        window: how many of the latest changes of the score :meth:`noise` reads.
+    """
+
+    def __init__(self, patience: int | None, window: int = NOISE_WINDOW) -> None:
         self.patience = patience
+        self.window = window
         self.best_value = -math.inf
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.gain_value = -math.inf  # the score of the last gain larger than the noise
+        self.recent: list[float] = []  # the latest window + 1 scores
         self.stale = 0
+
+    def noise(self) -> float:
+        """The standard deviation of the score's scatter about its trend: 1.4826 x the median
+        absolute deviation of its latest changes, over sqrt(2) (each change is the difference
+        of two scores). The median about the median ignores the trend and a few large jumps;
+        0 before :data:`MIN_CHANGES` finite changes are known."""
+        changes = np.diff(np.asarray(self.recent, dtype=np.float64))
+        changes = changes[np.isfinite(changes)]
+        if changes.size < MIN_CHANGES:
+            return 0.0
+        mad = np.median(np.abs(changes - np.median(changes)))
+        return float(1.4826 * mad / math.sqrt(2.0))
 
     def update(self, epoch: int, value: float, state: dict[str, torch.Tensor]) -> bool:
         """Record epoch ``epoch``'s score; True when training should stop."""
+        noise = self.noise()
+        self.recent = [*self.recent, value][-(self.window + 1) :]
         if value > self.best_value:
-            self.best_value, self.best_epoch, self.best_state, self.stale = value, epoch, state, 0
+            self.best_value, self.best_epoch, self.best_state = value, epoch, state
+        if value > self.gain_value + noise:
+            self.gain_value, self.stale = value, 0
         else:
             self.stale += 1
         return self.patience is not None and self.stale >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_value": self.best_value, "best_epoch": self.best_epoch, "stale": self.stale}
+        return {
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "stale": self.stale,
+            "gain_value": self.gain_value,
+            "recent": list(self.recent),
+        }
 
     def load_state_dict(self, state: dict[str, Any], best_state: dict[str, torch.Tensor] | None) -> None:
         self.best_value, self.best_epoch, self.stale = (
@@ -277,6 +345,9 @@ class EarlyStopping:
             state["best_epoch"],
             state["stale"],
         )
+        # a checkpoint from before the noise rule: its best so far is the last gain
+        self.gain_value = state.get("gain_value", self.best_value)
+        self.recent = list(state.get("recent", []))
         self.best_state = best_state
 
 
@@ -332,18 +403,37 @@ class DivergenceGuard:
 
 
 class Checkpointer:
-    """Writes the run's state after every epoch: enough to continue it to the bit.
+    """Writes the run's state after the first epoch, then every ``every_s`` seconds and when
+    training ends: enough to continue it to the bit from the last one.
 
     ``model.pt`` holds the weights to use (the best so far with validation data),
     ``training_state.pt`` the current weights, the optimizer, the early-stopping and
     divergence-guard state, every random generator and the history; ``history.csv`` gets
-    one line per epoch as it ends.
+    one line per epoch as it ends. Writing the state after every epoch cost the README's
+    main job 7% of its wall time (6.6 ms an epoch beside 45 ms of training, profiled); a
+    run killed between two checkpoints loses at most ``every_s`` seconds of training.
     """
 
-    def __init__(self, directory: Path | None, is_main: bool) -> None:
+    def __init__(self, directory: Path | None, is_main: bool, every_s: float = CHECKPOINT_EVERY_S) -> None:
         self.directory = directory
         self.active = directory is not None and is_main
+        self.every_s = every_s
         self.config_written = False
+        self.epoch = 0  # the epoch the last checkpoint holds
+        self.written_at: float | None = None  # when this process wrote it (perf_counter)
+
+    def end_epoch(self, vae: VAE, model_state, current_state, loop: _Loop) -> None:
+        """After an epoch: its line in ``history.csv``, and a checkpoint when one is due."""
+        if not self.active:
+            return
+        self._append_history(loop.history)
+        if self.written_at is None or time.perf_counter() - self.written_at >= self.every_s:
+            self.save(vae, model_state, current_state, loop)
+
+    def finish(self, vae: VAE, model_state, current_state, loop: _Loop) -> None:
+        """When training has ended: the last epoch's checkpoint, unless it is written already."""
+        if self.active and self.epoch != len(loop.history):
+            self.save(vae, model_state, current_state, loop)
 
     def save(self, vae: VAE, model_state, current_state, loop: _Loop) -> None:
         """``model_state``: the weights to keep (best so far); ``current_state``: the epoch's own copy."""
@@ -367,7 +457,7 @@ class Checkpointer:
             "rng": _rng_states(),
         }
         atomic_torch_save(state, self.directory / TRAINING_STATE_FILE)
-        self._append_history(loop.history)
+        self.epoch, self.written_at = len(loop.history), time.perf_counter()
 
     def _append_history(self, history: History) -> None:
         path = self.directory / HISTORY_FILE
@@ -399,7 +489,8 @@ class Checkpointer:
         loop.guard.reference = state["guard_reference"]
         loop.elapsed = state["elapsed"]
         _set_rng_states(state["rng"])
-        if self.active:  # history.csv may hold an epoch the checkpoint does not: rewrite it
+        self.epoch = state["epoch"]
+        if self.active:  # history.csv may hold epochs the checkpoint does not: rewrite it
             loop.history.to_csv(self.directory / HISTORY_FILE)
         logger.info("resuming after epoch %d from %s", state["epoch"], self.directory)
         return state["epoch"] + 1
@@ -525,6 +616,8 @@ class _Loop:
             if budget is not None and self.elapsed >= budget:
                 logger.info("stopping after epoch %d: the time budget of %.0f s is spent", epoch, budget)
                 break
+        state = self.last_good[0]
+        self.checkpointer.finish(self.vae, self.stopping.best_state or state, state, self)
 
     def train_epoch(self, epoch: int, schedule: BetaSchedule) -> dict[str, float]:
         start = time.perf_counter()
@@ -589,13 +682,15 @@ class _Loop:
         stop = False
         if self.valid is not None:
             record["valid_elbo"], record["valid_bound"] = elbo, score
+            noise = self.stopping.noise()
             stop = self.stopping.update(epoch, score, state)
             self.history.best_epoch = self.stopping.best_epoch
             if self.scheduler is not None:
+                self.scheduler.threshold = noise  # a plateau, too, is gains within the noise
                 self.scheduler.step(score)
         self.history.records.append(record)
         self.last_good = (state, epoch)
-        self.checkpointer.save(self.vae, self.stopping.best_state or state, state, self)
+        self.checkpointer.end_epoch(self.vae, self.stopping.best_state or state, state, self)
         return stop
 
     def score(self) -> tuple[float, float]:
@@ -634,8 +729,11 @@ class _Loop:
         else:
             restored = "no epoch ended with usable weights: the model was restored to its initial weights"
         kept = ""
-        if self.checkpointer.directory is not None and len(self.history):
-            kept = f" The checkpoint in {self.checkpointer.directory} is intact (epoch {len(self.history)})."
+        if self.checkpointer.directory is not None and self.checkpointer.epoch:
+            kept = (
+                f" The checkpoint in {self.checkpointer.directory} is intact "
+                f"(epoch {self.checkpointer.epoch}; continue from it with resume=True)."
+            )
         return TrainingDiverged(
             f"{what}; training stopped and {restored}.{kept} {self.advice()}", self.history
         )
@@ -696,10 +794,11 @@ def fit(
             (a number or ``{"end", "warmup_epochs", "start"}``), ``seed``, ``device``,
             ``lr_patience``, ``lr_factor``, ``weight_decay``, ``patience`` and ``valid_samples``
             (the first two and the last two act only with ``valid``), ``num_threads``,
-            ``max_minutes``, ``ddp_timeout_s``.
+            ``adaptive_threads``, ``checkpoint_every_s``, ``max_minutes``, ``ddp_timeout_s``.
         progress: a progress bar on a terminal, a line every 30 s elsewhere.
-        checkpoint_dir: after every epoch, ``model.pt`` (best weights so far when ``valid``
-            is given), ``training_state.pt`` and ``history.csv`` are written there.
+        checkpoint_dir: after the first epoch, every ``checkpoint_every_s`` seconds and at
+            the end, ``model.pt`` (best weights so far when ``valid`` is given) and
+            ``training_state.pt`` are written there; ``history.csv`` after every epoch.
         distributed: train in every process of a ``torchrun`` launch with
             ``DistributedDataParallel``; ``batch_size`` is per process, process 0 writes.
         resume: continue from the training state in ``checkpoint_dir``: the same weights,
@@ -708,7 +807,7 @@ def fit(
     Returns:
         the :class:`History`. If the loss becomes non-finite or explodes, training stops with
         :class:`TrainingDiverged`; the VAE is restored to the best (or last good) weights and
-        the checkpoint files are left as they were after the last good epoch.
+        the checkpoint files are left as the last checkpoint wrote them.
     """
     for name in ("patience", "lr_patience"):
         if settings.get(name) is not None and valid is None and not isinstance(train, DataSplits):
@@ -716,17 +815,7 @@ def fit(
     cfg = train_config(config, **settings)
     notes: list[str] = []
     if isinstance(train, DataSplits):
-        if not vae.is_resolved and train.columns is not None:
-            name, reason = vae.resolve_likelihood(train)
-            notes.append(f"likelihood 'auto' chose {name!r}: {reason}")
-        if _scales_table_inputs(vae, train, resume):
-            # columns kept in their own units for their likelihoods (their kind says which) are
-            # standardized for the encoder
-            vae.scale_inputs(train.train, train.columns.encoder_scaled)
-            notes.append(
-                "the encoder sees the columns kept in their own units (counts, integers) standardized "
-                "(training split's statistics)"
-            )
+        notes.extend(description.complete_from_table(vae, train, fresh=not (vae.fitted or resume)))
         valid = train.valid if valid is None else valid
         train = train.train_dataset(seed=cfg.seed)
     ctx = dist_utils.setup(cfg.device, cfg.ddp_timeout_s) if distributed else dist_utils.SINGLE
@@ -740,6 +829,7 @@ def fit(
         cfg.num_threads,
         work_per_step(vae, cfg.batch_size) if device.type == "cpu" else None,
         processes=ctx.local_world_size,
+        adaptive=cfg.adaptive_threads,
     )
     history.threads = threads.reason
     loader = make_loader(
@@ -767,10 +857,13 @@ def fit(
         history=history,
         stopping=EarlyStopping(cfg.patience if valid is not None else None),
         guard=DivergenceGuard(vae.input_dim),
-        checkpointer=Checkpointer(Path(checkpoint_dir) if checkpoint_dir is not None else None, ctx.is_main),
+        checkpointer=Checkpointer(
+            Path(checkpoint_dir) if checkpoint_dir is not None else None, ctx.is_main, cfg.checkpoint_every_s
+        ),
         check_batch=first,
         threads=threads,
     )
+    _compile_step(loop.objective, cfg, device, history)
     first_epoch = loop.checkpointer.restore(vae, loop, device) if resume else 1
     loop.last_good = (_state_copy(vae), first_epoch - 1)
     bar = Progress(progress and ctx.is_main, cfg.epochs, first_epoch)
@@ -799,24 +892,21 @@ def fit(
 
 
 def _prepare(vae: VAE, train: Any, valid: Any, cfg: TrainConfig, history: History, *, resume: bool):
-    """Check the data, choose an ``"auto"`` likelihood and initialise an untrained VAE from the seed."""
+    """Check the data, complete an untrained VAE from them (:mod:`pyro_vae.description`) and
+    initialise it from the seed."""
     in_memory = not isinstance(train, (Dataset, DataLoader))
     if in_memory:
         train = as_tensor(train)
         if train.shape[0] == 0:
             raise DataError("the training data hold no data points")
         vae.check_data(train, support=False, finite=False)  # the shape, before choosing a likelihood
-    if not vae.is_resolved:
-        sample = (
-            train
-            if in_memory
-            else (features_of(b) for b in make_loader(train, cfg.batch_size, shuffle=False))
-        )
-        name, reason = vae.resolve_likelihood(sample)
-        history.notes.append(f"likelihood 'auto' chose {name!r}: {reason}")
-    if not vae.missing and not vae.fitted and not resume and _has_missing(train, cfg):
-        vae.enable_missing()  # MIWAE: the encoder sees the observed part and the mask
-        history.notes.append("the training data hold missing (NaN) cells: scored on their observed cells")
+    if in_memory or vae.is_resolved:
+        sample = train
+    else:  # batches, read only if the likelihood is chosen from them
+        sample = (features_of(b) for b in make_loader(train, cfg.batch_size, shuffle=False))
+    fresh = not (vae.fitted or resume)
+    has_missing = fresh and not vae.missing and _has_missing(train, cfg)
+    history.notes.extend(description.complete_from_data(vae, sample, has_missing=has_missing, fresh=fresh))
     if not vae.fitted and not resume:
         vae.reset_parameters(cfg.seed)
     if in_memory:
@@ -845,19 +935,6 @@ def batch_size_for(cfg: TrainConfig, train: Any, processes: int = 1) -> int:
     return int(min(BATCH_SIZE, max(MIN_BATCH_SIZE, points // 10)))
 
 
-def _scales_table_inputs(vae: VAE, splits: DataSplits, resume: bool) -> bool:
-    """Whether fit sets the encoder's input scale: an untrained VAE with a built-in network
-    on a table (:func:`pyro_vae.tables.load_table`) with a column its kind says the encoder scales."""
-    schema = splits.columns
-    return (
-        schema is not None
-        and not (vae.fitted or resume)
-        and vae.input_scale is None
-        and vae.network != "custom"
-        and any(schema.encoder_scaled)
-    )
-
-
 def _has_missing(train: Any, cfg: TrainConfig) -> bool:
     """Whether the training data hold a NaN cell (one pass over a ``Dataset``'s batches)."""
     if isinstance(train, torch.Tensor):
@@ -875,6 +952,20 @@ def _first_batch(loader: DataLoader) -> torch.Tensor:
     if batch is None:
         raise DataError("the training data hold no data points")
     return features_of(batch)
+
+
+def _compile_step(
+    objective: torch.nn.Module, cfg: TrainConfig, device: torch.device, history: History
+) -> None:
+    """With ``compile_step``, compile the replayed step, or note in one line why it stays eager."""
+    if not cfg.compile_step:
+        return
+    replayed = getattr(getattr(objective, "module", objective), "replayed", None)  # unwrapped from DDP
+    problem = (
+        "the step is Pyro's ELBO, not the replayed one" if replayed is None else replayed.compile(device)
+    )
+    if problem is not None:
+        history.notes.append(f"compile_step: the training step stays eager: {problem}")
 
 
 def _objective(vae: VAE, cfg: TrainConfig, ctx: dist_utils.Context, device: torch.device) -> torch.nn.Module:

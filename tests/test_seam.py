@@ -146,9 +146,6 @@ def test_ais_with_missing_cells_matches_the_exact_marginal_of_the_observed_cells
     err = result.log_px - _exact_observed_marginal(vae, x)
     assert err.abs().max() < 0.05, err
     assert abs(err.mean()) < 0.015, err.mean()
-    # importance sampling from the untrained encoder, on the same seam, stays below it
-    ev = pyro_vae.evaluate(vae, x, 2000, kl_per_dim=False)
-    assert (ev["pointwise"]["log_likelihood"].double() - _exact_observed_marginal(vae, x)).mean() < 0.01
 
 
 def test_an_image_vae_refuses_missing_cells_clearly():
