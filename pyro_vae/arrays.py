@@ -266,7 +266,9 @@ def _per_feature(values: list[float], like: torch.Tensor) -> torch.Tensor:
 
 def fit_standardization(x: torch.Tensor, min_std: float = 1e-8) -> tuple[list[float], list[float]]:
     """Per-feature mean and std of ``x`` (over observed cells: NaN is missing); constant
-    features keep std 1 rather than 0."""
+    features keep std 1 rather than 0. In float64: the squares of float32 data near 1e20
+    overflow float32, and the std came out inf (every standardized value 0)."""
+    x = x.double()
     mean = x.nanmean(0)
     observed = (~torch.isnan(x)).sum(0).clamp_min(2)
     std = ((x - mean).nan_to_num().pow(2).sum(0) / (observed - 1)).sqrt()

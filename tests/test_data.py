@@ -316,3 +316,12 @@ def test_tensor_batches_serve_the_rows_asked_for():
     batches = data.TensorBatches(x)
     assert torch.equal(batches.__getitems__([3, 0, 7]), x[[3, 0, 7]])
     assert torch.equal(batches[4], x[4])
+
+
+def test_standardization_statistics_are_float64_at_extreme_scales():
+    # float32 squares of data near 1e20 overflow: the sd was inf and every value became 0
+    x = np.random.default_rng(0).normal(1e30, 1e29, (200, 2))
+    splits = data.load_array(x, standardize=True)
+    np.testing.assert_allclose(splits.preprocessing.std, x[: len(splits.train)].std(0, ddof=1), rtol=0.2)
+    assert torch.isfinite(splits.train).all()
+    torch.testing.assert_close(splits.train.std(0), torch.ones(2), atol=0.02, rtol=0)
