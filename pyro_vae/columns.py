@@ -17,8 +17,8 @@ binary         10        0 and 1                                      ``bernoull
 count          20        non-negative integers from 0                 ``negative_binomial``
 integer        40        other integers (an age, a cholesterol)       ``discretized_gaussian``
 unit           50        inside [0, 1], spread (sd >= 0.1)            ``beta`` / ``continuous_bernoulli``
-point_masses   60        a few values hold many rows (each >= 5%,     ``point_masses`` (those atoms and
-                         together >= 25%), the rest spread out        a Gaussian, in the data's units)
+point_masses   60        a few values stand out (each >= 5% of the    ``point_masses`` (those atoms and
+                         rows, twice the next one), >= 10% off them   a Gaussian, in the data's units)
 real           100       anything else                                ``gaussian`` (standardized)
 =============  ========  ===========================================  =================================
 
@@ -45,9 +45,12 @@ UNIT_MIN_SD = 0.1
 TAIL_SDS = 30.0  # a standardized value beyond this many sds is worth a warning
 #: above this every float64 is a whole number: "integer" says nothing about such a column
 EXACT_INTEGERS = 2.0**53
-#: a value of a non-integer column holding this share of its rows is an atom (point mass) ...
+#: the most frequent values of a non-integer column are atoms (point masses) when each holds
+#: this share of its rows ...
 ATOM_SHARE = 0.05
-ATOMS_TOTAL = 0.25  # ... when the atoms together hold this share
+#: ... and the least of them this many times the share of the next value: a measurement rounded
+#: to a grid (iris' 0.1 cm) has many values of similar shares, and no value stands out
+STANDOUT = 2.0
 MAX_ATOMS = 6  # the most frequent ones, at most
 OFF_ATOMS = 0.1  # ... and at least this share (and 10 rows) lies off them, for the density
 
@@ -361,9 +364,9 @@ class Unit(ColumnKind):
 
 @register("point_masses")
 class PointMasses(ColumnKind):
-    """A real column where a few values hold many rows (diabetes' ``s4``, a ratio of small
-    integers; zero-inflated amounts; a clipped sensor): those atoms, each a probability, and a
-    Gaussian density for the rest, in the column's own units (no Jacobian to add)."""
+    """A real column where a few values stand out (diabetes' ``s4``, a ratio of small integers;
+    zero-inflated amounts; a clipped sensor, Boston's ``age`` at 100): those atoms, each a
+    probability, and a Gaussian density for the rest, in the column's own units (no Jacobian)."""
 
     priority = 60.0
     encoder_scaled = True
@@ -391,19 +394,23 @@ class PointMasses(ColumnKind):
 
 
 def _atoms(support: np.ndarray) -> tuple[np.ndarray, float]:
-    """The atoms of a non-integer column (sorted; empty when it has none) and their share of it."""
+    """The atoms of a non-integer column (sorted; empty when it has none) and their share of it:
+    the largest number k <= MAX_ATOMS of most frequent values, each holding ATOM_SHARE of the
+    rows, whose least share is STANDOUT times the next value's."""
     none = np.empty(0), 0.0
     if support.size == 0 or np.all(support == np.round(support)):
         return none
     values, counts = np.unique(support, return_counts=True)
-    share = counts / support.size
-    heavy = np.sort(np.argsort(-share, kind="stable")[:MAX_ATOMS])
-    heavy = heavy[share[heavy] >= ATOM_SHARE]
-    total = float(share[heavy].sum())
-    off = support.size - counts[heavy].sum()
-    if heavy.size == 0 or total < ATOMS_TOTAL or off < max(10, OFF_ATOMS * support.size):
+    order = np.argsort(-counts, kind="stable")
+    share = np.append(counts[order] / support.size, 0.0)  # the "next value" of the last one: none
+    most = min(MAX_ATOMS, values.size)
+    fits = [k for k in range(1, most + 1) if share[k - 1] >= max(ATOM_SHARE, STANDOUT * share[k])]
+    if not fits:
         return none
-    return values[heavy], total
+    k = fits[-1]
+    if support.size * (1 - share[:k].sum()) < max(10, OFF_ATOMS * support.size):
+        return none
+    return np.sort(values[order[:k]]), float(share[:k].sum())
 
 
 @register("real")

@@ -145,8 +145,9 @@ def test_a_zero_inflated_column_is_its_own_kind_kept_in_its_units():
         np.where(
             np.random.default_rng(0).uniform(size=300) < 0.97, 1.5, np.random.default_rng(1).normal(size=300)
         ),
+        np.round(np.random.default_rng(0).normal(5.0, 0.8, 300), 1),  # iris' 0.1 cm: no value stands out
     ],
-    ids=["continuous", "integers", "almost-constant"],
+    ids=["continuous", "integers", "almost-constant", "rounded-to-a-grid"],
 )
 def test_columns_without_a_density_beside_their_atoms_are_not_point_masses(values):
     spec = columns.detect(columns.ColumnStats.of(values, "v"))
