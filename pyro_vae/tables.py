@@ -26,6 +26,7 @@ error. A mapping ``{column name or index: likelihood}`` overrides the choice per
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,10 @@ from pyro_vae.reading import MISSING_TOKENS, RawTable, as_raw_table, read_table 
 
 #: a column of this many rows or more whose values are all distinct keys is an identifier
 MIN_KEY_ROWS = 20
+#: a name that says "identifier" (id, patient_id, PatientID, key, index, rownames, "Unnamed: 0")
+ID_NAME = re.compile(
+    r"(^|[_\W])(id|key|index|idx|rownames?)$|(?-i:[a-z]I[Dd])$|^unnamed: \d+$", re.IGNORECASE
+)
 #: Likelihoods of location-scale families: a real column is standardized for them.
 LOCATION_SCALE = frozenset(
     {
@@ -210,6 +215,8 @@ def _identifier(stats: column_kinds.ColumnStats) -> str | None:
     lo, hi = stats.distinct[0], stats.distinct[-1]
     if stats.integers and hi - lo == n - 1:
         return f"an identifier: the consecutive integers {lo:g}..{hi:g}, one per row (a row number)"
+    if stats.integers and ID_NAME.search(stats.name):
+        return f"an identifier: named like one, and its {n} integers are distinct, one per row"
     return None
 
 

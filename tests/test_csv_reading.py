@@ -214,6 +214,15 @@ def test_identifier_columns_are_dropped_with_a_message(tmp_path):
     assert "column 'name' dropped: an identifier: 50 distinct labels, one per row" in messages
 
 
+def test_distinct_integers_named_like_an_identifier_are_dropped():
+    n = 40
+    ids = RNG.choice(10**6, n, replace=False).astype(float)  # distinct, not consecutive
+    x = np.column_stack([ids, ids, RNG.normal(size=n)])
+    with pytest.warns(UserWarning, match="column 'patient_id' dropped: an identifier: named like one"):
+        splits = load_table(x, names=["patient_id", "income", "z"])
+    assert splits.feature_names == ["income", "z"]  # the same numbers under another name stay
+
+
 def test_a_short_table_keeps_its_distinct_values():
     splits = load_table(
         np.column_stack([np.arange(10.0), RNG.normal(size=10)]), valid_fraction=0.2, test_fraction=0.2
