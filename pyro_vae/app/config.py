@@ -161,8 +161,10 @@ RESUME_MAY_CHANGE = frozenset(
         "eval.chunk_size",
     }
 )
-#: Budgets a resumed run may extend: a larger value, or for ``max_minutes`` null (no limit).
-RESUME_MAY_EXTEND = frozenset({"train.epochs", "train.max_minutes"})
+#: Budgets a resumed run may change (to finish a long run early, or to train it longer): the run
+#: trains to the new budget, as a run given it from the start would (a resume is exact), and
+#: ``config.json`` records it; ``epochs`` no fewer than the run has trained (:func:`check_trained`).
+RESUME_BUDGETS = frozenset({"train.epochs", "train.max_minutes"})
 
 
 @dataclass(frozen=True)
@@ -175,17 +177,12 @@ class SettingChange:
 
     @property
     def allowed(self) -> bool:
-        """Whether a resumed run may make this change (:data:`RESUME_MAY_CHANGE`, or an extension)."""
-        if self.key in RESUME_MAY_CHANGE:
-            return True
-        return self.key in RESUME_MAY_EXTEND and _extends(self.saved, self.given)
+        """Whether a resumed run may make this change (:data:`RESUME_MAY_CHANGE`, :data:`RESUME_BUDGETS`)."""
+        return self.key in RESUME_MAY_CHANGE or self.key in RESUME_BUDGETS
 
     def describe(self) -> str:
-        """``key (--flag): saved X, given Y``, and why an extendable budget was refused."""
-        text = f"{self.key} ({flag_of(self.key)}): saved {_shown(self.saved)}, given {_shown(self.given)}"
-        if self.key in RESUME_MAY_EXTEND and not self.allowed:
-            text += " (a resumed run may only extend it)"
-        return text
+        """``key (--flag): saved X, given Y``."""
+        return f"{self.key} ({flag_of(self.key)}): saved {_shown(self.saved)}, given {_shown(self.given)}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"saved": self.saved, "given": self.given}
@@ -244,16 +241,28 @@ def check_resume(saved: RunConfig, given: RunConfig, where: str | Path) -> list[
         raise ResumeError(
             f"--resume continues the run as {where} describes it, and {len(refused)} setting(s) differ: "
             + "; ".join(c.describe() for c in refused)
-            + ". Leave them out to continue the run (a longer --epochs or --max-minutes may extend it), "
+            + ". Leave them out to continue the run (--epochs and --max-minutes may change its budget), "
             "or train a new run with another --out"
         )
     return changes
 
 
-def _extends(saved: Any, given: Any) -> bool:
-    if given is None:  # no limit
-        return saved is not None
-    return saved is not None and given > saved
+def check_trained(given: RunConfig, trained: int, where: str | Path) -> None:
+    """Refuse an epoch budget below the epochs a resumed run has trained: its record would be untrue.
+
+    Args:
+        given: the settings the run is resumed with.
+        trained: the epochs in the checkpoint it continues from.
+        where: the run, named in the message.
+
+    Raises:
+        ResumeError: naming both numbers.
+    """
+    if given.train.epochs < trained:
+        raise ResumeError(
+            f"train.epochs (--epochs) {given.train.epochs} is fewer than the {trained} epochs the run in {where} "
+            f"has trained: give --epochs {trained} or more to continue it, or train a new run with another --out"
+        )
 
 
 def _shown(value: Any) -> str:

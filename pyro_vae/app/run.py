@@ -21,7 +21,7 @@ from pyro_vae import data as data_module
 from pyro_vae import description, memory
 from pyro_vae import distributed as dist_utils
 from pyro_vae.app import plotting
-from pyro_vae.app.config import SPLITS, RunConfig, SettingChange, check_columns, check_resume
+from pyro_vae.app.config import SPLITS, RunConfig, SettingChange, check_columns, check_resume, check_trained
 from pyro_vae.app.rundir import CONFIG_FILE, RunDirectory
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
 from pyro_vae.evaluation import default_chunk_size, evaluate
@@ -182,7 +182,7 @@ def train_run(
             echo(line)
     changes = _check_resumed(saved, cfg, splits, rundir, echo) if saved is not None else []
     vae = _prepared_vae(cfg, splits, rundir, echo)
-    record = _resume_record(rundir, changes) if rundir.resume else {}
+    record = _resume_record(cfg, rundir, changes) if rundir.resume else {}
     with rundir.lock() if ctx.is_main else contextlib.nullcontext():
         try:
             history, metrics = _train_and_write(
@@ -327,20 +327,25 @@ def _check_resumed(
     return changes
 
 
-def _resume_record(rundir: RunDirectory, changes: list[SettingChange]) -> dict[str, Any]:
+def _resume_record(cfg: RunConfig, rundir: RunDirectory, changes: list[SettingChange]) -> dict[str, Any]:
     """What ``config.json`` records of the run's resumes: the earlier ones and this one.
 
     Args:
+        cfg: the settings the run is resumed with.
         rundir: the run, with the ``config.json`` and (checked) training state it continues from.
         changes: the settings this resume changed.
 
     Returns:
         ``{"resumes": [...]}``, each entry the epoch it continued after and the settings it
         changed (``{"saved": X, "given": Y}``).
+
+    Raises:
+        ResumeError: ``cfg``'s epoch budget is below the epochs the run has trained.
     """
     earlier = read_json(rundir.source / CONFIG_FILE, what="run config").get("resumes", [])
-    state = load_tensors(rundir.source / TRAINING_STATE_FILE, what="training state")
-    entry = {"after_epoch": int(state["epoch"]), "changes": {c.key: c.to_dict() for c in changes}}
+    trained = int(load_tensors(rundir.source / TRAINING_STATE_FILE, what="training state")["epoch"])
+    check_trained(cfg, trained, rundir.source)
+    entry = {"after_epoch": trained, "changes": {c.key: c.to_dict() for c in changes}}
     return {"resumes": [*earlier, entry]}
 
 
