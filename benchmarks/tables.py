@@ -265,6 +265,8 @@ def density_split(raw: RawTable, seed: int, args) -> dict:
         "pyro_vae_all_test_rows": m["log_likelihood_data_units"],
         "pyro_vae_epochs": len(history),
         "pyro_vae_seconds": time.perf_counter() - t0,
+        # log p of these columns is a probability at an atom and a density elsewhere (see docs/tables.md)
+        "point_mass_columns": [c.name for c in schema.columns if c.kind == "point_masses"],
         "flow_chosen": anchor["chosen"],
         "flow_seconds": flow_seconds,
         "likelihood": vae.likelihood.name,
