@@ -23,12 +23,12 @@ import math
 
 import pytest
 import torch
-from test_evaluation import exact_log_px_1d, toy_vae
-from test_factor_analysis import L, _inverse_softplus, exact_log_px, exact_posterior, linear_vae
 
 import pyro_vae
 from pyro_vae.ais import AISResult, ais, bdmc, schedule
 from pyro_vae.errors import ConfigError
+from tests.test_evaluation import exact_log_px_1d, toy_vae
+from tests.test_factor_analysis import L, _inverse_softplus, exact_log_px, exact_posterior, linear_vae
 
 POINT_TOL = 0.05
 N = 20

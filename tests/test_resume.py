@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import binary_data
 
 from pyro_vae import VAE, fit
 from pyro_vae.evaluation import validation_elbo
 from pyro_vae.io import load_tensors
 from pyro_vae.training import TrainingDiverged
+from tests.conftest import binary_data
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
