@@ -379,3 +379,23 @@ def test_check_columns_compares_kinds_levels_and_what_is_kept() -> None:
         check_columns(saved, moved, "t.csv")
     assert "column 'a' is column 2 here, 1 in the run's table" in str(info.value)
     assert "column 'c' is column 1 here, 3 in the run's table" in str(info.value)
+
+
+@pytest.mark.parametrize("columns", [{"foo": 1}, {"source_names": ["a"], "columns": [5]}, [1, 2]])
+def test_a_damaged_columns_section_is_named_not_an_internal_error(columns, table_copy, capsys) -> None:
+    cfg = saved_config(table_copy / "run")
+    cfg["columns"] = columns
+    (table_copy / "run" / "config.json").write_text(json.dumps(cfg))
+    code, err = run_cli(["evaluate", table_copy / "run", "--no-progress"], capsys)
+    assert code == 2, err
+    assert "config.json: its 'columns' section does not describe a table" in err, err
+
+
+def test_a_damaged_resumes_entry_is_named(run, capsys) -> None:
+    cfg = saved_config(run)
+    cfg["resumes"] = 3
+    (run / "config.json").write_text(json.dumps(cfg))
+    before = snapshot(run.parent)
+    code, err = run_cli(["train", "--resume", "--out", run, *SMALL], capsys)
+    assert code == 2 and "'resumes' must be a list" in err, err
+    assert snapshot(run.parent) == before

@@ -321,7 +321,7 @@ def _check_resumed(
     """
     path = rundir.source / CONFIG_FILE
     changes = check_resume(saved, cfg, path)
-    check_columns(read_json(path, what="run config").get("columns"), _schema(splits), _data_name(cfg))
+    check_columns(saved_record(rundir.source)["columns"], _schema(splits), _data_name(cfg))
     for change in changes:
         echo(f"resume  {change.describe()}")
     return changes
@@ -342,11 +342,50 @@ def _resume_record(cfg: RunConfig, rundir: RunDirectory, changes: list[SettingCh
     Raises:
         ResumeError: ``cfg``'s epoch budget is below the epochs the run has trained.
     """
-    earlier = read_json(rundir.source / CONFIG_FILE, what="run config").get("resumes", [])
+    earlier = saved_record(rundir.source)["resumes"]
     trained = int(load_tensors(rundir.source / TRAINING_STATE_FILE, what="training state")["epoch"])
     check_trained(cfg, trained, rundir.source)
     entry = {"after_epoch": trained, "changes": {c.key: c.to_dict() for c in changes}}
     return {"resumes": [*earlier, entry]}
+
+
+def saved_record(run_dir: str | Path) -> dict[str, Any]:
+    """What a run's ``config.json`` records beside its settings, each section checked.
+
+    Args:
+        run_dir: the run directory (or its partial directory).
+
+    Returns:
+        ``{"columns": the table schema as a dict, or None; "resumes": the list of resumes}``.
+
+    Raises:
+        ConfigError: ``config.json`` is unreadable, or a section is not what ``train`` writes.
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    payload = read_json(path, what="run config")
+    columns, resumes = payload.get("columns"), payload.get("resumes", [])
+    if columns is not None and not _is_schema(columns):  # a hand-edited or foreign file
+        raise ConfigError(
+            f"{path}: its 'columns' section does not describe a table (source_names, and columns each "
+            "with a name and kind); restore the run's config.json"
+        )
+    if not isinstance(resumes, list):
+        raise ConfigError(f"{path}: 'resumes' must be a list of the run's resumes, got {resumes!r}")
+    return {"columns": columns, "resumes": resumes}
+
+
+def _is_schema(d: Any) -> bool:
+    """Whether ``d`` has what :func:`~pyro_vae.app.config.check_columns` reads of a saved schema
+    (only that: a schema saved by another version, with other column fields, still counts)."""
+    if not isinstance(d, dict) or not isinstance(d.get("source_names"), list):
+        return False
+    columns, dropped = d.get("columns"), d.get("dropped", [])
+    return (
+        isinstance(columns, list)
+        and all(isinstance(c, dict) and {"name", "kind"} <= set(c) for c in columns)
+        and isinstance(dropped, list)
+        and all(isinstance(x, dict) and "name" in x for x in dropped)
+    )
 
 
 def _schema(splits: data_module.DataSplits) -> dict[str, Any] | None:
@@ -411,7 +450,20 @@ def summary_line(m: dict[str, Any], vae: VAE) -> str:
 def load_run(
     run_dir: str | Path, *, split: str | None = None, data_dir: str | None = None
 ) -> tuple[RunConfig, VAE, data_module.DataSplits]:
-    """A saved run's config (``split`` and ``data_dir`` overridden when given), model and data."""
+    """A saved run's config, model and data, the data read again from their file.
+
+    Args:
+        run_dir: the run directory.
+        split: evaluate this split instead of the run's ``eval.split``.
+        data_dir: read the data set's files from here instead of the run's ``data.data_dir``.
+
+    Returns:
+        The run config, the VAE and the data splits.
+
+    Raises:
+        SchemaError: the run's CSV no longer has the table the run was trained on (column names,
+            order, kinds or levels), naming the columns.
+    """
     run_dir = Path(run_dir)
     cfg = RunConfig.from_json(run_dir)
     if split is not None:
@@ -421,9 +473,7 @@ def load_run(
     vae = VAE.load(run_dir)
     splits = load_data(cfg)
     # the data are read again from their file: refuse a table unlike the one the model was trained on
-    check_columns(
-        read_json(run_dir / CONFIG_FILE, what="run config").get("columns"), _schema(splits), _data_name(cfg)
-    )
+    check_columns(saved_record(run_dir)["columns"], _schema(splits), _data_name(cfg))
     return cfg, vae, splits
 
 
@@ -438,7 +488,11 @@ def evaluate_run(
     **options: Any,
 ) -> dict[str, Any]:
     """Re-evaluate a saved run on its data (optionally another split or K; ``options`` go to
-    :func:`~pyro_vae.evaluate`, e.g. ``method="ais", ais_steps=..., ais_chains=...``)."""
+    :func:`~pyro_vae.evaluate`, e.g. ``method="ais", ais_steps=..., ais_chains=...``).
+
+    The data are read as :func:`load_run` reads them: a table unlike the run's is a
+    :class:`~pyro_vae.errors.SchemaError`.
+    """
     cfg, vae, splits = load_run(run_dir, split=split, data_dir=data_dir)
     if num_samples is not None:
         cfg = cfg.replace("eval", num_samples=num_samples)
