@@ -54,7 +54,6 @@ from pyro_vae.utils import positive_int
 FILLS = ("mean", "draw")
 #: a conditional sample whose effective sample size is below this is worth a warning
 LOW_ESS = 20.0
-DISCRETE_KINDS = ("binary", "categorical")
 
 
 class Draws(NamedTuple):
@@ -114,6 +113,8 @@ def _present(raw: RawTable, table: Any, j: int) -> np.ndarray:
 def table_values(table: Any, schema: TableSchema, types: TableTypes, categorical=()) -> np.ndarray:
     """A table like the fitted one (a frame or an array) as raw rows ``(n, len(names))``, each text
     level coded as in training; a level training never saw is a :class:`~pyro_vae.errors.DataError`."""
+    if not types.is_frame:  # a copy: as_raw_table codes declared categorical columns of an array in place
+        table = np.array(table, dtype=np.float64, copy=True)
     raw = as_raw_table(table, None if types.is_frame else types.names, categorical)
     if raw.names != types.names:
         raise DataError(f"the table's columns {raw.names} are not the fitted table's {types.names}")
@@ -139,10 +140,7 @@ def snap(x: torch.Tensor, schema: TableSchema) -> torch.Tensor:
     """Model-space rows with each binary and categorical cell a valid code (rounded, clipped)."""
     x = x.detach().cpu().double().clone()
     for j, c in enumerate(schema.columns):
-        if c.kind == "binary":
-            x[:, j] = torch.where(x[:, j].isnan(), x[:, j], (x[:, j] >= 0.5).double())
-        elif c.kind == "categorical":
-            x[:, j] = x[:, j].round().clamp(0, len(c.levels or [0, 0]) - 1)
+        x[:, j] = torch.from_numpy(c.column_kind.snap(x[:, j].numpy(), c))
     return x
 
 
@@ -152,19 +150,10 @@ def raw_values(x: torch.Tensor, schema: TableSchema, fixed: Mapping[int, float] 
     ``fixed`` (kept column index -> raw value, as :func:`given_raw` gives) writes those values
     exactly, not through float32 model space.
     """
-    snapped = snap(x, schema)
-    out = schema.to_raw(snapped.float())
+    # snapped codes are whole numbers, so a numeric level decodes to exactly its own number
+    out = schema.to_raw(snap(x, schema).float())
     for j, c in enumerate(schema.columns):
-        if c.kind in ("integer", "count"):
-            out[:, j] = np.round(out[:, j])
-        if c.kind == "count":
-            out[:, j] = np.maximum(out[:, j], 0.0)
-        elif c.kind == "unit":
-            out[:, j] = np.clip(out[:, j], 0.0, 1.0)
-        elif c.kind == "categorical" and c.values is not None:  # the level's own number, from its code
-            codes = snapped[:, j].numpy()
-            known = ~np.isnan(codes)
-            out[known, j] = np.asarray(c.values)[codes[known].astype(int)]
+        out[:, j] = c.column_kind.to_support(out[:, j], c)
     for j, value in (fixed or {}).items():
         out[:, j] = value
     return out
@@ -231,7 +220,7 @@ def given_raw(given: Mapping[str, Any], schema: TableSchema, types: TableTypes) 
     out = {}
     for j, c in enumerate(schema.columns):
         if not np.isnan(coded[j]):
-            _check_support(c.name, c.kind, float(coded[j]), c)
+            _check_support(c, float(coded[j]))
             out[j] = float(raw[0, schema.keep[j]])
     return out
 
@@ -268,8 +257,9 @@ def _raw_value(name: str, value: Any, schema: TableSchema, types: TableTypes) ->
         return np.nan
     if spec.levels is not None and spec.values is None:
         levels = spec.levels
-        text = {str(label): level for level, label in types.labels.get(name, {}).items()}
-        level = text.get(str(value), str(value))
+        labels = types.labels.get(name, {})  # a label is the original value: a text, or a number (arrays)
+        match = [level for level, label in labels.items() if _same_label(label, value)]
+        level = match[0] if match else str(value)
         if level not in levels:
             raise DataError(f"given {name}={value!r} is not one of the column's levels: {', '.join(levels)}")
         return float(levels.index(level))
@@ -284,6 +274,10 @@ def _raw_value(name: str, value: Any, schema: TableSchema, types: TableTypes) ->
     return number
 
 
+def _same_label(label: Any, value: Any) -> bool:
+    return str(label) == str(value) or _same_number(label, value)
+
+
 def _show(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else repr(value)
 
@@ -295,15 +289,9 @@ def _same_number(a: Any, b: Any) -> bool:
         return False
 
 
-def _check_support(name: str, kind: str, value: float, spec: Any) -> None:
-    ok = {
-        "binary": value in (0.0, 1.0),
-        "count": value >= 0 and value == round(value),
-        "integer": value == round(value),
-        "unit": 0.0 <= value <= 1.0 if spec.likelihood_name != "beta" else 0.0 < value < 1.0,
-    }.get(kind, True)
-    if not ok:
-        raise DataError(f"given {name}={value:g} is outside the column's support ({kind} values)")
+def _check_support(spec: Any, value: float) -> None:
+    if not spec.column_kind.in_support(value, spec):
+        raise DataError(f"given {spec.name}={value:g} is outside the column's support ({spec.kind} values)")
 
 
 # --------------------------------------------------------------------------- importance sampling
@@ -409,11 +397,8 @@ def _point_batch(
 ) -> torch.Tensor:
     decoded = vae.decode(z)
     filled = (log_w.exp().unsqueeze(-1) * vae.data_mean(decoded)).sum(0)  # (n, D)
-    discrete = [
-        (j, 2 if c.kind == "binary" else len(c.levels))
-        for j, c in enumerate(schema.columns)
-        if c.kind in DISCRETE_KINDS
-    ]
+    codes = [(j, c.column_kind.num_codes(c)) for j, c in enumerate(schema.columns)]
+    discrete = [(j, k) for j, k in codes if k is not None]
     if not discrete:
         return filled
     cells = decoded.base_dist

@@ -251,3 +251,21 @@ def test_the_sample_command_writes_rows_given_columns_and_never_overwrites(tmp_p
         == 2
     )
     assert "not one of the column's levels" in capsys.readouterr().err and not (tmp_path / "b.csv").exists()
+
+
+def test_an_array_comes_back_an_array_with_each_declared_category_its_own_number():
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.normal(size=150), rng.choice([2.5, 7.0, 11.0], 150), rng.poisson(3, 150)])
+    before = x.copy()
+    density = VAEDensity(latent_dim=2, hidden=(8,), epochs=3, num_samples=20, categorical=(1,)).fit(x)
+    density.score_samples(x)
+    np.testing.assert_array_equal(x, before)  # the caller's array is read, never coded in place
+    rows = density.sample(200)
+    assert isinstance(rows, np.ndarray) and rows.dtype == np.float64 and rows.shape == (200, 3)
+    assert set(rows[:, 1]) <= {2.5, 7.0, 11.0} and (rows[:, 2] == np.round(rows[:, 2])).all()
+    given = density.sample(20, given={"x1": 7.0})
+    assert (given[:, 1] == 7.0).all()
+    holes = x.copy()
+    holes[::5, 1] = np.nan
+    filled = VAEImputer(latent_dim=2, hidden=(8,), epochs=3, num_samples=20, categorical=(1,)).fit(holes)
+    assert set(filled.transform(holes)[:, 1]) <= {2.5, 7.0, 11.0}
