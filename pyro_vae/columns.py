@@ -148,6 +148,7 @@ class ColumnKind:
         encoder_scaled: whether the encoder sees the column standardized although the
             likelihood sees it in its own units (counts, integers).
         standardizable: whether a location-scale likelihood given for the column standardizes it.
+        integral: whether the column's raw values are whole numbers (binary, counts, integers).
     """
 
     name = UnregisteredName()
@@ -155,6 +156,7 @@ class ColumnKind:
     takes_labels: ClassVar[bool] = False
     encoder_scaled: ClassVar[bool] = False
     standardizable: ClassVar[bool] = False
+    integral: ClassVar[bool] = False
 
     def detect(self, stats: ColumnStats) -> str | None:
         """Why the column is of this kind (the reason shown to the user), or None."""
@@ -193,6 +195,24 @@ class ColumnKind:
             return f"standardized (mean {spec.mean:.4g}, sd {spec.std:.4g})"
         return "kept as is"
 
+    def num_codes(self, spec: ColumnSpec) -> int | None:
+        """How many values a discrete column takes in model units (codes 0..K-1), else None."""
+        return None
+
+    def snap(self, column: np.ndarray, spec: ColumnSpec) -> np.ndarray:
+        """Model-unit values (a mean, a draw) onto the values the column takes there: a
+        discrete column's codes rounded and clipped; NaN stays NaN."""
+        return np.asarray(column, dtype=np.float64)
+
+    def to_support(self, column: np.ndarray, spec: ColumnSpec) -> np.ndarray:
+        """Raw values onto the column's support in its own type: whole numbers rounded, bounds clipped."""
+        column = np.asarray(column, dtype=np.float64)
+        return np.round(column) if self.integral else column
+
+    def in_support(self, value: float, spec: ColumnSpec) -> bool:
+        """Whether a raw value (a code, for text levels) is one the column can take."""
+        return not self.integral or value == round(value)
+
 
 REGISTRY: Registry[ColumnKind] = Registry("column kind", ColumnKind)
 register = REGISTRY.register
@@ -228,12 +248,23 @@ class Binary(ColumnKind):
     """Values 0 and 1."""
 
     priority = 10.0
+    integral = True
 
     def detect(self, stats: ColumnStats) -> str | None:
         return "values 0 and 1" if np.array_equal(stats.distinct, [0.0, 1.0]) else None
 
     def likelihood(self, stats: ColumnStats) -> Any:
         return "bernoulli"
+
+    def num_codes(self, spec: ColumnSpec) -> int | None:
+        return 2
+
+    def snap(self, column: np.ndarray, spec: ColumnSpec) -> np.ndarray:
+        column = np.asarray(column, dtype=np.float64)
+        return np.where(np.isnan(column), np.nan, column >= 0.5)
+
+    def in_support(self, value: float, spec: ColumnSpec) -> bool:
+        return value in (0.0, 1.0)
 
 
 @register("count")
@@ -243,6 +274,7 @@ class Count(ColumnKind):
     priority = 20.0
     encoder_scaled = True
     standardizable = True
+    integral = True
 
     def detect(self, stats: ColumnStats) -> str | None:
         if stats.integers and stats.support.min() == 0:
@@ -251,6 +283,12 @@ class Count(ColumnKind):
 
     def likelihood(self, stats: ColumnStats) -> Any:
         return "negative_binomial"
+
+    def to_support(self, column: np.ndarray, spec: ColumnSpec) -> np.ndarray:
+        return np.maximum(super().to_support(column, spec), 0.0)
+
+    def in_support(self, value: float, spec: ColumnSpec) -> bool:
+        return value >= 0 and super().in_support(value, spec)
 
 
 @register("categorical")
@@ -320,6 +358,12 @@ class Categorical(ColumnKind):
         shown = ", ".join(levels[:5]) + (", ..." if len(levels) > 5 else "")
         return f"coded 0..{len(levels) - 1} ({shown})"
 
+    def num_codes(self, spec: ColumnSpec) -> int | None:
+        return len(spec.levels or [0, 0])
+
+    def snap(self, column: np.ndarray, spec: ColumnSpec) -> np.ndarray:
+        return np.clip(np.round(np.asarray(column, dtype=np.float64)), 0, self.num_codes(spec) - 1)
+
 
 @register("integer")
 class Integer(ColumnKind):
@@ -329,6 +373,7 @@ class Integer(ColumnKind):
     priority = 40.0
     encoder_scaled = True
     standardizable = True
+    integral = True
 
     def detect(self, stats: ColumnStats) -> str | None:
         if stats.integers:
@@ -356,6 +401,16 @@ class Unit(ColumnKind):
 
     def likelihood(self, stats: ColumnStats) -> Any:
         return "beta" if self._inside(stats) else "continuous_bernoulli"
+
+    def to_support(self, column: np.ndarray, spec: ColumnSpec) -> np.ndarray:
+        # a Beta's support is the open interval: the nearest floats inside it
+        lo, hi = (
+            (np.nextafter(0.0, 1.0), np.nextafter(1.0, 0.0)) if spec.likelihood_name == "beta" else (0, 1)
+        )
+        return np.clip(np.asarray(column, dtype=np.float64), lo, hi)
+
+    def in_support(self, value: float, spec: ColumnSpec) -> bool:
+        return 0.0 < value < 1.0 if spec.likelihood_name == "beta" else 0.0 <= value <= 1.0
 
     @staticmethod
     def _inside(stats: ColumnStats) -> bool:

@@ -60,6 +60,23 @@ def test_each_kinds_transform_round_trips_and_missing_cells_stay_missing(name):
     np.testing.assert_allclose(kind.to_raw(model, spec), raw, rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.parametrize("name", columns.names())
+def test_each_kind_snaps_a_noisy_model_value_back_into_its_support(name):
+    """What imputed and synthetic rows go through: model units with noise (a mean, a draw),
+    snapped, back to raw units and onto the support, land on values the column can take."""
+    values, labels = EXAMPLES[name]
+    spec = columns.detect(ColumnStats.of(values, "c", labels))
+    kind = spec.column_kind
+    noisy = kind.to_model(values, spec) + RNG.normal(0, 0.3, values.size)
+    snapped = kind.snap(noisy, spec)
+    np.testing.assert_array_equal(kind.snap(snapped, spec), snapped)  # idempotent
+    raw = kind.to_support(kind.to_raw(snapped, spec), spec)
+    assert all(kind.in_support(float(v), spec) for v in raw)
+    if kind.num_codes(spec) is not None:
+        assert set(np.unique(snapped)) <= set(range(kind.num_codes(spec)))
+    assert np.isnan(kind.snap(np.array([np.nan]), spec)).all()
+
+
 def test_detection_follows_the_priorities():
     ordered = columns.by_priority()
     assert [k.priority for k in ordered] == sorted(k.priority for k in ordered)

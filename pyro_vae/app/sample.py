@@ -87,10 +87,7 @@ def _cell(value: float, spec) -> str:
         return ""
     if spec.levels is not None and spec.values is None:
         return spec.levels[int(value)]
-    if (
-        spec.kind in ("binary", "count", "integer")
-        or float(value).is_integer()
-        and spec.kind == "categorical"
-    ):
+    kind = spec.column_kind
+    if float(value).is_integer() and (kind.integral or kind.num_codes(spec) is not None):
         return str(int(value))
     return repr(float(value))
