@@ -475,7 +475,8 @@ def as_raw_table(
     if frame:
         width = table.shape[1]
     else:
-        values = np.asarray(as_tensor(table, dtype=torch.float64))
+        # a copy: declared categories are coded in place, and a float64 array would share memory
+        values = np.array(as_tensor(table, dtype=torch.float64))
         if values.ndim != 2:
             raise DataError(f"a table must be 2-D (rows, columns), got shape {values.shape}")
         width = values.shape[1]

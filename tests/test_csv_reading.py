@@ -68,6 +68,14 @@ def test_names_and_categorical_that_do_not_fit_the_table_are_refused():
         as_raw_table(x, categorical=[5])
 
 
+def test_declared_categories_of_an_array_leave_the_callers_array_alone():
+    x = np.column_stack([RNG.choice([2.5, 7.0, 11.0], 30), RNG.normal(size=30)])
+    before = x.copy()
+    table = as_raw_table(x, categorical=[0])
+    np.testing.assert_array_equal(x, before)
+    assert table.levels[0] == ["2.5", "7", "11"] and set(table.values[:, 0]) == {0.0, 1.0, 2.0}
+
+
 def test_the_utf8_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
     path = write(tmp_path, "\ufeff" + numbers_csv())
     assert read_table(path).names == ["a", "b", "c"]
