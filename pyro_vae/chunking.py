@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyro
 import torch
@@ -20,8 +20,9 @@ from pyro_vae.arrays import iter_batches
 from pyro_vae.errors import ConfigError
 from pyro_vae.utils import HeapTrim
 
-if TYPE_CHECKING:  # annotations only: the model imports this module's users
-    from pyro_vae.model import VAE, LogWeights
+# The VAE (pyro_vae.model) imports this module (through imputation): it is typed here by what it
+# does, not imported.
+VAE = Any
 
 # Numbers per intermediate of a chunk: 2**20 floats (4 MiB; 1250 draws x 784 pixels) keeps a
 # chunk's elementwise passes (log-probabilities, activations) in a core's L2 cache. On this
@@ -84,7 +85,7 @@ def point_batches(vae: VAE, data: Any, points: int, device: torch.device) -> Ite
         trim()
 
 
-def weight_chunks(vae: VAE, x: torch.Tensor, num_samples: int, draws: int) -> Iterator[LogWeights]:
+def weight_chunks(vae: VAE, x: torch.Tensor, num_samples: int, draws: int) -> Iterator[Any]:
     """:meth:`~pyro_vae.model.VAE.log_weights` for ``num_samples`` draws per point of ``x``,
     ``draws`` at a time."""
     remaining = num_samples

@@ -16,15 +16,17 @@ mixture of its probabilities.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
+from pyro_vae.arrays import as_tensor
 from pyro_vae.chunking import CHUNK_ELEMENTS, sampling
-from pyro_vae.utils import positive_int
+from pyro_vae.errors import UsageError
+from pyro_vae.utils import check_finite_weights, positive_int
 
-if TYPE_CHECKING:  # annotations only: the VAE calls this module
-    from pyro_vae.model import VAE
+# The VAE (pyro_vae.model) calls this module, so it is typed here by what it does, not imported.
+VAE = Any
 
 
 @torch.no_grad()
@@ -40,7 +42,14 @@ def impute(
     """
     positive_int("num_samples", num_samples)
     if not isinstance(x, torch.Tensor):
-        x = torch.as_tensor(x, dtype=torch.float32)
+        x = as_tensor(x)
+    if not vae.missing and bool(torch.isnan(x).any()):
+        raise UsageError(
+            "impute fills NaN cells, but this VAE was built without missing=True (its encoder cannot read "
+            "a row with a missing cell): train one built with VAE(..., missing=True), or fit an untrained "
+            "VAE on data holding NaN cells (fit then builds it so)"
+        )
+    check_finite_weights(vae)  # NaN weights would fill every cell with NaN, without a word
     vae.check_data(x)
     device = vae.device
     x = vae.shaped(x.to(device, torch.float32))
