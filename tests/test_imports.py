@@ -35,28 +35,14 @@ def _targets(node: ast.AST, module: str, is_package: bool) -> list[str]:
     return [f"{source}.{a.name}" if f"{source}.{a.name}" in MODULES else source for a in node.names]
 
 
-def _type_checking_only(tree: ast.Module) -> set[ast.AST]:
-    """Imports under ``if TYPE_CHECKING:``: annotations only, never run."""
-    nodes: set[ast.AST] = set()
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.If)
-            and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
-        ):
-            nodes.update(n for child in node.body for n in ast.walk(child))
-    return nodes
-
-
 def import_graph() -> dict[str, set[str]]:
     """Module -> the package's modules it imports anywhere in its body (functions included)."""
     graph = {}
     for module, path in MODULES.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        skip = _type_checking_only(tree)
         found = set()
-        for node in ast.walk(tree):
-            if node not in skip:
-                found.update(_targets(node, module, path.name == "__init__.py"))
+        for node in ast.walk(tree):  # imports under ``if TYPE_CHECKING:`` count too: they are a dependency
+            found.update(_targets(node, module, path.name == "__init__.py"))
         # a package's own ancestors (``pyro_vae``) are loaded by Python first: no edge back to them
         graph[module] = {t for t in found if t in MODULES and t != module and not module.startswith(t + ".")}
     return graph
