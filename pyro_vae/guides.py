@@ -111,6 +111,23 @@ class DiagonalGuide(Guide):
         return base if isinstance(posterior, dist.Independent) and isinstance(base, dist.Normal) else None
 
 
+#: The lowrank guide's factor starts at this fraction of torch's default initial scale.
+FACTOR_INIT_SCALE = 0.01
+
+
+class _SmallLinear(nn.Linear):
+    """``nn.Linear`` initialised at :data:`FACTOR_INIT_SCALE` of torch's scale (also when
+    :meth:`pyro_vae.model.VAE.reset_parameters` re-initialises it): the guide starts as
+    nearly the diagonal Gaussian. At full scale a random factor cost the digits model of
+    ``docs/guides.md`` 1.5 nats of test log p(x) after 400 epochs."""
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        with torch.no_grad():
+            self.weight.mul_(FACTOR_INIT_SCALE)
+            self.bias.mul_(FACTOR_INIT_SCALE)
+
+
 @register("lowrank")
 class LowRankGuide(Guide):
     r""":math:`q(z \mid x) = \mathcal N\big(\mu(x), \operatorname{diag}\sigma(x)^2 + F(x) F(x)^\top\big)`.
@@ -131,7 +148,7 @@ class LowRankGuide(Guide):
     def setup(self, latent_dim):
         super().setup(latent_dim)
         self.columns = latent_dim if self.rank is None else self.rank
-        self.factor = nn.Linear(2 * latent_dim, latent_dim * self.columns)
+        self.factor = _SmallLinear(2 * latent_dim, latent_dim * self.columns)
 
     def forward(self, loc, scale):
         factor = self.factor(context(loc, scale)).unflatten(-1, (self.latent_dim, self.columns))

@@ -114,6 +114,15 @@ def test_the_flow_guide_is_not_a_diagonal_gaussian():
     assert ((sd / z.std(0) - 1).abs() < 0.15).all()
 
 
+def test_the_lowrank_factor_starts_small_also_after_reset_parameters():
+    """Nearly the diagonal guide at the start: entries at most 1/100 of torch's bound 1/sqrt(fan_in)."""
+    vae = pyro_vae.VAE(6, 3, hidden=(8,), likelihood="gaussian", guide="lowrank")
+    vae.reset_parameters(0)
+    bound = guides.FACTOR_INIT_SCALE / math.sqrt(6)
+    factor = vae.variational.factor
+    assert 0 < factor.weight.abs().max() <= bound and factor.bias.abs().max() <= bound
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
