@@ -476,7 +476,7 @@ def as_raw_table(
         width = table.shape[1]
     else:
         # a copy: declared categories are coded in place, and a float64 array would share memory
-        values = np.array(as_tensor(table, dtype=torch.float64))
+        values = as_tensor(table, dtype=torch.float64).detach().cpu().numpy().copy()
         if values.ndim != 2:
             raise DataError(f"a table must be 2-D (rows, columns), got shape {values.shape}")
         width = values.shape[1]
