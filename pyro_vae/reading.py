@@ -344,7 +344,8 @@ def _decode(path: Path, encoding: str | None) -> str:
 def _dialect(text: str) -> type[csv.Dialect] | csv.Dialect:
     """The CSV dialect of ``text``: the sniffed delimiter among ``, ; tab |``; a comma when the
     sniffer is unsure or a comma splits the rows just as consistently."""
-    sample = "\n".join(text.splitlines()[:50])
+    head = text[: 1 << 16].splitlines()  # the first lines, without splitting a large file
+    sample = "\n".join(head[: min(50, max(len(head) - 1, 1))] if len(text) > 1 << 16 else head[:50])
     try:
         sniffed = csv.Sniffer().sniff(sample, delimiters=DELIMITERS)
     except csv.Error:
