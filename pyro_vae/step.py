@@ -30,7 +30,10 @@ and gradients for every registered likelihood and prior.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import shutil
 from typing import Any
 
 import pyro
@@ -44,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 #: relative difference from Pyro's loss above which a structure is not replayed
 TOLERANCE = 1e-4
+#: inductor's options for the compiled step: eager's random-number generator, so that a
+#: compiled step draws the z an eager one draws from the same seed
+COMPILE_OPTIONS = {"fallback_random": True}
 
 
 def replayable(vae: Any, elbo: pyro.infer.ELBO) -> str | None:
@@ -71,6 +77,7 @@ class ReplayedELBO:
     def __init__(self, vae: Any) -> None:
         self.vae = vae
         self.verdicts: dict[tuple, bool] = {}
+        self.compiled: Any = None  # ``loss`` through torch.compile, after :meth:`compile`
 
     def __call__(self, x: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor | None:
         if _PYRO_STACK:  # the caller wrapped the step in a handler: Pyro must see the sites
@@ -79,7 +86,39 @@ class ReplayedELBO:
         verdict = self.verdicts.get(key)
         if verdict is None:
             verdict = self.verdicts[key] = self.check(x, beta)
-        return self.loss(x, beta) if verdict else None
+        if not verdict:
+            return None
+        return self.loss(x, beta) if self.compiled is None else self.compiled_loss(x, beta)
+
+    def compile(self, device: torch.device) -> str | None:
+        """Replay :meth:`loss` through ``torch.compile`` from now on (checks still run
+        eagerly). Returns why it cannot (the step then stays eager), or None.
+
+        Args:
+            device: where the step runs (a CPU needs a C++ compiler, CUDA triton).
+
+        Returns:
+            None, or what is missing.
+        """
+        problem = compiler_problem(device)
+        if problem is None:
+            self.compiled = _compiled_loss()
+        return problem
+
+    def compiled_loss(self, x: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
+        """:meth:`loss` through the compiled kernels; eager from then on if compiling fails."""
+        if isinstance(beta, float) and beta not in (0.0, 1.0):
+            # a tensor, not a constant: one graph for every beta of a warm-up, not one each
+            beta = torch.tensor(beta, dtype=x.dtype, device=x.device)
+        try:
+            return self.compiled(self, x, beta)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: the eager step computes the same
+            logger.warning(
+                "training step: torch.compile failed, the eager step is used: %s",
+                str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+            )
+            self.compiled = None
+            return self.loss(x, beta)
 
     def structure(self, x: torch.Tensor, beta: float | torch.Tensor) -> tuple:
         kind = (
@@ -139,6 +178,35 @@ class ReplayedELBO:
         if not model.nodes["x"]["is_observed"]:
             return "the observation site is not observed"
         return None
+
+
+def compiler_problem(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot build the step's kernels for ``device`` here, or None.
+
+    Args:
+        device: the training device.
+
+    Returns:
+        None, or what is missing: inductor builds CPU kernels with a C++ compiler
+        (``$CXX``, ``g++``, ``c++`` or ``clang++``) and CUDA kernels with triton.
+    """
+    if device.type == "cpu":
+        if not any(name and shutil.which(name) for name in (os.environ.get("CXX"), "g++", "c++", "clang++")):
+            return "no C++ compiler on PATH (g++, c++, clang++ or $CXX)"
+    elif device.type == "cuda":
+        try:
+            import triton  # noqa: F401  (only whether it is installed)
+        except ImportError:
+            return "triton is not installed"
+    return None
+
+
+@functools.cache
+def _compiled_loss() -> Any:
+    """``ReplayedELBO.loss`` compiled, once per process. Its guards are on the VAE's
+    structure, not its identity, so every ``ReplayedELBO`` of a VAE shaped alike reuses the
+    kernels: a second ``fit`` in the same process does not compile again."""
+    return torch.compile(ReplayedELBO.loss, dynamic=False, options=COMPILE_OPTIONS)
 
 
 def _sample_sites(trace) -> list[str]:

@@ -1,19 +1,29 @@
-"""How many torch threads a fit uses, chosen from the model's size and the machine's load.
+"""How many torch threads a fit uses: fixed at the start from the model's size and the cores.
 
-Intra-op threads pay only when each step has enough arithmetic to split, and they cost
-dearly when another process holds a core: every parallel region then waits for the
-thread the scheduler preempted. On a 2-core machine the README's main job took 4.1x
-longer with two threads beside one busy process than alone, and 1.05x with one thread
-(``benchmarks/threads.py``, ``benchmarks/results/threads.json``). So, unless the user fixes the count
-(``num_threads``, ``--num-threads`` or ``OMP_NUM_THREADS``):
+Same seed, data and machine give bitwise-identical weights only at the same thread count:
+above a few tens of thousands of numbers torch splits a reduction (a sum, a matrix
+product's inner loop) between threads, and the partial sums are rounded differently
+(``tests/test_reproducible.py``: a 784-input model's weights differ between one and two
+threads after one epoch). So by default the count is chosen once, before the first step,
+from what the model's size pays for and the machine's cores alone
+(:func:`threads_that_pay`), never from what other processes are doing, and is kept for
+the whole run: a run on a busy machine repeats the run on an idle one to the bit. Unless
+the user fixes the count (``num_threads``, ``--num-threads`` or ``OMP_NUM_THREADS``):
 
 * a model whose step is too small to split (fewer than :data:`MIN_WORK_PER_THREAD`
   multiply-adds per step and thread) gets one thread;
-* otherwise it gets the cores that other processes leave idle, measured over a quarter
-  of a second at the start and again every :data:`RECHECK_S` seconds of training
-  (:class:`ThreadPolicy`), so a neighbour that starts later is made room for. A thread is
-  given up only when two readings in a row find the core held (one busy reading, such as
-  a process starting or exiting, is noise) and taken back as soon as a reading finds it free.
+* otherwise it gets every core of the machine (shared among the processes of a DDP run).
+
+The price is paid beside a busy process: intra-op threads wait for the one the scheduler
+preempted, and the README's main job took 4.9x longer with two threads beside one busy
+process than alone, 1.2x with one (``benchmarks/threads.py``, ``benchmarks/results/threads.json``).
+``adaptive=True`` (``adaptive_threads``, ``--adaptive-threads``) opts into the load-adaptive
+policy instead: the cores other processes leave idle, measured over a quarter of a second
+at the start and again every :data:`RECHECK_S` seconds of training (:class:`ThreadPolicy`),
+so a neighbour that starts later is made room for. A thread is given up only when two
+readings in a row find the core held (one busy reading, such as a process starting or
+exiting, is noise) and taken back as soon as a reading finds it free. The results then
+depend on the load whenever the count changes them.
 """
 
 from __future__ import annotations
@@ -33,8 +43,8 @@ logger = logging.getLogger(__name__)
 
 #: multiply-adds per step (batch size x weights) per thread: two threads from 1.6e7. On 2 cores
 #: benchmarks/threads.py finds two threads 10% faster from about 4e7 and 4-9% faster at 1.6e7-3e7
-#: (the README's main job is 2.2e7): worth having on an idle machine, and the load check
-#: takes the second thread away when another process needs the core
+#: (the README's main job is 2.2e7, and its epochs 1.24x faster with two: threads.json's
+#: contention runs): worth having on an idle machine
 MIN_WORK_PER_THREAD = 8e6
 #: seconds of training between two looks at the machine's load
 RECHECK_S = 2.0
@@ -117,11 +127,16 @@ def threads_that_pay(work: float | None, cores: int) -> int:
 
 
 class ThreadPolicy:
-    """Sets torch's intra-op threads for a fit and adjusts them to the machine's load.
+    """Sets torch's intra-op threads for a fit; with ``adaptive``, adjusts them to the machine's load.
 
-    ``fixed``: the user's count (never changed). Otherwise the count is the smaller of
-    what the model's size pays for and the cores other processes leave idle, rechecked
-    every ``recheck_s`` seconds of training.
+    Args:
+        fixed: the user's count (never changed); None: chosen here.
+        work: multiply-adds of one training step (:func:`work_per_step`); None: not on a CPU.
+        processes: the processes of the run on this machine (DDP), which share its cores.
+        recheck_s: with ``adaptive``, seconds of training between two readings of the load.
+        adaptive: follow the load (the count then depends on it, and with it the results);
+            False: the count what the model's size pays for on the machine's cores, for the
+            whole run.
     """
 
     def __init__(
@@ -130,16 +145,18 @@ class ThreadPolicy:
         work: float | None = None,
         processes: int = 1,
         recheck_s: float = RECHECK_S,
+        adaptive: bool = False,
     ) -> None:
         self.fixed = fixed or fixed_threads()
         self.cores = max(1, available_cpus() // processes)
         self.limit = threads_that_pay(work, self.cores)
         self.recheck_s = recheck_s
+        self.adaptive = adaptive and self.fixed is None and self.limit > 1
         self.load = ForeignLoad()
         self.threads = self.fixed or self.limit
         self._fewer: int | None = None  # a lower count one reading asked for, awaiting a second
         self.seconds_at: dict[int, float] = {}  # training seconds spent at each thread count
-        if self.fixed is None and self.limit > 1:
+        if self.adaptive:
             probe = ForeignLoad()
             with probe.measure():
                 time.sleep(0.25)
@@ -156,7 +173,9 @@ class ThreadPolicy:
             return f"{self.threads} torch threads, as set"
         if self.limit == 1 and self.cores > 1:
             return "1 torch thread: the model's steps are too small for more to pay"
-        return f"{self.threads} torch thread(s): the cores other processes leave idle (of {self.cores})"
+        if self.adaptive:
+            return f"{self.threads} torch thread(s): the cores other processes leave idle (of {self.cores})"
+        return f"{self.threads} torch thread(s): one per core, fixed for the run whatever the load"
 
     def summary(self) -> str:
         """:meth:`explain`, and how long training ran at each count when the load changed it."""
@@ -166,14 +185,14 @@ class ThreadPolicy:
         return f"{self.reason}; the load changed the count: {spent} thread(s)"
 
     def start_epoch(self) -> None:
-        if self.fixed is None and self.limit > 1:
+        if self.adaptive:
             self.load.start()
 
     def end_epoch(self, seconds: float) -> None:
         """After an epoch of ``seconds`` training: once ``recheck_s`` seconds of load are measured,
         fit the threads to it."""
         self.seconds_at[self.threads] = self.seconds_at.get(self.threads, 0.0) + seconds
-        if self.fixed is not None or self.limit == 1:
+        if not self.adaptive:
             return
         self.load.stop()
         if self.load.wall < self.recheck_s:

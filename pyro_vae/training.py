@@ -426,9 +426,9 @@ class Checkpointer:
         """After an epoch: its line in ``history.csv``, and a checkpoint when one is due."""
         if not self.active:
             return
-        self._append_history(loop.history)
         if self.written_at is None or time.perf_counter() - self.written_at >= self.every_s:
             self.save(vae, model_state, current_state, loop)
+        self._append_history(loop.history)  # after the checkpoint: a line there means its epoch is done
 
     def finish(self, vae: VAE, model_state, current_state, loop: _Loop) -> None:
         """When training has ended: the last epoch's checkpoint, unless it is written already."""

@@ -37,8 +37,35 @@ def test_the_users_count_is_kept_whatever_the_load(four_cores, monkeypatch):
     assert threads.ThreadPolicy(None, work=big()).threads == 2
 
 
+def busy_neighbours(monkeypatch, cores: float) -> None:
+    """The machine's busy CPU time grows as if other processes kept ``cores`` cores busy."""
+    start = threads.time.perf_counter()
+    monkeypatch.setattr(
+        threads,
+        "busy_cpu_seconds",
+        lambda: threads.own_cpu_seconds() + cores * (threads.time.perf_counter() - start),
+    )
+
+
+def test_by_default_the_count_ignores_the_load(four_cores, monkeypatch):
+    busy_neighbours(monkeypatch, 3.0)
+    policy = threads.ThreadPolicy(None, work=big(), recheck_s=0.0)
+    assert policy.threads == 4 and torch.get_num_threads() == 4  # not the one core left idle
+    for _ in range(3):
+        policy.start_epoch()
+        threads.time.sleep(0.01)
+        policy.end_epoch(1.0)
+    assert policy.threads == 4 and "fixed for the run" in policy.summary()
+
+
+def test_the_adaptive_policy_leaves_busy_cores_at_the_start(four_cores, monkeypatch):
+    busy_neighbours(monkeypatch, 3.0)
+    policy = threads.ThreadPolicy(None, work=big(), adaptive=True)
+    assert policy.threads == 1 and "the cores other processes leave idle" in policy.reason
+
+
 def test_cores_held_by_other_processes_are_left_to_them(four_cores):
-    policy = threads.ThreadPolicy(None, work=big())
+    policy = threads.ThreadPolicy(None, work=big(), adaptive=True)
     assert policy.limit == 4
     assert policy.allowed(0.0) == 4
     assert policy.allowed(0.2) == 4  # a fifth of a core is noise
@@ -49,7 +76,7 @@ def test_cores_held_by_other_processes_are_left_to_them(four_cores):
 
 
 def test_the_count_follows_the_load_during_training(four_cores):
-    policy = threads.ThreadPolicy(None, work=big(), recheck_s=0.0)
+    policy = threads.ThreadPolicy(None, work=big(), recheck_s=0.0, adaptive=True)
     policy.load.foreign, policy.load.wall = 2.0, 1.0  # a neighbour held two cores
     policy.end_epoch(1.0)
     assert policy.threads == 4  # one reading may be a process starting or exiting
@@ -63,7 +90,7 @@ def test_the_count_follows_the_load_during_training(four_cores):
 
 
 def test_one_busy_reading_between_idle_ones_keeps_the_threads(four_cores):
-    policy = threads.ThreadPolicy(None, work=big(), recheck_s=0.0)
+    policy = threads.ThreadPolicy(None, work=big(), recheck_s=0.0, adaptive=True)
     for foreign in (0.0, 1.5, 0.0, 1.5, 0.0):
         policy.load.foreign, policy.load.wall = foreign, 1.0
         policy.end_epoch(1.0)
@@ -72,7 +99,7 @@ def test_one_busy_reading_between_idle_ones_keeps_the_threads(four_cores):
 
 
 def test_two_busy_readings_drop_to_the_larger_of_their_counts(four_cores):
-    policy = threads.ThreadPolicy(None, work=big(), recheck_s=0.0)
+    policy = threads.ThreadPolicy(None, work=big(), recheck_s=0.0, adaptive=True)
     for foreign in (2.9, 1.0):  # asked for 1, then 3: the neighbour is leaving
         policy.load.foreign, policy.load.wall = foreign, 1.0
         policy.end_epoch(1.0)

@@ -8,9 +8,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_vae import VAE, BetaSchedule, TrainConfig, TrainingDiverged, fit
+from pyro_vae import step as step_module
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import validation_elbo
-from pyro_vae.training import TRAINING_STATE_FILE, make_optimizer
+from pyro_vae.step import ReplayedELBO
+from pyro_vae.training import NOISE_WINDOW, TRAINING_STATE_FILE, EarlyStopping, make_optimizer
 from tests.conftest import binary_data
 
 
@@ -99,13 +101,57 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
     best = max(history["valid_bound"])
     assert history["valid_bound"][history.best_epoch - 1] == best
     assert history["valid_elbo"] == history["valid_bound"]  # the ELBO is the elbo objective's bound
-    if history.stopped_early:
-        assert len(history) == history.best_epoch + 3
+    replay = EarlyStopping(3)  # the rule fit applies, on the scores it recorded
+    stops = [replay.update(e, v, {}) for e, v in enumerate(history["valid_bound"], 1)]
+    assert history.stopped_early == stops[-1] and not any(stops[:-1])
     # The returned model is the best epoch's, reproducibly scored.
     assert validation_elbo(vae, valid, num_samples=4) == pytest.approx(best, abs=1e-4)
     saved = VAE.load(tmp_path)
     for k, v in vae.state_dict().items():
         assert torch.equal(v, saved.state_dict()[k])
+
+
+def test_early_stopping_noise_is_the_scatter_of_the_score_about_its_trend():
+    rng = np.random.default_rng(0)
+    sigma, n = 0.3, 4001
+    stopping = EarlyStopping(None, window=n)
+    for epoch, value in enumerate(0.01 * np.arange(n) + rng.normal(0, sigma, n), 1):
+        stopping.update(epoch, float(value), {})
+    # 1.4826 MAD of N(0, 2 sigma^2) changes, over sqrt(2): sigma, whatever the trend
+    assert stopping.noise() == pytest.approx(sigma, rel=0.05)
+    assert EarlyStopping(None).noise() == 0.0  # no changes yet: any gain counts
+
+
+def curve(slope: float, sigma: float, epochs: int, seed: int = 0) -> np.ndarray:
+    return slope * np.arange(epochs) + np.random.default_rng(seed).normal(0, sigma, epochs)
+
+
+def stop_epoch(scores: np.ndarray, rule: EarlyStopping) -> int | None:
+    for epoch, value in enumerate(scores, 1):
+        if rule.update(epoch, float(value), {}):
+            return epoch
+    return None
+
+
+class AnyRecord(EarlyStopping):
+    """The rule before the noise: every new best resets the patience."""
+
+    def noise(self) -> float:
+        return 0.0
+
+
+def test_early_stopping_waits_for_gains_larger_than_the_noise():
+    # Creeping up by twice its scatter per 50 epochs: the new records that kept a patience-50
+    # run going for 3000 epochs are gains within the noise.
+    creeping = curve(0.004, 0.1, 3000)
+    assert stop_epoch(creeping, AnyRecord(50)) is None
+    assert stop_epoch(creeping, EarlyStopping(50)) < 1000
+    rising = curve(0.02, 0.1, 1000)  # twice the scatter per 10 epochs: never stale for 50
+    assert stop_epoch(rising, EarlyStopping(50)) is None
+    rule = EarlyStopping(None)
+    stop_epoch(creeping[:300], rule)
+    assert rule.best_value == max(creeping[:300])  # the best weights are still the best score's
+    assert len(rule.recent) == NOISE_WINDOW + 1
 
 
 def test_checkpoint_files_and_training_state_load_safely(tmp_path):
@@ -117,7 +163,8 @@ def test_checkpoint_files_and_training_state_load_safely(tmp_path):
     assert set(state["model"]) == set(vae.state_dict())
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_state(tmp_path):
+@pytest.mark.parametrize("every_s", [0.0, None], ids=["every-epoch", "by-time"])
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_state(tmp_path, every_s):
     x = binary_data(64)
     vae = small_vae()
     calls = {"n": 0}
@@ -130,14 +177,47 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_state(tmp_pat
         return out * float("nan") if calls["n"] > 4 else out
 
     vae.decoder.forward = poisoned
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 3.*intact \(epoch 2\)") as err:
-        fit(vae, x, epochs=5, batch_size=32, checkpoint_dir=tmp_path, progress=False)
+    every = {} if every_s is None else {"checkpoint_every_s": every_s}
+    # By time (30 s by default), the last checkpoint of this short run is the first epoch's.
+    kept = 2 if every_s == 0 else 1
+    with pytest.raises(TrainingDiverged, match=rf"loss became nan at epoch 3.*intact \(epoch {kept};") as err:
+        fit(vae, x, epochs=5, batch_size=32, checkpoint_dir=tmp_path, progress=False, **every)
     assert len(err.value.history) == 2
-    saved = VAE.load(tmp_path)
-    for k, v in vae.state_dict().items():
+    for v in vae.state_dict().values():
         assert torch.isfinite(v).all()
-        assert torch.equal(v, saved.state_dict()[k])
-    assert torch.load(tmp_path / TRAINING_STATE_FILE, weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / TRAINING_STATE_FILE, weights_only=True)["epoch"] == kept
+    assert len((tmp_path / "history.csv").read_text().splitlines()) == 1 + 2  # every epoch's line
+    if kept == 2:  # the model on disk is the one restored in memory
+        saved = VAE.load(tmp_path)
+        for k, v in vae.state_dict().items():
+            assert torch.equal(v, saved.state_dict()[k])
+
+
+def test_checkpoints_by_time_then_at_the_end_resume_to_the_bit(tmp_path, monkeypatch):
+    import pyro_vae.training as training
+
+    saved = []
+    save = training.atomic_torch_save
+    monkeypatch.setattr(
+        training, "atomic_torch_save", lambda obj, path: (saved.append(path.name), save(obj, path))
+    )
+    x, valid = binary_data(128), binary_data(40, seed=1)
+    settings = dict(batch_size=32, patience=None, progress=False, checkpoint_every_s=3600.0)
+    torch.manual_seed(0)
+    whole = small_vae()
+    fit(whole, x, valid, epochs=9, **settings)
+    saved.clear()
+    torch.manual_seed(0)
+    part = small_vae()
+    fit(part, x, valid, epochs=6, checkpoint_dir=tmp_path, **settings)
+    # after epoch 1 and after the last one (6): an hour never passed in between
+    assert saved.count(TRAINING_STATE_FILE) == 2
+    assert torch.load(tmp_path / TRAINING_STATE_FILE, weights_only=True)["epoch"] == 6
+    assert len((tmp_path / "history.csv").read_text().splitlines()) == 1 + 6
+    resumed = small_vae()
+    fit(resumed, x, valid, epochs=9, checkpoint_dir=tmp_path, resume=True, **settings)
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
 
 
 def test_data_dependent_prior_initialisation_happens_once():
@@ -278,3 +358,73 @@ def test_exploded_steps_in_a_row_stop_training():
         fit(vae, x, epochs=6, batch_size=16, progress=False)
     # epoch 3's four steps were skipped; its weights (unchanged) then failed the epoch's check
     assert len(err.value.history) == 2
+
+
+# --------------------------------------------------------------------------- the compiled step
+
+
+def weights(vae: VAE) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in vae.state_dict().items()}
+
+
+def test_compiled_step_computes_the_eager_loss_and_gradients():
+    if step_module.compiler_problem(torch.device("cpu")) is not None:
+        pytest.skip("no C++ compiler for torch.compile")
+    x = binary_data(64)
+    eager, compiled = small_vae(), small_vae()
+    fit(eager, x, epochs=1, batch_size=32, progress=False, lr=1e-9)  # builds the networks, seed 0
+    compiled.load_state_dict(eager.state_dict())
+    compiled.fitted = True
+    replayed = {}
+    for name, vae in (("eager", eager), ("compiled", compiled)):
+        replayed[name] = ReplayedELBO(vae)
+        if name == "compiled":
+            assert replayed[name].compile(torch.device("cpu")) is None
+    values, grads = {}, {}
+    for beta in (1.0, 0.3):  # beta 0.3 goes in as a tensor: one graph for a warm-up's every beta
+        for name, vae in (("eager", eager), ("compiled", compiled)):
+            vae.zero_grad()
+            torch.manual_seed(1)  # the same draws (inductor keeps eager's random numbers)
+            loss = replayed[name](x, beta)
+            loss.backward()
+            values[name] = float(loss.detach())
+            grads[name] = {n: p.grad.clone() for n, p in vae.named_parameters()}
+        assert values["compiled"] == pytest.approx(values["eager"], rel=1e-5)
+        for n, g in grads["eager"].items():
+            torch.testing.assert_close(grads["compiled"][n], g, rtol=1e-4, atol=1e-5)
+
+
+def test_without_a_compiler_the_step_stays_eager_with_one_note(monkeypatch):
+    x = binary_data(64)
+    torch.manual_seed(0)
+    eager = small_vae()
+    fit(eager, x, epochs=2, batch_size=32, progress=False)
+    monkeypatch.setattr(step_module.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    torch.manual_seed(0)
+    fallback = small_vae()
+    history = fit(fallback, x, epochs=2, batch_size=32, progress=False, compile_step=True)
+    assert [n for n in history.notes if "compile" in n] == [
+        "compile_step: the training step stays eager: no C++ compiler on PATH (g++, c++, clang++ or $CXX)"
+    ]
+    assert all(torch.equal(v, weights(fallback)[k]) for k, v in weights(eager).items())
+
+
+def test_a_compiler_that_fails_falls_back_to_the_eager_step(monkeypatch, caplog):
+    def broken(*args):
+        raise RuntimeError("C++ compile error: cc1plus not found\nmore lines")
+
+    x = binary_data(64)
+    torch.manual_seed(0)
+    eager = small_vae()
+    fit(eager, x, epochs=2, batch_size=32, progress=False)
+    monkeypatch.setattr(step_module, "compiler_problem", lambda device: None)
+    monkeypatch.setattr(step_module, "_compiled_loss", lambda: broken)
+    torch.manual_seed(0)
+    fallback = small_vae()
+    with caplog.at_level("WARNING", logger="pyro_vae.step"):
+        fit(fallback, x, epochs=2, batch_size=32, progress=False, compile_step=True)
+    assert [r.getMessage() for r in caplog.records] == [
+        "training step: torch.compile failed, the eager step is used: C++ compile error: cc1plus not found"
+    ]
+    assert all(torch.equal(v, weights(fallback)[k]) for k, v in weights(eager).items())
