@@ -407,12 +407,18 @@ def _from_frame(frame: Any, declared: set[int]) -> RawTable:
             values.append(_frame_days(col, name))
         else:
             values.append(col.to_numpy(dtype=np.float64, na_value=np.nan))
-            if kind in "iu" and len(col) and int(np.abs(col.to_numpy()).max()) > EXACT_INTEGERS:
+            if kind in "iu" and _beyond_exact(col):
                 _warn(
                     f"DataFrame column {name!r} holds integers beyond 2**53: read as the nearest float64 "
                     "(digits past the 16th are lost; an identifier? drop the column)"
                 )
     return RawTable(np.column_stack(values), names, levels)
+
+
+def _beyond_exact(col: Any) -> bool:
+    """Whether an integer column holds a value float64 cannot hold exactly (missing cells skipped)."""
+    present = col.dropna()
+    return bool(len(present)) and max(abs(int(present.min())), abs(int(present.max()))) > EXACT_INTEGERS
 
 
 def _frame_days(col: Any, name: str) -> np.ndarray:

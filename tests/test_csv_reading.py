@@ -175,6 +175,15 @@ def test_integers_beyond_2_to_the_53_are_warned(tmp_path):
         read_table(write(tmp_path, "\n".join(rows) + "\n"))
 
 
+def test_a_frames_integers_beyond_2_to_the_53_are_warned():
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"id": np.arange(30, dtype=np.int64) * 7919 + 2**62, "x": RNG.normal(size=30)})
+    with pytest.warns(UserWarning, match="DataFrame column 'id' holds integers beyond 2\\*\\*53"):
+        as_raw_table(frame)
+    nullable = pd.DataFrame({"n": pd.array([1, None, 3] * 10, dtype="Int64"), "x": RNG.normal(size=30)})
+    np.testing.assert_array_equal(as_raw_table(nullable).values[:3, 0], [1.0, np.nan, 3.0])
+
+
 def test_iso_dates_become_days_and_ambiguous_dates_are_refused(tmp_path):
     rows = ["when,x"] + [f"2021-03-{1 + i % 28:02d},{i}" for i in range(40)]
     rows[5] = "1970-01-02T12:00:00Z,4"
