@@ -39,6 +39,8 @@ from pyro_vae.utils import positive, positive_int
 
 #: Draws behind :meth:`Guide.moments` for a guide whose moments have no closed form.
 MOMENT_DRAWS = 1000
+#: Numbers of z per chunk of those draws (2**18 floats: 1 MiB, however many points).
+MOMENT_CHUNK_ELEMENTS = 2**18
 
 
 def context(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -77,16 +79,24 @@ class Guide(nn.Module):
         """The mean and standard deviation of ``posterior`` per point and dimension, each
         ``(n, latent_dim)``: its :meth:`marginals`' where they are Gaussian, else estimated
         from :data:`MOMENT_DRAWS` draws of a private random stream (seed 0; the global
-        streams are left as they were)."""
+        streams are left as they were), drawn a few at a time so that a large batch stays
+        small in memory."""
         normal = self.marginals(posterior)
         if normal is not None:
             return normal.loc, normal.scale
         param = next(self.parameters(), None)
         cuda = param is not None and param.device.type == "cuda"
+        per_chunk = max(1, MOMENT_CHUNK_ELEMENTS // max(1, posterior.batch_shape.numel() * self.latent_dim))
+        total, square = 0.0, 0.0
         with torch.random.fork_rng(devices=[param.device] if cuda else []):
             torch.manual_seed(0)
-            z = posterior.sample((MOMENT_DRAWS,))
-        return z.mean(0), z.std(0)
+            for start in range(0, MOMENT_DRAWS, per_chunk):
+                z = posterior.sample((min(per_chunk, MOMENT_DRAWS - start),))
+                total = total + z.double().sum(0)
+                square = square + (z.double() ** 2).sum(0)
+        mean = total / MOMENT_DRAWS
+        var = ((square - MOMENT_DRAWS * mean**2) / (MOMENT_DRAWS - 1)).clamp_min(0)
+        return mean.to(z.dtype), var.sqrt().to(z.dtype)
 
     def spec(self) -> dict[str, Any]:
         return spec_of(self)
