@@ -442,6 +442,11 @@ class VAE(PyroModule):
         the one place the model's log-density is written: the replayed training step,
         importance sampling, imputation, AIS, PSIS and NUTS all call them.
         """
+        if z.dim() < 2 or z.shape[-1] != self.latent_dim or z.shape[-2] != x.shape[0]:
+            raise DataError(
+                f"codes z must be (..., n, latent_dim) = (..., {x.shape[0]}, {self.latent_dim}) for "
+                f"{x.shape[0]} data points, got {tuple(z.shape)}"
+            )
         x, observed = self.observed_part(x)
         return self.observation(z, x, observed).log_prob(x), self.prior().log_prob(z)
 
@@ -454,6 +459,8 @@ class VAE(PyroModule):
         The draws are reparameterised, so gradients flow to the networks. A subclass that
         overrides ``model`` or ``guide`` is traced as Pyro sees it instead.
         """
+        if num_samples is not None:
+            positive_int("num_samples", num_samples)
         if self.own_structure() is not None:
             return self._traced_log_weights(x, num_samples)
         posterior = self.posterior(self.shaped(x))  # the encoder sees missing cells as NaN
@@ -637,7 +644,9 @@ class VAE(PyroModule):
         """
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
-            raise RunDirectoryError(f"cannot save the model into {directory}: it is a file; choose a directory")
+            raise RunDirectoryError(
+                f"cannot save the model into {directory}: it is a file; choose a directory"
+            )
         directory.mkdir(parents=True, exist_ok=True)
         from pyro_vae.io import atomic_torch_save, atomic_write_json, read_json
         from pyro_vae.version import __version__

@@ -97,6 +97,17 @@ def test_log_joint_is_the_models_log_density_at_given_codes():
         torch.testing.assert_close(log_pz[k], trace.nodes["z"]["log_prob"])
 
 
+def test_the_seam_refuses_bad_codes_and_draw_counts_clearly():
+    vae = _vae("gaussian")
+    x = _data(vae, "gaussian", False)
+    with pytest.raises(pyro_vae.errors.DataError, match=r"\(\.\.\., 8, 2\)"):
+        vae.log_joint(torch.zeros(8, 3), x)
+    with pytest.raises(pyro_vae.errors.DataError, match="8 data points"):
+        vae.log_joint(torch.zeros(5, 2), x)
+    with pytest.raises(pyro_vae.errors.ConfigError, match="num_samples"):
+        vae.log_weights(x, 0)
+
+
 def test_flat_and_shaped_images_give_the_same_weights():
     vae = _vae("bernoulli", network="conv")
     x = _data(vae, "bernoulli", False)
