@@ -26,7 +26,9 @@ same run between the evaluations. A second chunk size (a sixteenth by default) s
 memory is bounded by the chunk, not by the number of points or samples, and how the time
 per pair depends on the chunk. With fewer points
 or samples than the full 10000 x 5000, the full run's time is extrapolated linearly in the
-number of pairs and labelled as such.
+number of pairs and labelled as such. Last, one chunk's work (``vae.log_weights`` and the
+sums ``evaluate`` keeps) is timed eager and through ``torch.compile`` side by side
+(``compiled_chunk``): what fusing the element-wise tail would give; ``evaluate`` runs eager.
 """
 
 from __future__ import annotations
@@ -214,6 +216,57 @@ def reference_rates(rows: int, decoder_shapes, repeats: int, other_rows=(4096, 1
         "torch_mm_gflops_by_rows": {str(r): v for r, v in mm_rates.items()},
         "best_torch_mm_gflops": max(mm_rates.values()),
         "decoder_linears_gflops": matmul_flops(decoder_shapes) * rows / _common.median(t["linears"]) / 1e9,
+    }
+
+
+def _chunk_terms(vae, x: torch.Tensor, draws: int) -> tuple[torch.Tensor, ...]:
+    """One chunk's work as ``evaluate`` does it: the log weights of ``draws`` posterior
+    draws per point (``vae.log_weights``), their log-sum-exp and the ELBO's sums."""
+    w = vae.log_weights(x, draws)
+    return torch.logsumexp(w.log_w, 0), w.log_px_z.sum(0), (w.log_q - w.log_pz).sum(0)
+
+
+def compiled_chunk(data_dir: str, seed: int, num_samples: int, chunk: int, rounds: int) -> dict:
+    """Microseconds per (draw, point) of one evaluation chunk, eager and through torch.compile.
+
+    The same function of the same draws (``vae.log_weights`` and the sums ``evaluate`` keeps),
+    chunks as ``evaluate`` splits them, interleaved; the compiled one fuses the element-wise
+    tail (log-sigmoid, bias adds, the sums) into the products' loops. ``evaluate`` itself runs
+    the eager one: this is what a compiled tail would give it.
+    """
+    import pyro_vae
+    from pyro_vae.evaluation import chunk_plan
+    from pyro_vae.step import compiler_problem
+
+    problem = compiler_problem(torch.device("cpu"))
+    if problem is not None:
+        return {"skipped": problem}
+    draws, points = chunk_plan(num_samples, chunk)
+    vae = build_model(None, seed).eval()
+    x = pyro_vae.data.load_binarized_mnist(data_dir).test[:points].clone()
+    compiled = torch.compile(_chunk_terms, dynamic=False)
+    with torch.no_grad():
+        start = time.perf_counter()
+        compiled(vae, x, draws)
+        compile_seconds = time.perf_counter() - start
+
+        def timed(fn):
+            def run():
+                begin = time.perf_counter()
+                fn(vae, x, draws)
+                return time.perf_counter() - begin
+
+            return run
+
+        t = _common.interleave({"eager": timed(_chunk_terms), "compiled": timed(compiled)}, rounds, warmup=3)
+    us = {k: 1e6 * _common.median(v) / (draws * points) for k, v in t.items()}
+    return {
+        "draws_per_chunk": draws,
+        "points_per_chunk": points,
+        "eager_microseconds_per_pair": us["eager"],
+        "compiled_microseconds_per_pair": us["compiled"],
+        "eager_over_compiled": us["eager"] / us["compiled"],
+        "compile_seconds": compile_seconds,
     }
 
 
@@ -426,6 +479,17 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     result["bernoulli_log_prob"] = bernoulli_log_prob_ms(chunk, INPUT_DIM, ref_repeats)
+    log("  one chunk, eager and compiled (torch.compile) ...")
+    result["compiled_chunk"] = compiled_chunk(data_dir, args.seed, num_samples, chunk, 10 if quick else 60)
+    cc = result["compiled_chunk"]
+    if "skipped" not in cc:
+        # both rates from the same FLOP count per pair as the whole evaluation's
+        per_pair = flops["total"] / pairs
+        for kind in ("eager", "compiled"):
+            rate = per_pair / (cc[f"{kind}_microseconds_per_pair"] * 1e-6) / 1e9
+            cc[f"{kind}_gflops"] = rate
+            cc[f"{kind}_over_best_torch_mm"] = rate / best_rate
+        cc["target_met_compiled"] = cc["compiled_over_best_torch_mm"] >= TARGET_FRACTION
     result["wall_seconds"] = time.perf_counter() - started
     path = _common.write_results(NAME, quick, result, args.results_dir)
     print_report(result)
@@ -486,6 +550,16 @@ def print_report(r: dict) -> None:
         f"{b['milliseconds']['torch_bernoulli']:.2f} ms, pyro_vae BinaryLogits "
         f"{b['milliseconds']['pyro_vae_bernoulli_logits']:.2f} ms ({b['torch_over_pyro_vae']:.1f}x)"
     )
+    cc = r.get("compiled_chunk", {})
+    if "compiled_over_best_torch_mm" in cc:
+        print(
+            f"  one chunk ({cc['draws_per_chunk']} draws x {cc['points_per_chunk']} points): eager "
+            f"{cc['eager_microseconds_per_pair']:.2f} us/pair ({cc['eager_over_best_torch_mm']:.0%} of the best "
+            f"torch.mm), compiled {cc['compiled_microseconds_per_pair']:.2f} us/pair "
+            f"({cc['compiled_over_best_torch_mm']:.0%}; compiling {cc['compile_seconds']:.0f} s); evaluate runs eager"
+        )
+    elif cc:
+        print(f"  compiled chunk: {cc['skipped']}")
     print(f"  wall {r['wall_seconds']:.0f} s")
 
 
