@@ -30,6 +30,8 @@ def as_tensor(x: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     Finite values too large for ``dtype`` (float64 data beyond float32's range) are a
     :class:`~pyro_vae.errors.DataError`, not a silent ``inf``.
     """
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        _check_numeric(x)
     if isinstance(x, torch.Tensor):
         _check_fits(x, dtype)
         # Rows contiguous: a batch gathers rows, and from a column-major tensor (a transposed
@@ -46,6 +48,24 @@ def as_tensor(x: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         f"cannot use {type(x).__name__} as data: pass a torch.Tensor, a numpy array, "
         "a torch Dataset or a DataLoader"
     )
+
+
+def _check_numeric(x: torch.Tensor | np.ndarray) -> None:
+    """A ``DataTypeError`` for data that are not real numbers: complex values (whose imaginary
+    part a float conversion would drop without a word), text or Python objects."""
+    complex_ = x.is_complex() if isinstance(x, torch.Tensor) else x.dtype.kind == "c"
+    if complex_:
+        raise DataTypeError(
+            f"the data are complex ({x.dtype}): a VAE models real numbers, and converting would drop "
+            "the imaginary part; pass the real part (x.real), the modulus (abs(x)) or both as features"
+        )
+    if isinstance(x, np.ndarray) and x.dtype.kind not in "biuf":
+        what = {"U": "text", "S": "bytes", "O": "Python objects", "M": "dates", "m": "time spans"}
+        raise DataTypeError(
+            f"the data hold {what.get(x.dtype.kind, x.dtype.kind)} (numpy dtype {x.dtype}), not numbers: "
+            "convert them to numbers first (a table with text columns: pyro_vae.data.read_csv, which "
+            "gives each column its kind)"
+        )
 
 
 def _check_fits(x: torch.Tensor | np.ndarray, dtype: torch.dtype) -> None:

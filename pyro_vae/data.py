@@ -86,7 +86,10 @@ def data_dir(path: str | Path | None = None) -> Path:
         )
     chosen = Path(chosen).expanduser()
     if not chosen.is_dir():
-        raise FileNotFoundError(f"data directory {chosen} does not exist")
+        raise FileNotFoundError(
+            f"data directory {chosen} does not exist: pass the folder holding {BINARIZED_MNIST_FILE} "
+            f"and {MNIST_FILE} as --data-dir (data_dir), or set {DATA_ENV} to it"
+        )
     return chosen
 
 
@@ -223,15 +226,45 @@ def load_dataset(
 
 
 def _load_npy(path: str | Path) -> np.ndarray:
-    """The array in a ``.npy`` file; one that is not a numeric ``.npy`` is a :class:`DataError`."""
+    """The array in a ``.npy`` file; one that is not a numeric ``.npy`` is a :class:`DataError`
+    naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        state = "is a directory" if path.is_dir() else "does not exist"
+        raise DataError(f"no .npy file at {path}: it {state}; check --data-path (data.path)")
     try:
-        return np.load(path, allow_pickle=False)  # plain arrays only: never unpickle files
-    except (ValueError, EOFError):  # numpy's errors for a pickle, an object array, a cut file
+        arr = np.load(path, allow_pickle=False)  # plain arrays only: never unpickle files
+    except (ValueError, EOFError, OSError):  # numpy's errors for a pickle, an object array, a cut file
         # numpy's own words suggest unpickling the file: not repeated to the user
         raise DataError(
             f"{path} cannot be read as a .npy array of numbers (it is not in numpy's .npy format, holds "
             "Python objects, or is cut short); save a numeric array with numpy.save"
         ) from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        names = ", ".join(arr.files)
+        arr.close()
+        raise DataError(
+            f"{path} is an .npz archive ({names}), not one array: save the array to train on with "
+            "numpy.save (an .npy file)"
+        )
+    if arr.dtype.kind not in "biuf":
+        raise DataError(
+            f"{path} holds an array of dtype {arr.dtype}, not real numbers; save a numeric (float or "
+            "integer) array with numpy.save"
+        )
+    if arr.ndim > 4:
+        raise DataError(
+            f"{path} holds an array of shape {arr.shape}: expected (n, features), (n, H, W) or "
+            "(n, C, H, W); reshape it and save it again"
+        )
+    if len(arr) == 0:
+        raise DataError(f"{path} holds no data points (shape {arr.shape}); save an array with rows")
+    if arr.ndim < 2:
+        raise DataError(
+            f"{path} holds an array of shape {arr.shape}: expected (n, features), (n, H, W) or "
+            "(n, C, H, W); reshape it (one feature per point: x.reshape(-1, 1)) and save it again"
+        )
+    return arr
 
 
 def tile_images(images: np.ndarray, shape: Sequence[int], rows: int) -> np.ndarray:

@@ -46,7 +46,7 @@ from pyro_vae.data import as_tensor, evaluation_data
 from pyro_vae.errors import ConfigError, DataError, NonFiniteError
 from pyro_vae.model import VAE, LogWeights
 from pyro_vae.priors import FactorizedPrior
-from pyro_vae.utils import positive_int, progress_bar
+from pyro_vae.utils import check_finite_weights, positive_int, progress_bar  # noqa: F401 (re-exported)
 
 METHODS = ("importance", "ais")
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -237,21 +237,6 @@ def _jacobian_rows(x: torch.Tensor, ldj: float | torch.Tensor) -> torch.Tensor:
         return observed.to(ldj.dtype) @ ldj.to(x.device)
     total = float(ldj.sum()) if isinstance(ldj, torch.Tensor) else float(ldj)
     return torch.full((x.shape[0],), total, dtype=torch.float64, device=x.device)
-
-
-def check_finite_weights(vae: torch.nn.Module) -> None:
-    """Raise :class:`~pyro_vae.errors.NonFiniteError` naming the tensors of ``vae`` that hold NaN or inf."""
-    bad = []
-    for kind, named in (("parameter", vae.named_parameters()), ("buffer", vae.named_buffers())):
-        for name, t in named:
-            if (t.is_floating_point() or t.is_complex()) and not (finite := torch.isfinite(t)).all():
-                bad.append(f"{kind} {name}: {int((~finite).sum())} of {t.numel()} values")
-    if bad:
-        shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
-        raise NonFiniteError(
-            f"the model holds NaN or infinite weights ({shown}): the training that produced it "
-            "diverged; retrain with a smaller learning rate or load an earlier checkpoint"
-        )
 
 
 _CAUSES = {

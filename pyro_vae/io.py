@@ -72,6 +72,28 @@ def _cause_in_words(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# What to do about a write that failed, by its errno.
+_ERRNO_FIXES = {
+    errno.ENOSPC: "free some space and run again",
+    errno.EDQUOT: "free some space and run again",
+    errno.EACCES: "check the permissions of {folder}, or write elsewhere",
+    errno.EPERM: "check the permissions of {folder}, or write elsewhere",
+    errno.EROFS: "write elsewhere",
+    errno.ENOENT: "its folder {folder} does not exist: create it, or write elsewhere",
+    errno.ENOTDIR: "a file is in the way of its folder {folder}: write elsewhere",
+    errno.EISDIR: "a directory is in the way: remove it, or write elsewhere",
+}
+
+
+def _what_to_do(exc: BaseException, path: Path) -> str:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _ERRNO_FIXES:
+            return "; " + _ERRNO_FIXES[seen.errno].format(folder=path.parent)
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
 def _tmp_path(path: Path) -> Path:
     """A hidden temporary name beside ``path``: same filesystem (so the rename is atomic),
     unique per process (so two processes writing one file never share a temporary)."""
@@ -153,7 +175,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: keep them
             raise
         kept = f"the previous {path.name} is unchanged" if existed else f"no {path.name} was written"
-        raise RunDirectoryError(f"could not write {path}: {_cause_in_words(exc)}; {kept}") from exc
+        raise RunDirectoryError(
+            f"could not write {path}: {_cause_in_words(exc)}; {kept}{_what_to_do(exc, path)}"
+        ) from exc
     _fsync_directory(path.parent)
 
 
@@ -206,6 +230,10 @@ def _check_file(path: Path, what: str, error: type[Exception], hint: str) -> Non
         raise error(f"{what} {path} does not exist; check the path (is it the right run directory?)")
     if path.is_dir():
         raise error(f"{what} {path} is a directory, not a file; pass the file inside it")
+    if not path.is_file():  # reading a FIFO would wait for a writer; a device would read for ever
+        raise error(
+            f"{what} {path} is not a regular file (a FIFO, socket or device); pass a file written by pyro_vae"
+        )
     try:
         size = path.stat().st_size
     except OSError as exc:

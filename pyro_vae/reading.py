@@ -291,12 +291,14 @@ def read_table(
     body, body_lines = (rows[1:], lines[1:]) if header else (rows, lines)
     label_idx = None if label_column is None else _label_index(label_column, names, header, path)
     if not body:
-        raise DataError(f"{path} has no data points (only a header row)")
+        raise DataError(f"{path} has no data points (only a header row); add rows, or pass another file")
     if label_idx is not None and len(names) == 1:
         raise DataError(f"{path} has no features: its only column is the label column {names[0]!r}")
     for lineno, row in zip(body_lines, body):
         if len(row) != len(names):
-            raise DataError(f"{path}:{lineno}: expected {len(names)} columns, found {len(row)}")
+            raise DataError(
+                f"{path}:{lineno}: expected {len(names)} columns, found {len(row)}; give every row the header's columns"
+            )
     declared = _selected(categorical, names, "categorical")
     features = [i for i in range(len(names)) if i != label_idx]
     columns = [
@@ -365,7 +367,7 @@ def _csv_rows(path: Path, encoding: str | None = None) -> tuple[list[list[str]],
     """The non-blank rows of the CSV file at ``path`` (at least one), their line numbers and
     the delimiter."""
     if not path.is_file():
-        raise FileNotFoundError(f"no CSV file at {path}")
+        raise FileNotFoundError(f"no CSV file at {path}; check the path (--data-path)")
     text = _decode(path, encoding)
     dialect = _dialect(text)
     reader = csv.reader(io.StringIO(text, newline=""), dialect)
@@ -383,7 +385,7 @@ def _csv_rows(path: Path, encoding: str | None = None) -> tuple[list[list[str]],
         )
         raise DataError(f"{path}:{reader.line_num}: {e}{hint}") from None
     if not rows:
-        raise DataError(f"{path} is empty")
+        raise DataError(f"{path} is empty; pass a CSV file with a header row and data rows")
     return rows, lines, dialect.delimiter
 
 
@@ -523,9 +525,13 @@ def _label_index(label_column: str | int, names: list[str], header: bool, path: 
         idx = int(label_column.strip()) if isinstance(label_column, str) else operator.index(label_column)
     except (TypeError, ValueError):
         where = "" if header else " (it has no header row, so columns go by number)"
-        raise DataError(f"label column {label_column!r} is not in {path}{where}: it has {columns}") from None
+        raise DataError(
+            f"label column {label_column!r} is not in {path}{where}: it has {columns}; pick one of them (--label-column)"
+        ) from None
     if not 0 <= idx < len(names):
-        raise DataError(f"label column {idx} is out of range: {path} has {columns}, numbered from 0")
+        raise DataError(
+            f"label column {idx} is out of range: {path} has {columns}, numbered from 0; pick one of them (--label-column)"
+        )
     return idx
 
 
@@ -561,7 +567,7 @@ def _read_numeric_csv(
     names = header or [f"x{i}" for i in range(len(first))]
     label_idx = None if label_column is None else _label_index(label_column, names, has_header, path)
     if not body:
-        raise DataError(f"{path} has no data points (only a header row)")
+        raise DataError(f"{path} has no data points (only a header row); add rows, or pass another file")
     if label_idx is not None and len(names) == 1:
         raise DataError(f"{path} has no features: its only column is the label column {names[0]!r}")
     table, label_cells = _csv_body(path, body, len(names), label_idx, body_lines)
@@ -588,7 +594,9 @@ def _csv_body(
     values, label_cells = [], []
     for lineno, row in zip(lines, body):
         if len(row) != num_columns:
-            raise DataError(f"{path}:{lineno}: expected {num_columns} columns, found {len(row)}")
+            raise DataError(
+                f"{path}:{lineno}: expected {num_columns} columns, found {len(row)}; give every row the same columns"
+            )
         cells = [c for i, c in enumerate(row) if i != label_idx]
         bad = [c for c in cells if not _is_float(c)]
         if bad:

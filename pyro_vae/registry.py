@@ -24,6 +24,8 @@ from typing import Any, Generic, TypeVar
 from pyro_vae.errors import ConfigError
 
 T = TypeVar("T")
+# Kinds whose options the command line takes as --KIND-options JSON.
+OPTION_FLAGS = ("likelihood", "prior", "guide")
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -96,6 +98,27 @@ class Registry(Generic[T]):
                 f"Choose one of: {', '.join(self.names())}."
             ) from None
 
+    def _check_required(self, cls: type, name: str, options: dict[str, Any]) -> None:
+        """A missing required option named, with where it goes (not the constructor's TypeError)."""
+        sig = inspect.signature(cls.__init__)
+        missing = [
+            p.name
+            for p in sig.parameters.values()
+            if p.name != "self"
+            and p.default is p.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            and p.name not in options
+        ]
+        if missing:
+            example = ", ".join(f'"{m}": ...' for m in missing)
+            flag = (
+                f" (command line: --{self.kind}-options '{{{example}}}')" if self.kind in OPTION_FLAGS else ""
+            )
+            raise ConfigError(
+                f"{self.kind} {name!r} needs the option(s) {', '.join(missing)}: give them as "
+                f'{{"name": "{name}", "options": {{{example}}}}}{flag}'
+            )
+
     def _accepted(self) -> str:
         return (
             f"a registered name ({', '.join(self.names())}), a dict {{'name': ..., 'options': {{...}}}} "
@@ -123,6 +146,7 @@ class Registry(Generic[T]):
         if isinstance(spec, str):
             cls = self.get(spec)
             check_options(cls, options, f"{self.kind} {spec!r}")
+            self._check_required(cls, spec, options)
             return cls(**options)
         if isinstance(spec, self.base):
             if options:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, Union
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.registry import did_you_mean
 
 S = TypeVar("S", bound="Settings")
 Check = Callable[[Any], "str | None"]  # returns what is wrong, or None
@@ -81,7 +82,8 @@ def type_name(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(type_name(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {type_name(typing.get_args(tp)[0])}s"
+        item = type_name(typing.get_args(tp)[0]).removeprefix("an ").removeprefix("a ")
+        return f"a list of {item}s"
     if origin is dict or tp is dict:
         return "an object"
     if dataclasses.is_dataclass(tp):
@@ -172,7 +174,10 @@ class Settings:
             if choices is not None and value is not None:
                 allowed = list(choices() if callable(choices) else choices)
                 if value not in allowed:
-                    raise ConfigError(f"{where} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+                    raise ConfigError(
+                        f"{where} must be one of {', '.join(map(str, allowed))}; got {value!r}."
+                        f"{did_you_mean(str(value), map(str, allowed))}"
+                    )
             check = f.metadata.get("check")
             problem = check(value) if check is not None else None
             if problem:

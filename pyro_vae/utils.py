@@ -11,7 +11,7 @@ import numpy as np
 import pyro
 import torch
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, NonFiniteError
 
 
 def positive(name: str, value: float) -> float:
@@ -119,3 +119,19 @@ class HeapTrim:
         if self._trim is not None and now - self._last >= self.interval:
             self._trim(0)
             self._last = time.monotonic()
+
+
+def check_finite_weights(vae: torch.nn.Module) -> None:
+    """Raise :class:`~pyro_vae.errors.NonFiniteError` naming the tensors of ``vae`` that hold NaN or inf
+    (evaluation, imputation and the commands read a model through it)."""
+    bad = []
+    for kind, named in (("parameter", vae.named_parameters()), ("buffer", vae.named_buffers())):
+        for name, t in named:
+            if (t.is_floating_point() or t.is_complex()) and not (finite := torch.isfinite(t)).all():
+                bad.append(f"{kind} {name}: {int((~finite).sum())} of {t.numel()} values")
+    if bad:
+        shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
+        raise NonFiniteError(
+            f"the model holds NaN or infinite weights ({shown}): the training that produced it "
+            "diverged; retrain with a smaller learning rate or load an earlier checkpoint"
+        )

@@ -46,8 +46,9 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
         for d in dirnames:
             out[os.path.relpath(os.path.join(dirpath, d), root)] = None
         for f in filenames:
-            p = os.path.join(dirpath, f)
-            out[os.path.relpath(p, root)] = Path(p).read_bytes()
+            p = Path(dirpath, f)
+            # a FIFO is not read: that would wait for a writer
+            out[os.path.relpath(p, root)] = p.read_bytes() if p.is_file() else b"<not a regular file>"
     return out
 
 
@@ -344,6 +345,199 @@ CLI_CASES = {
     ),
 }
 
+
+def fifo(name: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (tmp / name).unlink(missing_ok=True)
+        os.mkfifo(tmp / name)
+
+    return setup
+
+
+def npy(name: str, array: np.ndarray, allow_pickle: bool = False) -> Callable[[Path], None]:
+    return lambda tmp: np.save(tmp / name, array, allow_pickle=allow_pickle)
+
+
+def format_999(run: Path) -> None:
+    d = json.loads((run / "config.json").read_text())
+    d["format_version"] = 999
+    (run / "config.json").write_text(json.dumps(d))
+
+
+def model_config_only(tmp: Path) -> None:
+    d = json.loads((tmp / RUN / "config.json").read_text())
+    d.pop("run")
+    (tmp / "model.json").write_text(json.dumps(d))
+
+
+def npy_train(path: str) -> list[str]:
+    return train("--dataset", "npy", "--data-path", path)
+
+
+QUICK_COMPARE = ["--quick", "--priors", "standard_normal", "--epochs", "1", "--no-progress"]
+
+# Issue 25's cases and those found by trying (benchmarks/fault_audit.py runs a few hundred).
+CLI_CASES.update(
+    {
+        # --- typos: "did you mean" for flags and for registered names, on the command line and in files
+        "flag-typo-epcohs": Case(
+            train("--epcohs", "3"), r"unrecognized arguments: --epcohs 3\. --epcohs: did you mean '--epochs'"
+        ),
+        "flag-typo-hiden": Case(train("--hiden", "8"), r"--hiden: did you mean '--hidden'"),
+        "flag-typo-overwite": Case(train("--overwite"), r"--overwite: did you mean '--overwrite'"),
+        "likelihood-typo": Case(
+            train("--likelihood", "gausian"), r"got 'gausian'\. Did you mean 'gaussian'\?"
+        ),
+        "prior-typo": Case(train("--prior", "vampp"), r"got 'vampp'\. Did you mean 'vamp'\?"),
+        "loss-typo": Case(train("--loss", "iwea"), r"Did you mean 'iwae'\?"),
+        "network-typo": Case(train("--network", "mpl"), r"Did you mean 'mlp'\?"),
+        "eval-split-typo": Case(train("--eval-split", "tset"), r"Did you mean 'test'\?"),
+        "compare-priors-typo": Case(
+            ["compare", "--out", NEW, "--quick", "--priors", "vampp"], r"Did you mean 'vamp'\?"
+        ),
+        "config-prior-typo": Case(
+            train("--config", "cfg.json"),
+            r"cfg\.json.*Did you mean 'vamp'\?",
+            setup=config({"model": {"prior": "vampp"}}),
+        ),
+        "config-hidden-string": Case(
+            train("--config", "cfg.json"),
+            r"model\.hidden must be a list of integers or null",
+            setup=config({"model": {"hidden": "8"}}),
+        ),
+        # --- options a plug-in needs, settings a data set does not read
+        "likelihood-categorical": Case(
+            train("--likelihood", "categorical"),
+            r"likelihood 'categorical' needs the option\(s\) num_categories.*--likelihood-options",
+        ),
+        "likelihood-options-with-auto": Case(
+            train("--likelihood-options", '{"min_scale": 0.1}'), r"--likelihood-options.*--likelihood NAME"
+        ),
+        "label-column-on-digits": Case(train("--label-column", "3"), r"data\.label_column.*--dataset csv"),
+        "data-path-on-digits": Case(
+            train("--data-path", "x.csv"), r"data\.path \(--data-path\).*--dataset csv"
+        ),
+        "mnist-data-dir-says-how": Case(
+            train("--dataset", "binarized_mnist", "--data-dir", "/nonexistent"),
+            r"/nonexistent.*--data-dir.*PYRO_VAE_DATA",
+        ),
+        # --- memory and threads, refused before a byte is written
+        "latent-dim-1e9": Case(
+            train("--latent-dim", "1000000000"), r"latent_dim 1000000000.*lower model\.latent_dim"
+        ),
+        "hidden-1e9": Case(train("--hidden", "1000000000"), r"weights.*--hidden"),
+        "iwae-1e5-particles": Case(
+            train("--loss", "iwae", "--num-particles", "100000"),
+            r"training step of \d+ points x 100000 particles.*GiB.*--num-particles",
+        ),
+        "batch-size-1e12": Case(train("--batch-size", "1000000000000"), r"training step.*--batch-size"),
+        "eval-chunk-1e12": Case(
+            train("--eval-chunk-size", "1000000000000"), r"evaluation chunk.*--eval-chunk-size"
+        ),
+        "num-threads-100000": Case(
+            train("--num-threads", "100000"),
+            r"train\.num_threads 100000 is more than the \d+ CPU cores.*--num-threads",
+        ),
+        # --- the output location
+        "out-dot": Case(train(out="."), r"already holds files.*--overwrite"),
+        "out-partial-is-a-file": Case(
+            train(), r"\.new\.partial is in the way", setup=write(f".{NEW}.partial", "x")
+        ),
+        "out-parent-is-a-file-says-how": Case(
+            train(out="afile/sub"),
+            r"afile is a file, not a directory; choose another --out",
+            setup=write("afile", "x"),
+        ),
+        "compare-into-a-run": Case(
+            ["compare", "--out", RUN, *QUICK_COMPARE], r"run already holds a run.*--overwrite"
+        ),
+        "compare-into-user-files": Case(
+            ["compare", "--out", "mine", *QUICK_COMPARE],
+            r"mine already holds files",
+            setup=write("mine/a.txt", "a"),
+        ),
+        "compare-prior-twice": Case(
+            ["compare", "--out", NEW, "--quick", "--priors", "laplace,laplace"],
+            r"listed twice; list each prior once",
+        ),
+        "compare-scales-without-normal": Case(
+            ["compare", "--out", NEW, "--quick", "--priors", "laplace", "--normal-scales", "2"],
+            r"add normal to --priors",
+        ),
+        "diagnose-out-is-a-file": Case(
+            ["diagnose", RUN, "--no-progress", "--out", "afile"],
+            r"--out afile is a file",
+            setup=write("afile", "x"),
+        ),
+        "evaluate-output-is-a-dir": Case(
+            ["evaluate", RUN, "--no-progress", "--output", "adir"],
+            r"a directory is in the way",
+            setup=mkdir("adir"),
+        ),
+        "evaluate-output-folder-missing": Case(
+            ["evaluate", RUN, "--no-progress", "--output", "no/such/m.json"],
+            r"its folder no/such does not exist: create it",
+        ),
+        # --- saved files
+        "config-of-a-saved-model": Case(
+            train("--config", "model.json"),
+            r"model\.json holds a saved model but no run settings",
+            setup=model_config_only,
+        ),
+        "evaluate-format-999": Case(
+            ["evaluate", RUN, "--no-progress"], r"format_version 999", setup=damaged(format_999)
+        ),
+        "evaluate-model-fifo": Case(
+            ["evaluate", RUN, "--no-progress"],
+            r"model\.pt is not a regular file",
+            setup=fifo(f"{RUN}/model.pt"),
+        ),
+        "config-fifo": Case(
+            train("--config", "cfg.json"), r"cfg\.json is not a regular file", setup=fifo("cfg.json")
+        ),
+        # --- .npy files: each message names the file; none advises an unsafe load
+        "npy-missing": Case(npy_train("no.npy"), r"no \.npy file at no\.npy.*--data-path"),
+        "npy-complex": Case(
+            npy_train("c.npy"),
+            r"c\.npy holds an array of dtype complex128",
+            setup=npy("c.npy", np.ones((30, 3)) + 1j),
+        ),
+        "npy-strings": Case(
+            npy_train("s.npy"),
+            r"s\.npy holds an array of dtype <U1",
+            setup=npy("s.npy", np.array([["a"]] * 30)),
+        ),
+        "npy-objects": Case(
+            npy_train("o.npy"),
+            r"o\.npy cannot be read as a \.npy array of numbers",
+            setup=npy("o.npy", np.array([[1, "a"]] * 30, dtype=object), allow_pickle=True),
+        ),
+        "npy-npz": Case(
+            npy_train("z.npz"),
+            r"z\.npz is an \.npz archive \(a\)",
+            setup=lambda t: np.savez(t / "z.npz", a=np.ones((30, 3))),
+        ),
+        "npy-1d": Case(
+            npy_train("v.npy"),
+            r"v\.npy holds an array of shape \(5,\).*reshape",
+            setup=npy("v.npy", np.arange(5.0)),
+        ),
+        "npy-5d": Case(
+            npy_train("d.npy"),
+            r"d\.npy holds an array of shape \(30, 1, 2, 2, 2\)",
+            setup=npy("d.npy", np.ones((30, 1, 2, 2, 2))),
+        ),
+        "npy-empty": Case(
+            npy_train("e.npy"), r"e\.npy holds no data points", setup=npy("e.npy", np.zeros((0, 3)))
+        ),
+        "csv-ragged-says-how": Case(
+            csv_train("r.csv"),
+            r"r\.csv:41: expected 2 columns, found 3; give every row",
+            setup=write("r.csv", CSV_GOOD_ROWS + "1,2,3\n"),
+        ),
+    }
+)
+
 for _name, (_fn, _pattern) in DAMAGE.items():
     CLI_CASES[f"evaluate-{_name}"] = Case(["evaluate", RUN, "--no-progress"], _pattern, setup=damaged(_fn))
     CLI_CASES[f"diagnose-{_name}"] = Case(
@@ -490,6 +684,99 @@ API_CASES = {
     "read-csv-label-column-out-of-range": (_csv_label, (DataError, ValueError), r"two\.csv.*5|5.*two\.csv"),
     "evaluate-nan-weights": (_nan_evaluate, (PyroVAEError, ValueError), r"NaN|non-finite|finite"),
 }
+
+
+def _trained(missing: bool = False) -> VAE:
+    vae = _vae(missing=missing)
+    fit(vae, _data(), progress=False, epochs=1)
+    return vae
+
+
+def _impute_nan_weights(tmp: Path):
+    vae = _trained(missing=True)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.fill_(float("nan"))
+    return lambda: vae.impute(torch.tensor([[float("nan"), 0.5, 0.5, 0.5]]))
+
+
+def _saved(tmp: Path, change: Callable[[Path], None]) -> Callable[[], object]:
+    _vae().save(tmp / "saved")
+    change(tmp / "saved")
+    return lambda: VAE.load(tmp / "saved")
+
+
+def _format(version) -> Callable[[Path], None]:
+    def change(saved: Path) -> None:
+        d = json.loads((saved / "config.json").read_text())
+        d["format_version"] = version
+        (saved / "config.json").write_text(json.dumps(d))
+
+    return change
+
+
+def _fifo_weights(saved: Path) -> None:
+    (saved / "model.pt").unlink()
+    os.mkfifo(saved / "model.pt")
+
+
+def _save_into_file(tmp: Path):
+    (tmp / "afile").write_text("mine")
+    return lambda: _vae().save(tmp / "afile")
+
+
+API_CASES.update(
+    {
+        "fit-complex-data": (
+            later(lambda: fit(_vae(), np.ones((32, 4)) + 1j, progress=False, epochs=1)),
+            DataError,
+            r"complex.*imaginary part",
+        ),
+        "fit-object-array": (
+            later(
+                lambda: fit(
+                    _vae(), np.array([[1, "a", None, 2]] * 32, dtype=object), progress=False, epochs=1
+                )
+            ),
+            DataError,
+            r"Python objects \(numpy dtype object\)",
+        ),
+        "fit-string-array": (
+            later(lambda: fit(_vae(), np.array([["1", "2", "3", "4"]] * 32), progress=False, epochs=1)),
+            DataError,
+            r"text \(numpy dtype <U1\)",
+        ),
+        "impute-without-missing": (
+            later(lambda: _trained().impute(torch.tensor([[float("nan"), 0.5, 0.5, 0.5]]))),
+            PyroVAEError,
+            r"impute fills NaN cells, but this VAE was built without missing=True",
+        ),
+        "impute-nan-weights": (_impute_nan_weights, PyroVAEError, r"NaN or infinite weights"),
+        "load-format-999": (lambda t: _saved(t, _format(999)), PyroVAEError, r"format_version 999"),
+        "load-format-string": (lambda t: _saved(t, _format("1")), PyroVAEError, r"format_version '1'"),
+        "load-fifo-weights": (
+            lambda t: _saved(t, _fifo_weights),
+            PyroVAEError,
+            r"model\.pt is not a regular file",
+        ),
+        "save-into-a-file": (_save_into_file, PyroVAEError, r"afile: it is a file"),
+        "likelihood-missing-option": (
+            later(lambda: likelihoods.create("categorical")),
+            ConfigError,
+            r"needs the option\(s\) num_categories",
+        ),
+        "registry-did-you-mean": (
+            later(lambda: priors.create("vampp")),
+            ConfigError,
+            r"Did you mean 'vamp'\?",
+        ),
+        "fit-step-too-big": (
+            later(lambda: fit(_vae(), _data(), progress=False, epochs=1, loss="iwae", num_particles=10**10)),
+            ConfigError,
+            r"10000000000 particles.*--num-particles",
+        ),
+    }
+)
 
 
 @pytest.mark.parametrize(("make", "error", "pattern"), list(API_CASES.values()), ids=list(API_CASES))

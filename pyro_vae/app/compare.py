@@ -174,7 +174,7 @@ def resolve_guides(guides: Sequence[str | dict[str, Any]]) -> list[PriorEntry]:
         options = item.get("options", {}) if isinstance(item, dict) else {}
         entries.append(dataclasses.replace(_entry(spec["name"], options), setting="guide"))
     if len({e.slug for e in entries}) != len(entries):
-        raise ConfigError(f"a guide is listed twice: {[e.label for e in entries]}")
+        raise ConfigError(f"a guide is listed twice: {[e.label for e in entries]}; list each guide once")
     return entries
 
 
@@ -187,9 +187,12 @@ def _normal_scales(
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not (s > 0 and math.isfinite(s)):
             raise ConfigError(f"normal scales must be positive finite numbers, got {s!r}")
     if len(set(scales)) != len(scales):
-        raise ConfigError(f"normal scales listed twice: {list(scales)}")
+        raise ConfigError(f"normal scales listed twice: {list(scales)}; list each scale once")
     if normal_scales and "normal" not in priors:
-        raise ConfigError("normal scales were given but 'normal' is not among the priors to compare")
+        raise ConfigError(
+            "normal scales were given but 'normal' is not among the priors to compare: add normal to "
+            "--priors, or leave --normal-scales out"
+        )
     return scales
 
 
@@ -216,7 +219,7 @@ def _check_entries(entries: list[PriorEntry]) -> None:
     seen: set[str] = set()
     for e in entries:
         if e.slug in seen:
-            raise ConfigError(f"prior {e.label} is listed twice")
+            raise ConfigError(f"prior {e.label} is listed twice; list each prior once")
         seen.add(e.slug)
 
 

@@ -87,7 +87,10 @@ class RunConfig:
         """The checks that involve several settings: options against their plug-in, data paths, objective."""
         m, d, t = self.model, self.data, self.train
         if m.likelihood == "auto" and m.likelihood_options:
-            raise ConfigError("model.likelihood_options need a likelihood name; 'auto' takes none")
+            raise ConfigError(
+                "model.likelihood_options (--likelihood-options) need a likelihood name (--likelihood NAME); "
+                "'auto' takes none"
+            )
         _plugin(
             "model.likelihood",
             lambda: m.likelihood == "auto" or likelihoods.create(m.likelihood, **m.likelihood_options),
@@ -102,6 +105,17 @@ class RunConfig:
             )
         if d.dataset in ("csv", "npy") and not d.path:
             raise ConfigError(f"data.dataset {d.dataset!r} needs data.path (command line: --data-path FILE)")
+        # a setting the data set does not read would be ignored without a word
+        if d.path and d.dataset not in ("csv", "npy"):
+            raise ConfigError(
+                f"data.path (--data-path) is read by the datasets csv and npy, not {d.dataset!r}: "
+                "add --dataset csv or --dataset npy, or leave the path out"
+            )
+        if d.label_column is not None and d.dataset != "csv":
+            raise ConfigError(
+                f"data.label_column (--label-column) names a column of a CSV table, and the dataset is "
+                f"{d.dataset!r}: add --dataset csv, or leave the label column out"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +147,12 @@ class RunConfig:
         if path.is_dir():
             path = path / "config.json"
         d = read_json(path, what="run config")
+        if "run" not in d and "format_version" in d:  # a model's config.json, as VAE.save writes it
+            raise ConfigError(
+                f"{path} holds a saved model but no run settings (no 'run' section): it was written by "
+                "VAE.save, not pyro-vae train; pass a run directory's config.json, or a file of run "
+                f"settings with the sections {', '.join(SECTIONS)}"
+            )
         try:
             return cls.from_dict(d.get("run", d))
         except ConfigError as e:

@@ -11,7 +11,7 @@ import numpy as np
 from pyro_vae.diagnostics.amortized import _worst_first, psis_from_inference_data, to_inference_data
 from pyro_vae.diagnostics.nuts import DEFAULT_IS_SAMPLES, nuts_posterior
 from pyro_vae.diagnostics.plots import plot_ppc
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, RunDirectoryError
 from pyro_vae.io import atomic_write, atomic_write_json, save_figure
 from pyro_vae.model import CONFIG_FILE, WEIGHTS_FILE
 from pyro_vae.utils import positive_int
@@ -75,6 +75,8 @@ def diagnose_run(
         raise ConfigError(f"--nuts-points ({nuts_points}) cannot exceed --num-points ({num_points})")
     cfg, vae, splits = load_run(run_dir, split=split, data_dir=data_dir)
     out = run_dir if out is None else Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"--out {out} is a file, not a directory; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     x, labels = splits.split(cfg.eval.split)
     # A seeded random subset: some splits are ordered (binarized MNIST's test split by digit).

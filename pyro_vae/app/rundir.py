@@ -277,9 +277,13 @@ def _check_parent_writable(out: Path) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise RunDirectoryError(f"cannot create {out}: {existing} is a file, not a directory")
+        raise RunDirectoryError(
+            f"cannot create {out}: {existing} is a file, not a directory; choose another --out"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunDirectoryError(f"cannot write {out}: no permission to write in {existing}")
+        raise RunDirectoryError(
+            f"cannot write {out}: no permission to write in {existing}; choose another --out or change its permissions"
+        )
 
 
 def _remove(path: Path) -> None:
