@@ -171,6 +171,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--results-dir", default=None, help="where threads.json goes (default benchmarks/results)"
     )
     parser.add_argument("--wait-idle", type=float, default=120.0, help="seconds to wait for a quiet machine")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="cap the contention runs' epochs (default: the job's own early stopping; --quick 3)",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     quiet = _common.wait_unless_quick(args.wait_idle, quick)
@@ -191,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
             widths, batches, 3 if quick else 40, 1 if quick else 3
         )
     result["where_threads_pay"]["foreign_cpu_fraction"] = load.fraction
-    result["contention"] = contention(3 if quick else None, quick)
+    result["contention"] = contention(3 if quick else args.epochs, quick)
+    result["contention"]["epochs_cap"] = 3 if quick else args.epochs
     path = _common.write_results(NAME, quick, result, args.results_dir)
     _common.log(f"wrote {path}")
     return result
