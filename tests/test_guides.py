@@ -344,6 +344,11 @@ def test_train_with_a_guide_saves_it_and_evaluate_reloads_it(tmp_path):
     vae = pyro_vae.VAE.load(out)
     assert isinstance(vae.variational, guides.FlowGuide) and vae.variational.layers == 1
     assert main(["evaluate", str(out), "--no-progress"]) == 0
+    refined = tmp_path / "refined.json"
+    assert main(["evaluate", str(out), "--no-progress", "--refine-steps", "5", "--output", str(refined)]) == 0
+    metrics = json.loads(refined.read_text())
+    assert metrics["refine_steps"] == 5 and math.isfinite(metrics["log_likelihood_refined"])
+    assert main(["evaluate", str(out), "--refine-steps", "5", "--method", "ais"]) == 2
     lines: list[str] = []
     report = diagnose_run(
         out, num_samples=50, num_points=30, nuts_points=0, progress=False, echo=lines.append

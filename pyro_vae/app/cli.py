@@ -246,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--ais-steps", type=int, default=500, help="AIS: intermediate distributions (default 500)")
     e.add_argument("--ais-chains", type=int, default=16, help="AIS: chains per point (default 16)")
+    e.add_argument(
+        "--refine-steps",
+        type=int,
+        default=0,
+        help="also report log p(x) and the ELBO after this many SVI steps per point on the guide's "
+        "parameters (semi-amortized, docs/guides.md; default 0: none)",
+    )
     e.add_argument("--no-progress", action="store_true")
 
     d = sub.add_parser(
@@ -520,6 +527,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise PyroVAEError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    if args.refine_steps:
+        metrics = _evaluate_refined(args)
+        if args.output:
+            atomic_write_json(args.output, metrics)
+        return 0
     ais = {"method": "ais", "ais_steps": args.ais_steps, "ais_chains": args.ais_chains}
     metrics = evaluate_run(
         args.run_dir,
@@ -532,6 +544,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.output:
         atomic_write_json(args.output, metrics)
     return 0
+
+
+def _evaluate_refined(args: argparse.Namespace) -> dict:
+    """``pyro-vae evaluate --refine-steps N``: the amortized figures, then the refined ones beside them."""
+    from pyro_vae.app.run import load_run, summary_line
+    from pyro_vae.refine import evaluate_refined
+
+    if args.refine_steps < 0 or args.method == "ais":
+        raise PyroVAEError(
+            f"--refine-steps must be a positive integer, without --method ais; got {args.refine_steps}"
+            + (" with --method ais" if args.method == "ais" else "")
+        )
+    cfg, vae, splits = load_run(args.run_dir, split=args.split, data_dir=args.data_dir)
+    k = args.num_samples or cfg.eval.num_samples
+    seed, chunk = cfg.train.seed, cfg.eval.chunk_size
+    metrics = evaluate_refined(
+        vae, splits, args.refine_steps, k, seed=seed, split=cfg.eval.split, chunk_size=chunk
+    )
+    metrics.pop("pointwise")
+    metrics["split"] = cfg.eval.split
+    print(summary_line(metrics, vae))
+    print(
+        f"refined {args.refine_steps} SVI steps per point: log p(x) {metrics['log_likelihood_refined']:.2f} "
+        f"({metrics['refined_minus_amortized']:+.3f} ± {metrics['refined_minus_amortized_se']:.3f} paired), "
+        f"ELBO {metrics['elbo_refined']:.2f} ({metrics['elbo_gain']:+.2f})"
+    )
+    return metrics
 
 
 def _diagnose(args: argparse.Namespace) -> int:
