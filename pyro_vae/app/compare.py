@@ -16,6 +16,10 @@ differs), keeps every run under ``OUT/runs/<name>/`` (each repeatable from its
 * ``prior_vs_aggregate_posterior.png`` (2-D latents only): the prior's log density beside
   that of the aggregate posterior :math:`\frac1N\sum_n q(z \mid x_n)`, on one grid.
 
+``compare_priors(..., guides=[...])`` (``pyro-vae compare --guides diagonal,lowrank,flow``)
+compares guides (:mod:`pyro_vae.guides`) the same way instead: one run per guide, the prior
+the base config's, the first column naming the guide.
+
 A prior whose run fails (for example :class:`~pyro_vae.training.TrainingDiverged`) gets a
 row with its error and the others go on. The comparison is written in ``.OUT.partial``
 beside ``OUT`` (its tables rewritten after every prior, to follow) and moved into place
