@@ -84,11 +84,11 @@ class Guide(nn.Module):
         normal = self.marginals(posterior)
         if normal is not None:
             return normal.loc, normal.scale
-        param = next(self.parameters(), None)
-        cuda = param is not None and param.device.type == "cuda"
+        # Every initialised CUDA device's stream is forked: the draws may be on any of them.
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
         per_chunk = max(1, MOMENT_CHUNK_ELEMENTS // max(1, posterior.batch_shape.numel() * self.latent_dim))
         total, square = 0.0, 0.0
-        with torch.random.fork_rng(devices=[param.device] if cuda else []):
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(0)
             for start in range(0, MOMENT_DRAWS, per_chunk):
                 z = posterior.sample((min(per_chunk, MOMENT_DRAWS - start),))
