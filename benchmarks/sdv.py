@@ -8,9 +8,10 @@ rows; they are scored against the held-out rows by
 * a detection score: SDMetrics' ``LogisticDetection``, a cross-validated logistic regression
   telling held-out real rows from synthetic ones (1 - (2 * max(AUC, 0.5) - 1): 1 when it cannot
   tell them apart);
-* conditional sampling of rare conditions, the rarest level of a text or category column in
-  the training rows and the rarest pair of levels of two such columns: 100 rows requested,
-  the share returned and the time. SDV samples
+* conditional sampling of rare conditions (:func:`rare_conditions`): the rarest level of a text
+  or category column in the training rows, the rarest combinations of two and three such
+  columns' levels, and a numeric column's 99th percentile: 100 rows requested, the share
+  returned and the time. SDV samples
   conditionally by rejection (``sample_from_conditions``, 100 tries per batch); pyro_vae
   draws p(other columns | level) by importance resampling (:mod:`pyro_vae.synthesis`).
 
@@ -89,15 +90,26 @@ def _labelled(train) -> list[str]:
 
 def rare_conditions(train) -> dict[str, dict[str, Any]]:
     """Rare conditions in the training rows: the rarest level of the first labelled (text,
-    category) column, and the rarest pair of levels seen of the first two such columns."""
+    category) column, the rarest combination seen of the levels of the first two and three such
+    columns, and the 99th percentile (an observed value) of the first numeric column of more than
+    20 distinct values."""
     labelled = [c for c in _labelled(train) if train[c].nunique() > 1]
     out = {}
     if labelled:
         counts = train[labelled[0]].value_counts()
         out["rarest_level"] = {labelled[0]: _plain(counts.index[-1])}
-    if len(labelled) > 1:
-        pairs = train.groupby(labelled[:2], observed=True).size().sort_values()
-        out["rarest_pair"] = dict(zip(labelled[:2], map(_plain, pairs.index[0])))
+    for k, key in ((2, "rarest_pair"), (3, "rarest_triple")):
+        if len(labelled) >= k:
+            combinations = train.groupby(labelled[:k], observed=True).size().sort_values()
+            out[key] = dict(zip(labelled[:k], map(_plain, combinations.index[0])))
+    numeric = [
+        c
+        for c in train.columns
+        if c not in labelled and train[c].dtype.kind in "iuf" and train[c].nunique() > 20
+    ]
+    if numeric:
+        values = train[numeric[0]].dropna().to_numpy()
+        out["tail_value"] = {numeric[0]: _plain(np.quantile(values, 0.99, method="nearest"))}
     return out
 
 
