@@ -174,12 +174,14 @@ def dequantize(values, kinds, rng):
 
 
 def make_flow(dim: int, layers: int, hidden: int):
-    """A spline autoregressive flow on a standard normal, from Pyro's own transforms; returns
-    the distribution and the module that holds its parameters."""
+    """A spline autoregressive flow on a standard normal, from Pyro's own transforms (hidden
+    layers at least twice the input's width); returns the distribution and the module that
+    holds its parameters."""
     import pyro.distributions as dist
     import pyro.distributions.transforms as T
     import torch
 
+    hidden = max(hidden, 2 * dim)  # a masked autoregressive layer needs at least one unit per input
     parts = []
     for i in range(layers):
         parts.append(T.spline_autoregressive(dim, hidden_dims=[hidden, hidden], count_bins=8, bound=4.0))

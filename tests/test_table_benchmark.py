@@ -115,3 +115,10 @@ def test_quick_run_records_the_sets_the_flow_and_coverage(tmp_path):
     assert set(mcar) == {"mean", "iterative", "missforest", "knn", "pyro_vae"}
     assert 0 <= mcar["pyro_vae"]["coverage_90"] <= 1
     assert result["summary"]["development"]["tables"] == 1
+
+
+def test_the_flow_takes_tables_wider_than_its_hidden_layers():
+    pytest.importorskip("pyro")
+    x = np.random.default_rng(0).normal(size=(64, 30))
+    flow, best = bench.fit_flow(x[:48], x[48:], layers=1, hidden=16, seed=0, epochs=1)
+    assert math.isfinite(best)
