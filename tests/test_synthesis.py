@@ -155,8 +155,15 @@ def test_synthetic_rows_have_the_tables_dtypes_and_stay_in_each_columns_support(
 
 
 def test_imputed_frames_keep_the_inputs_dtypes_and_observed_cells():
-    # integer columns with holes as pandas makes them (float64), a nullable boolean, text as object
-    holed = {"count": float, "age": float, "flag": float, "scale": float, "yes": "boolean", "text": object}
+    # integer columns with holes as float64 (pandas' default) and as nullable Int64, a nullable boolean
+    holed = {
+        "count": "Int64",
+        "age": float,
+        "flag": "Int64",
+        "scale": float,
+        "yes": "boolean",
+        "text": object,
+    }
     frame = mixed_frame(seed=1).astype(holed)
     rng = np.random.default_rng(2)
     holes = frame.mask(rng.random(frame.shape) < 0.15)
