@@ -171,7 +171,6 @@ class _TableEstimator(BaseEstimator):
                     f"the table has duplicate column names {twice}: give each column its own name"
                 )
             return X
-        # a copy: as_raw_table codes declared categorical columns of a float64 array in place
         return validate_data(
             self,
             X,
@@ -179,7 +178,6 @@ class _TableEstimator(BaseEstimator):
             dtype=np.float64,
             ensure_all_finite="allow-nan",
             ensure_min_samples=1,
-            copy=True,
         )
 
     def _model_rows(self, X: Any) -> tuple[Any, torch.Tensor]:

@@ -113,8 +113,6 @@ def _present(raw: RawTable, table: Any, j: int) -> np.ndarray:
 def table_values(table: Any, schema: TableSchema, types: TableTypes, categorical=()) -> np.ndarray:
     """A table like the fitted one (a frame or an array) as raw rows ``(n, len(names))``, each text
     level coded as in training; a level training never saw is a :class:`~pyro_vae.errors.DataError`."""
-    if not types.is_frame:  # a copy: as_raw_table codes declared categorical columns of an array in place
-        table = np.array(table, dtype=np.float64, copy=True)
     raw = as_raw_table(table, None if types.is_frame else types.names, categorical)
     if raw.names != types.names:
         raise DataError(f"the table's columns {raw.names} are not the fitted table's {types.names}")
