@@ -10,6 +10,7 @@ integer        rounded to the nearest integer
 count          rounded to the nearest integer, at least 0
 binary         0 or 1 (a code of 0.5 or more is 1)
 categorical    the level's own label (a text, a category, a boolean, or the number it stands for)
+date, time     a date or duration of the column's dtype (the model sees days, as the frame was read)
 dropped        the single value the column held in training (NaN if it held none)
 =============  ==================================================================================
 
@@ -183,9 +184,36 @@ def rows_to_table(
     import pandas as pd  # pandas is only needed for frames, which only a pandas user passes
 
     frame = pd.DataFrame(dict(zip(types.names, columns)))
+    for name, dtype in zip(types.names, types.dtypes):
+        if getattr(dtype, "kind", "O") in "Mm":  # read as days (pyro_vae.reading): back to dates, durations
+            frame[name] = _from_days(frame[name].to_numpy(dtype=np.float64), dtype)
     return frame.astype(
         dict(zip(types.names, [_castable(frame[n], t) for n, t in zip(types.names, types.dtypes)]))
     )
+
+
+def _from_days(days: np.ndarray, dtype: Any) -> Any:
+    """Days since 1970-01-01 (UTC) as dates of ``dtype``, or days as durations; NaN as NaT."""
+    import pandas as pd
+
+    nanoseconds = np.round(days * 86400e9)
+    if dtype.kind == "m":
+        return pd.to_timedelta(nanoseconds, unit="ns")
+    stamps = pd.to_datetime(nanoseconds, unit="ns")
+    tz = getattr(dtype, "tz", None)
+    return stamps.tz_localize("UTC").tz_convert(tz) if tz is not None else stamps
+
+
+def _to_days(value: Any, dtype: Any) -> float:
+    """A given date or duration (anything pandas reads as one) as days, as the column was read."""
+    import pandas as pd
+
+    if dtype.kind == "m":
+        return pd.Timedelta(value).value / 86400e9
+    stamp = pd.Timestamp(value)
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return stamp.value / 86400e9
 
 
 def _castable(column: Any, dtype: Any) -> Any:
@@ -261,8 +289,9 @@ def _raw_value(name: str, value: Any, schema: TableSchema, types: TableTypes) ->
         if level not in levels:
             raise DataError(f"given {name}={value!r} is not one of the column's levels: {', '.join(levels)}")
         return float(levels.index(level))
+    dtype = types.dtypes[types.names.index(name)] if types.is_frame else None
     try:
-        number = float(value)
+        number = _to_days(value, dtype) if getattr(dtype, "kind", "O") in "Mm" else float(value)
     except (TypeError, ValueError):
         raise DataError(
             f"given {name}={value!r}: the column is numeric ({spec.kind}); give a number"

@@ -276,3 +276,24 @@ def test_an_array_comes_back_an_array_with_each_declared_category_its_own_number
     holes[::5, 1] = np.nan
     filled = VAEImputer(latent_dim=2, hidden=(8,), epochs=3, num_samples=20, categorical=(1,)).fit(holes)
     assert set(filled.transform(holes)[:, 1]) <= {2.5, 7.0, 11.0}
+
+
+def test_dates_and_durations_come_back_as_dates_and_durations_and_may_be_given():
+    rng = np.random.default_rng(0)
+    start = pd.Timestamp("2020-01-01")
+    frame = pd.DataFrame(
+        {
+            "when": start + pd.to_timedelta(rng.integers(0, 365, 200), unit="D"),
+            "took": pd.to_timedelta(rng.exponential(3, 200), unit="h"),
+            "x": rng.normal(size=200),
+        }
+    )
+    with pytest.warns(UserWarning, match="holds dates"):
+        density = VAEDensity(latent_dim=2, hidden=(8,), epochs=3, num_samples=20).fit(frame)
+    rows = density.sample(100)
+    assert list(rows.dtypes) == list(frame.dtypes)
+    # read as whole days (an integer column), so whole days again, near the training dates
+    assert (rows["when"] == rows["when"].dt.normalize()).all()
+    assert rows["when"].between(start - pd.Timedelta(days=3650), start + pd.Timedelta(days=3650)).all()
+    given = density.sample(10, given={"when": "2020-06-01"})
+    assert (given["when"] == pd.Timestamp("2020-06-01")).all()
