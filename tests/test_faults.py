@@ -471,12 +471,21 @@ CLI_CASES.update(
         ),
         "evaluate-output-is-a-dir": Case(
             ["evaluate", RUN, "--no-progress", "--output", "adir"],
-            r"a directory is in the way",
+            r"--output adir is a directory; give a file path",
             setup=mkdir("adir"),
         ),
         "evaluate-output-folder-missing": Case(
             ["evaluate", RUN, "--no-progress", "--output", "no/such/m.json"],
             r"its folder no/such does not exist: create it",
+        ),
+        "evaluate-output-into-the-run": Case(
+            ["evaluate", RUN, "--no-progress", "--output", f"{RUN}/config.json"],
+            r"--output run/config\.json is inside the run directory run.*choose a path outside it",
+        ),
+        "evaluate-output-over-a-user-file": Case(
+            ["evaluate", RUN, "--no-progress", "--output", "notes.txt"],
+            r"--output notes\.txt exists and was not written by this command",
+            setup=write("notes.txt", "mine"),
         ),
         # --- saved files
         "config-of-a-saved-model": Case(

@@ -293,3 +293,17 @@ def test_fault_audit_driver_runs(tmp_path: Path) -> None:
     assert fault_audit.main(["--only", "typo", "--json", str(report)]) == 0
     result = json.loads(report.read_text())
     assert result["cases"] >= 8 and result["findings"] == []
+
+
+def test_evaluate_output_replaces_only_its_own_file(here: Path, capsys) -> None:
+    assert cli.main(["evaluate", RUN, "--no-progress", "--output", "m.json"]) == 0
+    first = json.loads((here / "m.json").read_text())
+    assert cli.main(["evaluate", RUN, "--no-progress", "--output", "m.json", "--num-samples", "3"]) == 0
+    assert json.loads((here / "m.json").read_text())["num_samples"] == 3 != first["num_samples"]
+    (here / "mine.json").write_text('{"a": 1}')
+    refused(
+        ["evaluate", RUN, "--no-progress", "--output", "mine.json"],
+        capsys,
+        r"was not written by this command",
+    )
+    assert (here / "mine.json").read_text() == '{"a": 1}'

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pyro_vae import guides, priors, selection
 from pyro_vae.app.config import SECTIONS, RunConfig, flag_of
+from pyro_vae.app.rundir import check_output_file
 from pyro_vae.distributed import PeerFailure
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.objectives import BetaSchedule
@@ -519,6 +520,10 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+# What an earlier `evaluate --output` file holds (it may be replaced by a rerun).
+EVALUATE_OUTPUT_KEYS = ("split", "num_points", "log_likelihood")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from pyro_vae.app.run import evaluate_run
     from pyro_vae.io import atomic_write_json
@@ -527,6 +532,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise PyroVAEError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    if args.output:  # before the evaluation: it may take hours
+        check_output_file(args.output, "--output", EVALUATE_OUTPUT_KEYS)
     if args.refine_steps:
         metrics = _evaluate_refined(args)
         if args.output:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -291,3 +292,35 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
+
+
+def check_output_file(path: str | Path, flag: str, keys: tuple[str, ...]) -> None:
+    """Refuse an output file (``flag``, such as ``--output``) that would change what a run or a
+    user made, before any work: one inside a run directory (it would change the run's record),
+    a directory, or an existing file that is not an earlier output of the same command (a JSON
+    object holding ``keys``); an earlier output is replaced, as rerunning the command means."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if (parent / CONFIG_FILE).is_file() and (parent / "model.pt").is_file():
+        raise RunDirectoryError(
+            f"{flag} {path} is inside the run directory {parent}: writing there would change the run's "
+            f"record; choose a path outside it"
+        )
+    if path.is_dir():
+        raise RunDirectoryError(
+            f"{flag} {path} is a directory; give a file path, such as {path / 'metrics.json'}"
+        )
+    if path.exists() and not _holds_keys(path, keys):
+        raise RunDirectoryError(
+            f"{flag} {path} exists and was not written by this command; choose another {flag} "
+            "(pyro-vae never overwrites a file it did not write)"
+        )
+    _check_parent_writable(path)
+
+
+def _holds_keys(path: Path, keys: tuple[str, ...]) -> bool:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(obj, dict) and all(k in obj for k in keys)
