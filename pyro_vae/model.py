@@ -509,7 +509,11 @@ class VAE(PyroModule):
     def check_data(self, x: torch.Tensor, *, support: bool = True, finite: bool = True) -> None:
         """Raise ``ValueError`` unless ``x`` is a finite ``(n, *input_shape)`` batch in the likelihood's support."""
         if not isinstance(x, torch.Tensor):
-            raise DataTypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+            raise DataTypeError(
+                f"expected a torch.Tensor, got {type(x).__name__}: pass torch.as_tensor(x, dtype=torch.float32)"
+            )
+        if not x.is_floating_point():  # the networks' weights are floats: torch would name its matrices
+            raise DataTypeError(f"expected a floating-point tensor, got {x.dtype}: convert it with x.float()")
         if x.dim() < 2 or not self.accepts_shape(x.shape):
             shape = ", ".join(map(str, self.input_shape))
             hint = (

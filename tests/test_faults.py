@@ -774,6 +774,12 @@ API_CASES.update(
             ConfigError,
             r"needs the option\(s\) num_categories",
         ),
+        "encode-integer-tensor": (
+            later(lambda: _vae().encode(torch.ones(3, 4, dtype=torch.int64))),
+            DataError,
+            r"expected a floating-point tensor, got torch\.int64: convert it with x\.float\(\)",
+        ),
+        "encode-string": (later(lambda: _vae().encode("abc")), DataError, r"got str: pass torch\.as_tensor"),
         "registry-did-you-mean": (
             later(lambda: priors.create("vampp")),
             ConfigError,
