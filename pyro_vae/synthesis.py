@@ -80,6 +80,7 @@ class TableTypes:
     dtypes: list[Any] | None = None
     labels: dict[str, dict[str, Any]] = field(default_factory=dict)
     constants: dict[str, Any] = field(default_factory=dict)
+    columns: list[Any] | None = None  # a frame's own column labels (names are their text)
 
     @property
     def is_frame(self) -> bool:
@@ -103,7 +104,7 @@ class TableTypes:
                 value = labels[d["name"]][raw.levels[j][int(value)]]
             constants[d["name"]] = value
         dtypes = list(table.dtypes) if frame else None
-        return cls(list(raw.names), dtypes, labels, constants)
+        return cls(list(raw.names), dtypes, labels, constants, list(table.columns) if frame else None)
 
 
 def _present(raw: RawTable, table: Any, j: int) -> np.ndarray:
@@ -187,9 +188,10 @@ def rows_to_table(
     for name, dtype in zip(types.names, types.dtypes):
         if getattr(dtype, "kind", "O") in "Mm":  # read as days (pyro_vae.reading): back to dates, durations
             frame[name] = _from_days(frame[name].to_numpy(dtype=np.float64), dtype)
-    return frame.astype(
+    frame = frame.astype(
         dict(zip(types.names, [_castable(frame[n], t) for n, t in zip(types.names, types.dtypes)]))
     )
+    return frame.set_axis(types.columns, axis=1) if types.columns is not None else frame
 
 
 def _from_days(days: np.ndarray, dtype: Any) -> Any:

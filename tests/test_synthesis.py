@@ -297,3 +297,9 @@ def test_dates_and_durations_come_back_as_dates_and_durations_and_may_be_given()
     assert rows["when"].between(start - pd.Timedelta(days=3650), start + pd.Timedelta(days=3650)).all()
     given = density.sample(10, given={"when": "2020-06-01"})
     assert (given["when"] == pd.Timestamp("2020-06-01")).all()
+
+
+def test_a_frame_with_numbered_columns_gets_its_own_column_labels_back():
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(60, 3)))  # columns 0, 1, 2 (integers)
+    rows = VAEDensity(latent_dim=1, hidden=(4,), epochs=2, num_samples=10).fit(frame).sample(5)
+    assert list(rows.columns) == [0, 1, 2]
