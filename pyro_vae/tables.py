@@ -123,10 +123,9 @@ class TableSchema:
         names = self.names
         if str(key) in names:
             return names.index(str(key))
-        if str(key) in [d["name"] for d in self.dropped]:
-            raise ConfigError(
-                f"column {key!r} was dropped ({self.dropped[0]['reason']}); it has no likelihood"
-            )
+        reasons = {d["name"]: d["reason"] for d in self.dropped}
+        if str(key) in reasons:
+            raise ConfigError(f"column {key!r} was dropped ({reasons[str(key)]}); it has no likelihood")
         if str(key).isdigit() and int(key) < len(names):
             return int(key)
         raise ConfigError(

@@ -229,6 +229,8 @@ def test_identifier_columns_are_dropped_with_a_message(tmp_path):
     assert "column 'x0' dropped: an identifier: the consecutive integers 1..50, one per row" in messages
     assert "column 'id' dropped: an identifier: the consecutive integers 1000..1049" in messages
     assert "column 'name' dropped: an identifier: 50 distinct labels, one per row" in messages
+    with pytest.raises(ConfigError, match=r"column 'name' was dropped \(an identifier: 50 distinct labels"):
+        splits.columns.with_likelihoods({"name": "categorical"})
 
 
 def test_distinct_integers_named_like_an_identifier_are_dropped():
