@@ -424,6 +424,10 @@ def run_cases() -> list[Case]:
         Case("evaluate K abc", [*ev, "--num-samples", "abc"]),
         Case("evaluate ais steps 0", [*ev, "--method", "ais", "--ais-steps", "0"]),
         Case("evaluate ais chains -1", [*ev, "--method", "ais", "--ais-chains", "-1"]),
+        Case(
+            "evaluate ais chains 1e8",
+            [*ev, "--method", "ais", "--ais-chains", "100000000", "--ais-steps", "2"],
+        ),
         Case("evaluate method typo", [*ev, "--method", "as"]),
         Case("evaluate split typo", [*ev, "--split", "tst"]),
         Case("evaluate output is dir", [*ev, "--output", "adir"], mkdir("adir")),

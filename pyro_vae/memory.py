@@ -224,3 +224,22 @@ def check_chunk(
             room,
             "lower eval.chunk_size (--eval-chunk-size), or leave it unset to size it from the model",
         )
+
+
+def check_ais(
+    vae: Any, chains: int, *, device: torch.device | str = "cpu", available: int | None = None
+) -> None:
+    """Refuse annealed importance sampling whose chains for one point cannot fit in memory: each
+    chain's leapfrog steps hold the decoder's numbers with their gradients (no chunk splits them)."""
+    room = available_bytes(device) if available is None else available
+    if room is None:
+        return
+    fp = footprint(vae)
+    need = BYTES_PER_NUMBER * (fp.weights + ACTIVATION_COPIES * chains * fp.decoder)
+    if need > room:
+        raise _refuse(
+            f"annealed importance sampling with {chains:,} chains per point",
+            need,
+            room,
+            "lower --ais-chains (evaluate's ais_chains)",
+        )

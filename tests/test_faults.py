@@ -478,6 +478,20 @@ CLI_CASES.update(
             ["evaluate", RUN, "--no-progress", "--output", "no/such/m.json"],
             r"its folder no/such does not exist: create it",
         ),
+        "evaluate-ais-chains-1e8": Case(
+            [
+                "evaluate",
+                RUN,
+                "--no-progress",
+                "--method",
+                "ais",
+                "--ais-chains",
+                "100000000",
+                "--ais-steps",
+                "2",
+            ],
+            r"annealed importance sampling with 100,000,000 chains per point needs about .*--ais-chains",
+        ),
         "evaluate-output-into-the-run": Case(
             ["evaluate", RUN, "--no-progress", "--output", f"{RUN}/config.json"],
             r"--output run/config\.json is inside the run directory run.*choose a path outside it",

@@ -496,6 +496,8 @@ def evaluate_run(
     cfg, vae, splits = load_run(run_dir, split=split, data_dir=data_dir)
     if num_samples is not None:
         cfg = cfg.replace("eval", num_samples=num_samples)
+    if options.get("method") == "ais" and options.get("ais_chains"):
+        memory.check_ais(vae, options["ais_chains"], device=resolve_device(cfg.train.device))
     metrics = evaluate_split(vae, splits, cfg, progress, **options)
     metrics.pop("pointwise")
     echo(summary_line(metrics, vae))
