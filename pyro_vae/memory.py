@@ -210,20 +210,22 @@ def check_step(
 
 
 def check_chunk(
-    vae: Any, chunk_size: int, *, device: torch.device | str = "cpu", available: int | None = None
+    vae: Any,
+    chunk_size: int,
+    *,
+    device: torch.device | str = "cpu",
+    available: int | None = None,
+    what: str | None = None,
+    fix: str = "lower eval.chunk_size (--eval-chunk-size), or leave it unset to size it from the model",
 ) -> None:
-    """Refuse an evaluation chunk of ``chunk_size`` (draw, point) pairs that cannot fit in memory."""
+    """Refuse ``chunk_size`` draws through the decoder at once (an evaluation chunk of (draw, point)
+    pairs, or ``what``) that cannot fit in memory; ``fix`` says what to lower."""
     room = available_bytes(device) if available is None else available
     if room is None:
         return
     need = footprint(vae).chunk_bytes(chunk_size)
     if need > room:
-        raise _refuse(
-            f"an evaluation chunk of {chunk_size:,} (draw, point) pairs",
-            need,
-            room,
-            "lower eval.chunk_size (--eval-chunk-size), or leave it unset to size it from the model",
-        )
+        raise _refuse(what or f"an evaluation chunk of {chunk_size:,} (draw, point) pairs", need, room, fix)
 
 
 def check_ais(

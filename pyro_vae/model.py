@@ -27,7 +27,7 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 
-from pyro_vae import guides, imputation, likelihoods, priors
+from pyro_vae import guides, imputation, likelihoods, memory, priors
 from pyro_vae import networks as nets
 from pyro_vae.errors import ConfigError, DataError, DataTypeError, RunDirectoryError, UsageError
 from pyro_vae.networks import ACTIVATIONS, Decoder, GaussianEncoder
@@ -547,6 +547,8 @@ class VAE(PyroModule):
 
     def decode(self, z: torch.Tensor) -> dist.Distribution:
         """:math:`p_\\theta(x \\mid z)` with event shape ``input_shape``."""
+        if not isinstance(z, torch.Tensor):
+            raise DataTypeError(f"expected codes as a torch.Tensor, got {type(z).__name__}")
         if z.shape[-1] != self.latent_dim:
             raise DataError(f"expected codes with last dimension {self.latent_dim}, got {tuple(z.shape)}")
         return self.likelihood(self.decoder(z)).to_event(len(self.input_shape))
@@ -559,6 +561,7 @@ class VAE(PyroModule):
     def sample(self, n: int, *, mean: bool = False) -> torch.Tensor:
         """``n`` draws of ``x`` from the model (``mean=True``: the decoder means at prior draws of ``z``)."""
         positive_int("n", n)
+        memory.check_chunk(self, n, device=self.device, what=f"{n:,} draws", fix="draw fewer at a time")
         z = self.prior().sample((n,))
         d = self.decode(z)
         return self.data_mean(d) if mean else d.sample()

@@ -794,6 +794,16 @@ API_CASES.update(
             r"expected a floating-point tensor, got torch\.int64: convert it with x\.float\(\)",
         ),
         "encode-string": (later(lambda: _vae().encode("abc")), DataError, r"got str: pass torch\.as_tensor"),
+        "sample-1e12": (
+            later(lambda: _vae().sample(10**12)),
+            ConfigError,
+            r"1,000,000,000,000 draws needs about",
+        ),
+        "decode-string": (
+            later(lambda: _vae().decode("z")),
+            DataError,
+            r"expected codes as a torch\.Tensor, got str",
+        ),
         "registry-did-you-mean": (
             later(lambda: priors.create("vampp")),
             ConfigError,
