@@ -1,4 +1,4 @@
-"""Fault audit: a few hundred bad inputs through the command line, each in a fresh temporary directory.
+"""Fault audit: a few hundred bad inputs through the command line and the API, each in a fresh temporary directory.
 
 Every case runs ``pyro_vae.app.cli.main`` in this process (the same error boundary as
 ``pyro-vae``) in a directory holding a copy of one small finished run (``run/``) and whatever
@@ -11,6 +11,9 @@ the case sets up. A case is reported when it
   implementation's words rather than the library's (``unclear``: errno numbers, ``PosixPath(``,
   a constructor's ``missing 1 required``, torch's ``mat1``, ...),
 * or succeeds although it was expected to fail (``accepted``).
+
+The API cases (``api_cases``) must raise one of pyro_vae's own errors (``PyroVAEError``) with
+a one-line message that says what to do; any other exception is a ``traceback`` finding.
 
 Usage: ``python benchmarks/fault_audit.py [--only SUBSTRING] [--list] [--json FILE]``
 (one thread; a full pass takes a few minutes). Writes only under a temporary directory,
@@ -39,6 +42,7 @@ import torch
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
+from pyro_vae import memory  # noqa: E402
 from pyro_vae.app import cli  # noqa: E402
 
 BASE = ["--epochs", "1", "--hidden", "8", "--eval-samples", "2", "--no-progress", "--num-threads", "1"]
@@ -64,7 +68,7 @@ UNCLEAR = re.compile(
 FIX = re.compile(
     r"--|\b(pass|use|choose|give|remove|lower|check|retrain|resume|convert|save|rename|restore|fix|start|"
     r"put|move|set|wait|reshape|drop|train|run|rebuild|replace|build|upgrade|load|leave|add|make|"
-    r"name|pick|delete|free|rewrite|raise|split|list|must|needs?|one of|at least|at most|create|write|takes)\b",
+    r"name|pick|delete|free|rewrite|raise|split|list|must|needs?|one of|at least|at most|create|write|takes|rescale)\b",
     re.I,
 )
 
@@ -539,6 +543,124 @@ def all_cases() -> list[Case]:
     return flag_cases() + path_cases() + run_cases()
 
 
+# ----------------------------------------------------------------------------- the Python API
+
+
+def _vae(**kw):
+    from pyro_vae import VAE
+
+    return VAE(**{"input_dim": 4, "latent_dim": 2, "hidden": (8,), "likelihood": "gaussian", **kw})
+
+
+def _x(n: int = 32, d: int = 4) -> torch.Tensor:
+    return torch.rand(n, d, generator=torch.Generator().manual_seed(0))
+
+
+def _fit(vae=None, data=None, *args, **kw):
+    from pyro_vae import fit
+
+    return fit(
+        _vae() if vae is None else vae,
+        _x() if data is None else data,
+        *args,
+        progress=False,
+        **{"epochs": 1, **kw},
+    )
+
+
+def _trained(**kw):
+    vae = _vae(**kw)
+    _fit(vae)
+    return vae
+
+
+def _nan_weights(vae):
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.fill_(float("nan"))
+    return vae
+
+
+def api_cases() -> dict[str, Callable[[], object]]:
+    """Calls that must raise one of pyro_vae's own errors with a clear one-line message."""
+    from pyro_vae import VAE, evaluate, likelihoods, priors
+
+    nan_row = torch.tensor([[float("nan"), 0.5, 0.5, 0.5]])
+    return {
+        "VAE input_dim 0": lambda: VAE(0, 2),
+        "VAE input_dim str": lambda: VAE("a", 2),
+        "VAE hidden str": lambda: _vae(hidden="8"),
+        "VAE likelihood int": lambda: _vae(likelihood=3),
+        "VAE conv on 4 features": lambda: _vae(network="conv"),
+        "VAE network typo": lambda: _vae(network="mpl"),
+        "VAE activation typo": lambda: _vae(activation="rleu"),
+        "VAE prior option str": lambda: _vae(prior={"name": "mixture", "options": {"num_components": "3"}}),
+        "VAE latent 1e9 (meta check)": lambda: memory.check_model_size(
+            lambda: VAE(64, 10**9, likelihood="gaussian")
+        ),
+        "likelihood categorical no option": lambda: likelihoods.create("categorical"),
+        "likelihood negative scale": lambda: likelihoods.create("gaussian", min_scale=-1),
+        "prior typo": lambda: priors.create("vampp"),
+        "prior class not instance": lambda: priors.create(priors.REGISTRY.get("vamp")),
+        "fit epochs 0": lambda: _fit(epochs=0),
+        "fit cuda absent": lambda: _fit(device="cuda") if not torch.cuda.is_available() else _fit(epochs=0),
+        "fit beta -1": lambda: _fit(beta=-1),
+        "fit loss typo": lambda: _fit(loss="iwea"),
+        "fit valid wrong width": lambda: _fit(None, None, _x(3, 5)),
+        "fit generator": lambda: _fit(None, (r for r in _x())),
+        "fit dict": lambda: _fit(None, {"x": _x()}),
+        "fit 3-d for mlp": lambda: _fit(None, torch.rand(32, 2, 2)),
+        "fit 1e300": lambda: _fit(None, np.full((32, 4), 1e300)),
+        "fit complex": lambda: _fit(None, np.ones((32, 4)) + 1j),
+        "fit objects": lambda: _fit(None, np.array([[1, "a", None, 2]] * 32, dtype=object)),
+        "fit text": lambda: _fit(None, np.array([["1", "2", "3", "4"]] * 32)),
+        "fit empty": lambda: _fit(None, torch.empty(0, 4)),
+        "fit bernoulli on grey": lambda: _fit(_vae(likelihood="bernoulli")),
+        "fit poisson on negatives": lambda: _fit(_vae(likelihood="poisson"), _x() - 1),
+        "fit iwae 1e10 particles": lambda: _fit(loss="iwae", num_particles=10**10),
+        "fit resume without dir": lambda: _fit(resume=True),
+        "evaluate chunk 0": lambda: evaluate(_trained(), _x(), 10, chunk_size=0),
+        "evaluate method typo": lambda: evaluate(_trained(), _x(), 10, method="bogus"),
+        "evaluate untrained auto": lambda: evaluate(VAE(4, 2), _x(), 10),
+        "evaluate NaN weights": lambda: evaluate(_nan_weights(_trained()), _x(), 10),
+        "evaluate empty": lambda: evaluate(_trained(), torch.empty(0, 4), 10),
+        "sample 2.5": lambda: _vae().sample(2.5),
+        "sample 1e12": lambda: _vae().sample(10**12),
+        "decode wrong width": lambda: _vae().decode(torch.rand(3, 5)),
+        "decode str": lambda: _vae().decode("z"),
+        "encode int tensor": lambda: _vae().encode(torch.ones(3, 4, dtype=torch.int64)),
+        "encode numpy": lambda: _vae().reconstruct(np.random.rand(3, 4)),
+        "impute without missing": lambda: _trained().impute(nan_row),
+        "impute NaN weights": lambda: _nan_weights(_trained(missing=True)).impute(nan_row),
+        "impute K 0": lambda: _vae(missing=True).impute(nan_row, 0),
+        "log_weights K 0": lambda: _vae().log_weights(_x(), 0),
+        "load a missing directory": lambda: VAE.load("nowhere"),
+    }
+
+
+def run_api_case(name: str, call: Callable[[], object], scratch: Path) -> list[Finding]:
+    from pyro_vae.errors import PyroVAEError
+
+    tmp = Path(tempfile.mkdtemp(dir=scratch))
+    old_cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        call()
+    except PyroVAEError as e:
+        text = str(e)
+        if "\n" in text.strip() or UNCLEAR.search(text):
+            return [Finding(name, "unclear", text[:300])]
+        if not FIX.search(text):
+            return [Finding(name, "unclear", f"says nothing to do: {text[:300]}")]
+        return []
+    except Exception as e:  # noqa: BLE001 (an error that is not pyro_vae's own is the finding)
+        return [Finding(name, "traceback", f"{type(e).__name__}: {str(e)[:300]}")]
+    finally:
+        os.chdir(old_cwd)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [Finding(name, "accepted", "no error")]
+
+
 # ----------------------------------------------------------------------------- running
 
 
@@ -642,9 +764,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
     cases = [c for c in all_cases() if args.only is None or args.only in c.name]
+    calls = {n: c for n, c in api_cases().items() if args.only is None or args.only in f"api: {n}"}
     if args.list:
-        for c in cases:
-            print(c.name)
+        for name in [c.name for c in cases] + [f"api: {n}" for n in calls]:
+            print(name)
         return 0
     report = Report()
     start = time.perf_counter()
@@ -652,6 +775,9 @@ def main(argv: list[str] | None = None) -> int:
         finished = finished_run(Path(scratch))
         for case in cases:
             report.findings += run_case(case, finished, Path(scratch))
+            report.cases += 1
+        for name, call in calls.items():
+            report.findings += run_api_case(f"api: {name}", call, Path(scratch))
             report.cases += 1
     report.seconds = time.perf_counter() - start
     kinds: dict[str, int] = {}

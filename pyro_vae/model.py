@@ -548,9 +548,14 @@ class VAE(PyroModule):
     def decode(self, z: torch.Tensor) -> dist.Distribution:
         """:math:`p_\\theta(x \\mid z)` with event shape ``input_shape``."""
         if not isinstance(z, torch.Tensor):
-            raise DataTypeError(f"expected codes as a torch.Tensor, got {type(z).__name__}")
+            raise DataTypeError(
+                f"expected codes as a torch.Tensor, got {type(z).__name__}: pass a tensor of shape (..., {self.latent_dim})"
+            )
         if z.shape[-1] != self.latent_dim:
-            raise DataError(f"expected codes with last dimension {self.latent_dim}, got {tuple(z.shape)}")
+            raise DataError(
+                f"expected codes with last dimension {self.latent_dim}, got {tuple(z.shape)}: pass codes of shape "
+                f"(..., {self.latent_dim})"
+            )
         return self.likelihood(self.decoder(z)).to_event(len(self.input_shape))
 
     def data_mean(self, d: dist.Distribution) -> torch.Tensor:

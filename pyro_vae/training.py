@@ -898,7 +898,7 @@ def _prepare(vae: VAE, train: Any, valid: Any, cfg: TrainConfig, history: Histor
     if in_memory:
         train = as_tensor(train)
         if train.shape[0] == 0:
-            raise DataError("the training data hold no data points")
+            raise DataError("the training data hold no data points; pass data with at least one row")
         vae.check_data(train, support=False, finite=False)  # the shape, before choosing a likelihood
     if in_memory or vae.is_resolved:
         sample = train
@@ -950,7 +950,7 @@ def _first_batch(loader: DataLoader) -> torch.Tensor:
     with torch.random.fork_rng(devices=[]):  # peeking must not move the random stream
         batch = next(iter(loader), None)
     if batch is None:
-        raise DataError("the training data hold no data points")
+        raise DataError("the training data hold no data points; pass data with at least one row")
     return features_of(batch)
 
 
