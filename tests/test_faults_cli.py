@@ -6,10 +6,13 @@ memory a step needs, checked before anything is written."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -307,3 +310,44 @@ def test_evaluate_output_replaces_only_its_own_file(here: Path, capsys) -> None:
         r"was not written by this command",
     )
     assert (here / "mine.json").read_text() == '{"a": 1}'
+
+
+def test_killed_run_resumes_and_plain_run_agrees(tmp_path: Path) -> None:
+    """A real SIGKILL after the first checkpoint: a plain run is refused naming --resume, and
+    --resume finishes the run with no temporary file carried into it."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    argv = [
+        sys.executable,
+        "-m",
+        "pyro_vae",
+        "train",
+        "--out",
+        "new",
+        "--hidden",
+        "16",
+        "--eval-samples",
+        "5",
+    ]
+    argv += ["--no-progress", "--num-threads", "1", "--patience", "0", "--lr-patience", "0"]
+    proc = subprocess.Popen([*argv, "--epochs", "100000"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
+    state = tmp_path / ".new.partial" / "training_state.pt"
+    deadline = time.monotonic() + 120
+    while not state.is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.is_file()
+    plain = subprocess.run([*argv, "--epochs", "2"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert plain.returncode != 0 and "continue it with --resume" in plain.stderr, plain.stderr
+    resumed = subprocess.run(
+        [*argv, "--epochs", "100000", "--max-minutes", "0.01", "--resume"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "new" / "metrics.json").is_file()
+    assert not [p for p in (tmp_path / "new").iterdir() if p.name.endswith(".tmp")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
