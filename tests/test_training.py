@@ -82,7 +82,8 @@ def test_beta_schedule_is_recorded_and_warms_up():
     assert BetaSchedule.create({"warmup_epochs": 2})(1.0) == 0.5
 
 
-def test_early_stopping_keeps_the_best_weights(tmp_path):
+@pytest.mark.parametrize("within_noise", [False, True], ids=["any-record", "within-noise"])
+def test_early_stopping_keeps_the_best_weights(tmp_path, within_noise):
     x, valid = binary_data(300), binary_data(60, seed=2)
     vae = small_vae()
     # A large learning rate makes the validation ELBO wander, so patience triggers.
@@ -97,11 +98,12 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
         valid_samples=4,
         checkpoint_dir=tmp_path,
         progress=False,
+        stop_within_noise=within_noise,
     )
     best = max(history["valid_bound"])
     assert history["valid_bound"][history.best_epoch - 1] == best
     assert history["valid_elbo"] == history["valid_bound"]  # the ELBO is the elbo objective's bound
-    replay = EarlyStopping(3)  # the rule fit applies, on the scores it recorded
+    replay = EarlyStopping(3, within_noise=within_noise)  # the rule fit applies, on its scores
     stops = [replay.update(e, v, {}) for e, v in enumerate(history["valid_bound"], 1)]
     assert history.stopped_early == stops[-1] and not any(stops[:-1])
     # The returned model is the best epoch's, reproducibly scored.
@@ -133,22 +135,15 @@ def stop_epoch(scores: np.ndarray, rule: EarlyStopping) -> int | None:
     return None
 
 
-class AnyRecord(EarlyStopping):
-    """The rule before the noise: every new best resets the patience."""
-
-    def noise(self) -> float:
-        return 0.0
-
-
 def test_early_stopping_waits_for_gains_larger_than_the_noise():
-    # Creeping up by twice its scatter per 50 epochs: the new records that kept a patience-50
+    # Creeping up by twice its scatter per 50 epochs: the new records that keep a patience-50
     # run going for 3000 epochs are gains within the noise.
     creeping = curve(0.004, 0.1, 3000)
-    assert stop_epoch(creeping, AnyRecord(50)) is None
-    assert stop_epoch(creeping, EarlyStopping(50)) < 1000
+    assert stop_epoch(creeping, EarlyStopping(50)) is None  # the default: any new record
+    assert stop_epoch(creeping, EarlyStopping(50, within_noise=True)) < 1000
     rising = curve(0.02, 0.1, 1000)  # twice the scatter per 10 epochs: never stale for 50
-    assert stop_epoch(rising, EarlyStopping(50)) is None
-    rule = EarlyStopping(None)
+    assert stop_epoch(rising, EarlyStopping(50, within_noise=True)) is None
+    rule = EarlyStopping(None, within_noise=True)
     stop_epoch(creeping[:300], rule)
     assert rule.best_value == max(creeping[:300])  # the best weights are still the best score's
     assert len(rule.recent) == NOISE_WINDOW + 1
