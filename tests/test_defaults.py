@@ -109,7 +109,8 @@ def test_default_validation_draws_follow_the_size_of_the_validation_data(monkeyp
     fit(small_vae(), x, binary_data(40, seed=1), epochs=1, batch_size=100, valid_samples=3, progress=False)
     loader = DataLoader(TensorDataset(binary_data(2500, seed=1)), batch_size=100)
     fit(small_vae(), x, loader, epochs=1, batch_size=100, progress=False)
-    assert seen == [(40, 32), (2500, 4), (20000, 1), (40, 3), (25, 4)]  # a loader: 25 batches, 2500 points
+    # 1000 draws in all (training.VALID_DRAWS), 1 to 32 per point; a loader: 25 batches, 2500 points
+    assert seen == [(40, 25), (2500, 1), (20000, 1), (40, 3), (25, 1)]
 
 
 # --------------------------------------------------------------------------- learning-rate reduction
