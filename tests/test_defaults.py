@@ -12,7 +12,7 @@ from pyro_vae import VAE, TrainConfig, fit, objectives
 from pyro_vae.app.cli import build_parser, config_from_args
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import validation_bounds
-from pyro_vae.training import HISTORY_COLUMNS, make_optimizer
+from pyro_vae.training import HISTORY_COLUMNS, MAX_VALID_SAMPLES, VALID_DRAWS, make_optimizer
 from tests.conftest import binary_data
 
 
@@ -87,9 +87,11 @@ def test_the_criterion_varies_less_than_a_one_draw_elbo():
         return float(np.var([fn(seed) for seed in range(30)]))
 
     one_draw = spread(lambda s: validation_bounds(vae, valid, num_samples=1, seed=s)["elbo"])
-    default_draws = math.ceil(10_000 / len(valid))  # fit's rule for 40 points: 32 (the cap)
-    assert min(32, default_draws) == 32
-    many = spread(lambda s: elbo.validation_bound(vae, valid, draws=32, seed=s))
+    default_draws = min(
+        MAX_VALID_SAMPLES, math.ceil(VALID_DRAWS / len(valid))
+    )  # fit's rule: 25 for 40 points
+    assert default_draws == 25
+    many = spread(lambda s: elbo.validation_bound(vae, valid, draws=default_draws, seed=s))
     k8 = spread(lambda s: iwae.validation_bound(vae, valid, num_particles=8, seed=s))
     assert many < one_draw / 5
     assert k8 < one_draw / 2
