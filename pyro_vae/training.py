@@ -297,10 +297,9 @@ class EarlyStopping:
     curve still rising by much less than its scatter per epoch (each new best a little
     luckier than the last) then stops after ``patience`` epochs instead of running on for
     each new record. That is not the default: such curves were still improving on the
-    small tables of ``benchmarks/tables.py`` (stopped sooner, iris and penguins lost 0.06 to
-    0.26 nats per row) and on the README's main job (test log p(x) 78.74 after 812 epochs
-    against 78.94 after about 950). The learning-rate reduction reads :meth:`noise` either
-    way (``fit`` sets the scheduler's threshold to it).
+    small tables of ``benchmarks/tables.py`` (stopped 90 to 126 epochs sooner, iris and
+    penguins lost 0.06 to 0.26 nats per test row). The learning-rate reduction reads
+    :meth:`noise` either way (``fit`` sets the scheduler's threshold to it).
 
     Args:
         patience: stale epochs after which to stop; None: never stop.
