@@ -212,6 +212,9 @@ def flag_cases() -> list[Case]:
     for typo in ["--epcohs", "--lrr", "--hiden", "--outt", "--overwite", "--seeed", "--no-progres"]:
         cases.append(Case(f"unknown flag {typo}", train(typo, "3")))
     cases += [
+        Case("flag --seed 1e23", train("--seed", "100000000000000000000000")),
+        Case("flag --data-seed 1e23", train("--data-seed", "100000000000000000000000")),
+        Case("diagnose seed 1e23", ["diagnose", "run", *DIAGNOSE, "--seed", "100000000000000000000000"]),
         Case("flag --hidden 0,8", train("--hidden", "0,8")),
         Case("flag --hidden -8", train("--hidden", "-8")),
         Case("flag --hidden 8,,8", train("--hidden", "8,,8")),

@@ -44,7 +44,7 @@ from pyro_vae.evaluation import validation_bounds
 from pyro_vae.io import atomic_torch_save, load_tensors
 from pyro_vae.model import VAE, WEIGHTS_FILE
 from pyro_vae.objectives import BetaSchedule, ELBOLoss, make_elbo
-from pyro_vae.settings import Settings, at_least, positive, setting
+from pyro_vae.settings import Settings, at_least, positive, seed_range, setting
 from pyro_vae.threads import ThreadPolicy, work_per_step
 from pyro_vae.utils import resolve_device
 
@@ -115,7 +115,7 @@ class TrainConfig(Settings):
     beta: BetaSchedule = setting(
         BetaSchedule(), "the KL weight: a number, or {end, warmup_epochs, start} for a linear warm-up"
     )
-    seed: int = setting(0, "seeds the initial weights, the data order and every draw", check=at_least(0))
+    seed: int = setting(0, "seeds the initial weights, the data order and every draw", check=seed_range)
     device: str = setting("cpu", "cpu, cuda, cuda:N or auto", check=_device)
     patience: int | None = setting(
         50,

@@ -438,6 +438,17 @@ CLI_CASES.update(
             train("--num-threads", "100000"),
             r"train\.num_threads 100000 is more than the \d+ CPU cores.*--num-threads",
         ),
+        # --- seeds beyond torch's 64 bits (were "internal error: Overflow when unpacking long long")
+        "seed-1e23": Case(
+            train("--seed", "100000000000000000000000"), r"train\.seed must be between 0 and 2\*\*63 - 1"
+        ),
+        "data-seed-1e23": Case(
+            train("--data-seed", "100000000000000000000000"), r"data\.seed must be between 0 and 2\*\*63 - 1"
+        ),
+        "diagnose-seed-1e23": Case(
+            ["diagnose", RUN, "--no-progress", "--nuts-points", "0", "--seed", "100000000000000000000000"],
+            r"--seed must be between 0 and 2\*\*63 - 1",
+        ),
         # --- the output location
         "out-dot": Case(train(out="."), r"already holds files.*--overwrite"),
         "out-partial-is-a-file": Case(

@@ -19,7 +19,7 @@ from pyro_vae.data import DATASETS
 from pyro_vae.description import DEFAULT_LATENT, ModelConfig  # noqa: F401  (the model section, defined in the core)
 from pyro_vae.errors import ConfigError, ResumeError, SchemaError
 from pyro_vae.objectives import make_elbo
-from pyro_vae.settings import Settings, at_least, setting
+from pyro_vae.settings import Settings, at_least, seed_range, setting
 from pyro_vae.training import TrainConfig
 
 SPLITS = ("train", "valid", "test")
@@ -46,7 +46,7 @@ class DataConfig(Settings):
         "a CSV table's likelihood per column, by name or index, with likelihood auto, e.g. "
         '{"smoker": "bernoulli", "visits": "negative_binomial"} (the others are chosen from the data)',
     )
-    seed: int = setting(0, "seed of the train/valid/test split", check=at_least(0), flag="--data-seed")
+    seed: int = setting(0, "seed of the train/valid/test split", check=seed_range, flag="--data-seed")
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pyro_vae.diagnostics.plots import plot_ppc
 from pyro_vae.errors import ConfigError, RunDirectoryError
 from pyro_vae.io import atomic_write, atomic_write_json, save_figure
 from pyro_vae.model import CONFIG_FILE, WEIGHTS_FILE
+from pyro_vae.settings import MAX_SEED
 from pyro_vae.utils import positive_int
 
 DIAGNOSTICS_FILE = "diagnostics.nc"
@@ -71,6 +72,8 @@ def diagnose_run(
     positive_int("--nuts-draws", nuts_draws, 1)
     positive_int("--is-samples", num_is_samples, 1)
     positive_int("--seed", seed, 0)
+    if seed > MAX_SEED:
+        raise ConfigError(f"--seed must be between 0 and 2**63 - 1 ({MAX_SEED}), got {seed}")
     if nuts_points > num_points:
         raise ConfigError(f"--nuts-points ({nuts_points}) cannot exceed --num-points ({num_points})")
     cfg, vae, splits = load_run(run_dir, split=split, data_dir=data_dir)
