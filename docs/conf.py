@@ -7,7 +7,17 @@ scvi-tools build theirs.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import json
+from typing import Any
+
+from docutils import nodes
+from sphinx.util.docutils import SphinxDirective
+
 import pyro_vae
+from pyro_vae.app.cli import BETA_FLAGS
+from pyro_vae.objectives import BetaSchedule
 
 project = "pyro_vae"
 author = "the pyro_vae authors"
@@ -50,3 +60,65 @@ suppress_warnings = ["ref.python"]
 
 html_theme = "alabaster"
 html_title = f"pyro_vae {release}"
+
+
+def _value(field: dataclasses.Field) -> Any:
+    return field.default if field.default is not dataclasses.MISSING else field.default_factory()
+
+
+def _default(field: dataclasses.Field) -> str:
+    """A setting's default as ``config.json`` writes it."""
+    value = _value(field)
+    value = value.to_dict() if hasattr(value, "to_dict") else value
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _flags(field: dataclasses.Field) -> str:
+    """The command-line flags the CLI generates for a setting (the KL weight's schedule has three)."""
+    if isinstance(_value(field), BetaSchedule):
+        return ", ".join(BETA_FLAGS)
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+class SettingsTable(SphinxDirective):
+    """``settings-table`` *module.Class*: a table of a settings class's fields, from their definitions.
+
+    Each setting is defined once (``pyro_vae.settings.setting``: default, help text, flag); the
+    table is built from that definition when the docs are built, so a page never repeats a
+    default or a help text that may change.
+    """
+
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        module, _, name = self.arguments[0].rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        rows = [
+            (f"{f.name} ({_flags(f)})", _default(f), f.metadata.get("help", ""))
+            for f in dataclasses.fields(cls)
+        ]
+        return [_table(("setting (flag)", "default", "what it does"), rows, widths=(25, 15, 60))]
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], widths: tuple[int, ...]) -> nodes.table:
+    """A docutils table of literal cells: help texts are not parsed as reStructuredText."""
+    group = nodes.tgroup(cols=len(header))
+    group += [nodes.colspec(colwidth=w) for w in widths]
+
+    def row(cells: tuple[str, ...], literal_first: bool) -> nodes.row:
+        out = nodes.row()
+        for i, text in enumerate(cells):
+            para = nodes.paragraph()
+            para += nodes.literal(text=text) if literal_first and i < 2 else nodes.Text(text)
+            out += nodes.entry("", para)
+        return out
+
+    group += nodes.thead("", row(header, literal_first=False))
+    group += nodes.tbody("", *(row(r, literal_first=True) for r in rows))
+    return nodes.table("", group)
+
+
+def setup(app: Any) -> dict[str, bool]:
+    """The ``settings-table`` directive for the pages."""
+    app.add_directive("settings-table", SettingsTable)
+    return {"parallel_read_safe": True}
