@@ -74,12 +74,18 @@ def _counted_pass(net: torch.nn.Module, x: torch.Tensor) -> int:
 
     leaves = [m for m in net.modules() if next(m.children(), None) is None]
     hooks = [m.register_forward_hook(count) for m in leaves]
+    # In eval mode: a batch norm in training mode would move its running statistics (and refuse
+    # a batch of one), a dropout would draw from the random stream.
+    modes = {m: m.training for m in net.modules()}
+    net.eval()
     try:
         with torch.no_grad():
             net(x)
     finally:
         for h in hooks:
             h.remove()
+        for m, mode in modes.items():
+            m.train(mode)
     return total[0]
 
 

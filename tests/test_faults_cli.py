@@ -351,3 +351,19 @@ def test_killed_run_resumes_and_plain_run_agrees(tmp_path: Path) -> None:
     assert (tmp_path / "new" / "metrics.json").is_file()
     assert not [p for p in (tmp_path / "new").iterdir() if p.name.endswith(".tmp")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
+
+
+def test_footprint_leaves_the_model_as_it_was() -> None:
+    """The counting pass changes no state: a batch norm's running statistics, the training flag
+    and the random stream are as before (a batch norm in training mode refuses a batch of one)."""
+    encoder = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5))
+    encoder.append(torch.nn.Linear(8, 4))
+    decoder = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 8))
+    vae = VAE(4, 2, likelihood="gaussian", encoder=encoder, decoder=decoder)
+    vae.train()
+    state = {k: v.clone() for k, v in vae.state_dict().items()}
+    rng = torch.get_rng_state()
+    memory.footprint(vae)
+    assert all(torch.equal(state[k], v) for k, v in vae.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state())
+    assert all(m.training for m in vae.modules())
