@@ -85,7 +85,8 @@ def test_a_new_page_joins_the_toctree_and_a_page_outside_it_fails_the_build(tmp_
     # The API pages import the whole package; a stub keeps this check to the toctree.
     shutil.rmtree(source / "api")
     (source / "api").mkdir()
-    (source / "api" / "index.rst").write_text("API reference\n=============\n")
+    (source / "api" / "index.rst").write_text("API reference\n=============\n\n.. toctree::\n\n   modules\n")
+    (source / "api" / "modules.rst").write_text("Modules\n=======\n")
     (source / "a_new_page.md").write_text("# A new page\n\nAdded without editing the index.\n")
     result = sphinx_build(source, tmp_path / "html")
     assert result.returncode == 0, result.stderr[-4000:]
