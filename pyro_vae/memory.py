@@ -169,7 +169,7 @@ def check_model_size(build: Callable[[], Any], *, available: int | None = None) 
             "trained with Adam",
             need,
             room,
-            "lower model.latent_dim (--latent-dim) or model.hidden (--hidden)",
+            "lower model.latent_dim (--latent-dim; select: --latent-dims) or model.hidden (--hidden; select: --widths)",
         )
 
 

@@ -281,7 +281,7 @@ def test_fit_refuses_a_step_that_cannot_fit() -> None:
 
 
 def test_model_size_checked_without_allocating() -> None:
-    with pytest.raises(ConfigError, match=r"latent_dim 1000000000.*--latent-dim"):
+    with pytest.raises(ConfigError, match=r"latent_dim 1000000000.*--latent-dim; select: --latent-dims"):
         memory.check_model_size(lambda: VAE(64, 10**9, likelihood="gaussian"), available=2**34)
 
 
