@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import json
 from typing import Any
 
 from docutils import nodes
+from docutils.parsers.rst import Parser as RSTParser
+from docutils.utils import new_document
 from sphinx.util.docutils import SphinxDirective
 
 import pyro_vae
@@ -118,7 +121,36 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], widths: tuple[i
     return nodes.table("", group)
 
 
+class RegistryTable(SphinxDirective):
+    """``registry-table`` *module*: every name in a plug-in module's ``REGISTRY`` with its class.
+
+    Each row is the registered name, a link to the class's API entry and the first paragraph of
+    its docstring, so a plug-in registered later appears without an edit of the page.
+    """
+
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        module = importlib.import_module(self.arguments[0])
+        lines = [".. list-table::", "   :header-rows: 1", "   :widths: 20 25 55", ""]
+        lines += ["   * - name", "     - class", "     - what it is"]
+        for name in module.REGISTRY.names():
+            cls = module.REGISTRY.get(name)
+            summary = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
+            lines += [
+                f"   * - ``{name}``",
+                f"     - :class:`~{cls.__module__}.{cls.__qualname__}`",
+                f"     - {summary}",
+            ]
+        # Parsed as reStructuredText (the docstrings' language) also inside a MyST page, whose own
+        # nested parse would read the table as Markdown.
+        document = new_document(f"registry-table {self.arguments[0]}", self.state.document.settings)
+        RSTParser().parse("\n".join(lines), document)
+        return document.children
+
+
 def setup(app: Any) -> dict[str, bool]:
-    """The ``settings-table`` directive for the pages."""
+    """The ``settings-table`` and ``registry-table`` directives for the pages."""
     app.add_directive("settings-table", SettingsTable)
+    app.add_directive("registry-table", RegistryTable)
     return {"parallel_read_safe": True}
