@@ -70,7 +70,9 @@ MAX_SEED = 2**63 - 1  # torch's generators take 64-bit signed seeds
 
 
 def seed_range(value: Any) -> str | None:
-    return None if value is None or 0 <= value <= MAX_SEED else f"must be between 0 and 2**63 - 1 ({MAX_SEED})"
+    return (
+        None if value is None or 0 <= value <= MAX_SEED else f"must be between 0 and 2**63 - 1 ({MAX_SEED})"
+    )
 
 
 def finite(value: Any) -> str | None:
