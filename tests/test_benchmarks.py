@@ -334,6 +334,27 @@ def test_kl_answers_follow_the_results_file():
     assert "-1000.00" in changed and "better than every" not in changed
 
 
+def test_the_sdv_row_follows_its_results_file():
+    import readme_table
+
+    results = json.loads((BENCHMARKS / "results" / "sdv.json").read_text())
+    ((what, result, _, command),) = readme_table.sdv_rows(results)
+    tables = results["tables"]
+    ahead = sum(
+        e["synthesizers"]["pyro_vae"]["quality"]
+        > max(e["synthesizers"][k]["quality"] for k in ("tvae", "ctgan"))
+        for e in tables.values()
+    )
+    assert f"**{ahead} of {len(tables)}**" in result and results["command"] in command
+    # a table where pyro_vae falls behind TVAE is named, and the target reads as missed
+    first = next(iter(tables))
+    tables[first]["synthesizers"]["tvae"]["quality"] = 1.0
+    assert f"behind on `{first}`" in readme_table.sdv_rows(results)[0][1]
+    for e in tables.values():
+        e["synthesizers"]["tvae"]["quality"] = e["synthesizers"]["ctgan"]["quality"] = 0.0
+    assert "on every table: met" in readme_table.sdv_rows(results)[0][1]
+
+
 def test_benchmark_notes_take_their_figures_from_the_results_files():
     import readme_table
 
