@@ -171,6 +171,9 @@ def load_dataset(
     dequantize: bool | None = None,
     standardize: bool | None = None,
     column_likelihoods: dict | None = None,
+    categorical: Sequence[str] = (),
+    text_cells: str = "error",
+    encoding: str | None = None,
     seed: int = 0,
 ) -> DataSplits:
     """Load a dataset by name (the command line's ``--dataset``).
@@ -178,7 +181,8 @@ def load_dataset(
     ``csv`` is a raw table (:func:`pyro_vae.tables.load_table`): each column's kind,
     preprocessing and likelihood are chosen from the training split; its real columns are
     standardized unless ``standardize=False``. ``column_likelihoods`` overrides the choice
-    per column (tables only). For the other data sets ``standardize`` defaults to off.
+    per column (tables only); ``categorical``, ``text_cells`` and ``encoding`` are
+    :func:`pyro_vae.reading.read_table`'s. For the other data sets ``standardize`` defaults to off.
     """
     if column_likelihoods and name != "csv":
         raise ConfigError(f"column likelihoods are for tables (--dataset csv), not {name!r}")
@@ -201,7 +205,9 @@ def load_dataset(
     if name == "csv" and not dequantize:
         if path is None:
             raise ConfigError("dataset 'csv' needs a file path (--data-path)")
-        table = read_table(path, label_column)
+        table = read_table(
+            path, label_column, categorical=categorical, text_cells=text_cells, encoding=encoding
+        )
         return load_table(
             table,
             name=Path(path).stem,

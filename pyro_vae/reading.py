@@ -236,8 +236,9 @@ def _stray_text(col: _Cells, bad: list[int], text_cells: str) -> np.ndarray:
     raise DataError(
         f"{col.where}:{col.lines[bad[0]]}: column {col.name!r} holds numbers but also the text "
         f"{col.cells[bad[0]]!r} ({len(bad)} text cells: {shown}{more}); correct them, or empty them (an "
-        f"empty or NA cell is missing), or in Python read_table(..., text_cells='missing') to read them "
-        f"as missing, or categorical=[{col.name!r}] to model the column as categories"
+        f"empty or NA cell is missing), or read them as missing (text_cells='missing'; command line: "
+        f"--text-cells missing), or model the column as categories (categorical=[{col.name!r}]; command "
+        f"line: --categorical {col.name})"
     )
 
 
@@ -331,14 +332,16 @@ def _decode(path: Path, encoding: str | None) -> str:
         line = data[: e.start].count(b"\n") + 1
         raise DataError(
             f"{path}:{line}: byte 0x{data[e.start]:02x} is not {encoding} text (a Latin-1 or Windows-1252 "
-            "file?): save the file as UTF-8, or in Python read_table(path, encoding='latin-1')"
+            "file?): save the file as UTF-8, or name its encoding: read_table(path, encoding='latin-1'); command "
+            "line: --encoding latin-1"
         ) from None
     except LookupError:
         raise ConfigError(f"unknown text encoding {encoding!r} for {path}") from None
     if text.count("\x00") > len(text) // 4:
         raise DataError(
             f"{path} looks like UTF-16 text without a byte-order mark (every other byte is 0): save it "
-            "as UTF-8, or in Python read_table(path, encoding='utf-16-le')"
+            "as UTF-8, or name its encoding: read_table(path, encoding='utf-16-le'); command line: "
+            "--encoding utf-16-le"
         )
     return text
 

@@ -79,6 +79,10 @@ def _optional(parse, zero_is_none: bool = False):
     return parse_optional
 
 
+def _strings(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
@@ -366,7 +370,7 @@ def _base(tp):
 def _parser(name: str, tp):
     base = _base(tp)
     if typing.get_origin(base) is list:
-        parse = _hidden
+        parse = _strings if typing.get_args(base) == (str,) else _hidden
     elif base is dict:
         parse = _json_object
     elif base in (int, float):

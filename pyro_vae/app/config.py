@@ -19,6 +19,7 @@ from pyro_vae.data import DATASETS
 from pyro_vae.description import DEFAULT_LATENT, ModelConfig  # noqa: F401  (the model section, defined in the core)
 from pyro_vae.errors import ConfigError, ResumeError, SchemaError
 from pyro_vae.objectives import make_elbo
+from pyro_vae.reading import TEXT_CELLS
 from pyro_vae.settings import Settings, at_least, seed_range, setting
 from pyro_vae.training import TrainConfig
 
@@ -45,6 +46,17 @@ class DataConfig(Settings):
         {},
         "a CSV table's likelihood per column, by name or index, with likelihood auto, e.g. "
         '{"smoker": "bernoulli", "visits": "negative_binomial"} (the others are chosen from the data)',
+    )
+    categorical: list[str] = setting(
+        [], "a CSV table's columns to read as categories whatever they hold (comma-separated names)"
+    )
+    text_cells: str = setting(
+        "error",
+        "a CSV table's text cells in a numeric column: error (the default, naming them) or missing",
+        choices=TEXT_CELLS,
+    )
+    encoding: str | None = setting(
+        None, "a CSV file's text encoding, e.g. latin-1 (default: UTF-8, or UTF-16 with a byte-order mark)"
     )
     seed: int = setting(0, "seed of the train/valid/test split", check=seed_range, flag="--data-seed")
 
@@ -103,6 +115,11 @@ class RunConfig:
                 "data.column_likelihoods (--column-likelihoods) need a CSV table (--dataset csv) and "
                 f"model.likelihood 'auto', got {d.dataset!r} and {m.likelihood!r}"
             )
+        csv_only = {"categorical": [], "text_cells": "error", "encoding": None}
+        changed = [k for k, default in csv_only.items() if getattr(d, k) != default]
+        if changed and d.dataset != "csv":
+            flags = ", ".join(f"data.{k} (--{k.replace('_', '-')})" for k in changed)
+            raise ConfigError(f"{flags} read a CSV table (--dataset csv), not {d.dataset!r}")
         if d.dataset in ("csv", "npy") and not d.path:
             raise ConfigError(f"data.dataset {d.dataset!r} needs data.path (command line: --data-path FILE)")
         # a setting the data set does not read would be ignored without a word
