@@ -20,28 +20,19 @@ import pytest
 import torch
 
 from pyro_vae import errors, likelihoods
-from pyro_vae.app import cli, run
+from pyro_vae.app import run
 from pyro_vae.data import as_tensor, features_of, load_dataset
 from pyro_vae.distributed import PeerFailure
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError
 from pyro_vae.objectives import BetaSchedule
 from pyro_vae.training import History, TrainingDiverged
 from pyro_vae.utils import resolve_device
+from tests.test_faults import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERNAL = re.compile(
     r"^pyro-vae: internal error: (?P<what>[^\n]+); please report it \(--debug shows the traceback\)\n\Z"
 )
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """``pyro-vae ARGV`` in this process: its exit status and stderr."""
-    capsys.readouterr()
-    try:
-        code = cli.main(argv)
-    except SystemExit as e:  # argparse
-        code = e.code if isinstance(e.code, int) else 1
-    return code, capsys.readouterr().err
 
 
 def train_argv(tmp_path: Path, *flags: str) -> list[str]:

@@ -52,11 +52,11 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
     return out
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """``pyro-vae ARGV`` in this process: its exit status and stderr."""
+def run_cli(argv: list, capsys) -> tuple[int, str]:
+    """``pyro-vae ARGV`` in this process (paths may stand as they are): its exit status and stderr."""
     capsys.readouterr()
     try:
-        code = cli.main(argv)
+        code = cli.main([str(a) for a in argv])
     except SystemExit as e:  # argparse
         code = e.code if isinstance(e.code, int) else 1
     return code, capsys.readouterr().err

@@ -11,7 +11,6 @@ table run's CSV again: its columns' names, order, kinds and levels must be the r
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -33,27 +32,9 @@ from pyro_vae.app.config import (
 )
 from pyro_vae.app.run import evaluate_run, load_run
 from pyro_vae.errors import ResumeError, SchemaError
+from tests.test_faults import run_cli, snapshot
 
 SMALL = ["--epochs", "2", "--hidden", "16", "--eval-samples", "5", "--no-progress", "--num-threads", "1"]
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:  # argparse
-        code = e.code if isinstance(e.code, int) else 1
-    return code, capsys.readouterr().err
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    out: dict[str, bytes | None] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = None
-        for f in filenames:
-            out[os.path.relpath(os.path.join(dirpath, f), root)] = Path(dirpath, f).read_bytes()
-    return out
 
 
 def saved_config(run: Path) -> dict:
