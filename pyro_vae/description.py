@@ -99,7 +99,7 @@ class Resolved:
     network: str
     missing: bool = False
     input_scale: dict[str, list[float]] | None = None
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    guide: dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "diagonal", "options": {}})
     reasons: tuple[str, ...] = ()
     likelihood_reason: str | None = None  # why "auto" chose the likelihood (None: it was named)
 
@@ -114,7 +114,7 @@ class Resolved:
             "network": self.network,
             "missing": self.missing,
             "input_scale": self.input_scale,
-            **self.extra,
+            "guide": self.guide,
         }
 
 
@@ -160,7 +160,7 @@ def resolve(model: ModelConfig, splits: DataSplits) -> Resolved:
         network=model.network,
         missing=splits.has_missing,
         input_scale=scale,
-        extra={"guide": {"name": model.guide, "options": model.guide_options}},
+        guide={"name": model.guide, "options": model.guide_options},
         reasons=tuple(reasons),
         likelihood_reason=why,
     )
