@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
+from pyro_vae.infer.thread_policy import ForeignLoad
 from pyro_vae.io import atomic_write_text
-from pyro_vae.threads import ForeignLoad
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS_DIR / "results"

@@ -5,11 +5,11 @@ For each trained configuration of ``benchmarks/mnist_nll.py`` (its best weights 
 drawn at random (seeded; the test split is sorted by digit, so its first images are all zeros):
 
 * importance sampling with K = 5000 (``pyro_vae.evaluate``, what the MNIST table reports);
-* annealed importance sampling (``pyro_vae.ais.ais``: from q(z|x), sigmoidal schedule of
+* annealed importance sampling (``pyro_vae.infer.ais.ais``: from q(z|x), sigmoidal schedule of
   ``--ais-steps`` temperatures, ``--ais-chains`` chains per point, HMC with
   ``--ais-leapfrog`` leapfrog steps and a step size adapted toward acceptance 0.65);
 * their gap per point, AIS − IS (positive: IS was low), with its paired standard error;
-* BDMC (``pyro_vae.ais.bdmc``) on ``--bdmc-points`` images simulated from the model: the
+* BDMC (``pyro_vae.infer.ais.bdmc``) on ``--bdmc-points`` images simulated from the model: the
   forward (lower) and reverse (upper) AIS bounds and their gap, which bounds the error of
   AIS with the same settings on the model's own data;
 * the cost of each, in seconds per point.
@@ -42,7 +42,7 @@ log = _common.log
 import torch  # noqa: E402
 
 import pyro_vae  # noqa: E402
-from pyro_vae.ais import ais, bdmc  # noqa: E402
+from pyro_vae.infer.ais import ais, bdmc  # noqa: E402
 from pyro_vae.io import read_json  # noqa: E402
 
 NAME = "ais_vs_is"

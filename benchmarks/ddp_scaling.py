@@ -34,7 +34,7 @@ CONFIGS = [(1, 128), (2, 64), (2, 128)]
 def worker(args) -> None:
     """Runs in each process (under torchrun for 2 processes)."""
     import pyro_vae
-    from pyro_vae import distributed
+    from pyro_vae.infer import distributed
 
     nproc = int(__import__("os").environ.get("WORLD_SIZE", "1"))
     if args.quick:

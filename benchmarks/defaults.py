@@ -30,7 +30,7 @@ from tables import load_raw  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae.app.config import ModelConfig  # noqa: E402
-from pyro_vae.tables import load_table  # noqa: E402
+from pyro_vae.data.tables import load_table  # noqa: E402
 
 NAME = "defaults"
 TABLES = TABLE_NAMES

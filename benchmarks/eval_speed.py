@@ -148,7 +148,7 @@ def matmul_flops(shapes) -> int:
 def chunk_scan(data_dir: str, seed: int, num_samples: int, chunk: int, points: int = 16) -> dict:
     """Microseconds per (draw, point) at a few chunk sizes around ``chunk`` (two rounds, best)."""
     import pyro_vae
-    from pyro_vae.evaluation import chunk_plan
+    from pyro_vae.infer.evaluation import chunk_plan
 
     vae = build_model(None, seed)
     x = pyro_vae.data.load_binarized_mnist(data_dir).test[:points].clone()
@@ -168,7 +168,7 @@ def chunk_scan(data_dir: str, seed: int, num_samples: int, chunk: int, points: i
 
 
 def count_flops(decoder_shapes, encoder_shapes, num_points: int, num_samples: int, chunk_size: int) -> dict:
-    from pyro_vae.evaluation import chunk_plan
+    from pyro_vae.infer.evaluation import chunk_plan
 
     k_chunk, _ = chunk_plan(num_samples, chunk_size)  # as evaluate splits the draws
     encoder_runs = math.ceil(num_samples / k_chunk)
@@ -235,8 +235,8 @@ def compiled_chunk(data_dir: str, seed: int, num_samples: int, chunk: int, round
     the eager one: this is what a compiled tail would give it.
     """
     import pyro_vae
-    from pyro_vae.evaluation import chunk_plan
-    from pyro_vae.step import compiler_problem
+    from pyro_vae.infer.evaluation import chunk_plan
+    from pyro_vae.infer.replayed_elbo import compiler_problem
 
     problem = compiler_problem(torch.device("cpu"))
     if problem is not None:
@@ -281,7 +281,7 @@ def bernoulli_log_prob_ms(draws: int, input_dim: int, repeats: int) -> dict:
     """
     import torch.distributions as td
 
-    from pyro_vae.likelihoods import BernoulliLogits, BinaryLogits
+    from pyro_vae.distributions.likelihoods import BernoulliLogits, BinaryLogits
 
     torch.manual_seed(0)
     logits = 3 * torch.randn(draws, 1, input_dim)
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
     threads = _common.setup_threads()
     quiet = _common.wait_unless_quick(args.wait_idle, quick)
     started = time.perf_counter()
-    from pyro_vae.evaluation import default_chunk_size
+    from pyro_vae.infer.evaluation import default_chunk_size
 
     vae = build_model(args.model_dir, args.seed)
     chunk = args.chunk_size or (200 if quick else default_chunk_size(vae))

@@ -586,7 +586,8 @@ def _nan_weights(vae):
 
 def api_cases() -> dict[str, Callable[[], object]]:
     """Calls that must raise one of pyro_vae's own errors with a clear one-line message."""
-    from pyro_vae import VAE, evaluate, likelihoods, priors
+    from pyro_vae import VAE, evaluate
+    from pyro_vae.distributions import likelihoods, priors
 
     nan_row = torch.tensor([[float("nan"), 0.5, 0.5, 0.5]])
     return {

@@ -18,7 +18,7 @@ so ``bits_per_dim`` is in raw grey-level units (0..255, 256 levels): the density
 Lower is better; 8 bits/dim is a uniform distribution over the 256 levels.
 
 Likelihoods: ``gaussian``, ``gaussian_shared``, ``continuous_bernoulli``, ``beta``, ``laplace``,
-and ``bernoulli`` with ``pyro_vae.likelihoods.Bernoulli(strict=False)`` on the same grey
+and ``bernoulli`` with ``pyro_vae.distributions.likelihoods.Bernoulli(strict=False)`` on the same grey
 levels. The last is NOT a valid density on [0, 1] (the cross-entropy of grey levels is not
 normalised): its bits/dim are printed and saved, marked "not a valid density: its bits/dim
 are not comparable".
@@ -58,7 +58,7 @@ LOW, HIGH = 2.0**-32, 1.0 - 2.0**-24  # the smallest value (x + u) / 256 takes a
 
 def make_likelihood(name: str):
     if name == "bernoulli":
-        return pyro_vae.likelihoods.Bernoulli(strict=False)
+        return pyro_vae.distributions.likelihoods.Bernoulli(strict=False)
     return name
 
 

@@ -67,9 +67,9 @@ log = _common.log
 import pyro  # noqa: E402
 
 import pyro_vae  # noqa: E402
+from pyro_vae.distributions.priors import MixturePrior, VampPrior  # noqa: E402
+from pyro_vae.infer.training import TRAINING_STATE_FILE  # noqa: E402
 from pyro_vae.io import load_tensors, read_json  # noqa: E402
-from pyro_vae.priors import MixturePrior, VampPrior  # noqa: E402
-from pyro_vae.training import TRAINING_STATE_FILE  # noqa: E402
 
 NAME = "mnist_nll"
 CONFIGS = ("standard", "mixture", "vamp", "iwae", "gated", "gated_vamp")

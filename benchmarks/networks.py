@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae.data import make_loader  # noqa: E402
-from pyro_vae.training import make_optimizer  # noqa: E402
+from pyro_vae.infer.training import make_optimizer  # noqa: E402
 
 NAME = "networks"
 NETWORKS = ("mlp", "conv")

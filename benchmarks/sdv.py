@@ -13,7 +13,7 @@ rows; they are scored against the held-out rows by
   columns' levels, and a numeric column's 99th percentile: 100 rows requested, the share
   returned and the time. SDV samples
   conditionally by rejection (``sample_from_conditions``, 100 tries per batch); pyro_vae
-  draws p(other columns | level) by importance resampling (:mod:`pyro_vae.synthesis`).
+  draws p(other columns | level) by importance resampling (:mod:`pyro_vae.infer.synthesis`).
 
 SDV pins pandas below 3, so it runs in an environment of its own (``pip install
 pyro-vae[sdv]`` there); nothing of SDV is a core dependency. Torch runs at one thread.
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-samples", type=int, default=1000, help="pyro_vae's importance proposals")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from pyro_vae.training import TrainConfig
+    from pyro_vae.infer.training import TrainConfig
 
     _common.fill_defaults(
         args,

@@ -13,7 +13,7 @@ epoch at a time, four ways, at batch sizes 32, 128 and 512:
   time of the call (its own per-epoch loop time, without the call's set-up, is reported too);
 * ``plain``: a hand-written PyTorch loop over the same modules (``vae.encoder``,
   ``vae.decoder``): Bernoulli BCE-with-logits summed plus the analytic Gaussian KL, per data
-  point, the same optimizer as fit (``pyro_vae.training.make_optimizer``: Adam with torch's
+  point, the same optimizer as fit (``pyro_vae.infer.training.make_optimizer``: Adam with torch's
   fused kernel, lr 1e-3, created per epoch as fit does), the same batch order as fit's loader
   (index slicing of the in-memory tensor), no validation: the lower bound on the cost of one
   epoch, and the denominator of the target ratio;
@@ -71,10 +71,10 @@ from torch.nn import functional as F  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae.data import features_of, make_loader  # noqa: E402
-from pyro_vae.evaluation import validation_elbo  # noqa: E402
-from pyro_vae.objectives import make_elbo  # noqa: E402
-from pyro_vae.step import compiler_problem  # noqa: E402
-from pyro_vae.training import make_optimizer  # noqa: E402
+from pyro_vae.infer.evaluation import validation_elbo  # noqa: E402
+from pyro_vae.infer.objectives import make_elbo  # noqa: E402
+from pyro_vae.infer.replayed_elbo import compiler_problem  # noqa: E402
+from pyro_vae.infer.training import make_optimizer  # noqa: E402
 
 NAME = "speed"
 INPUT_DIM, LATENT_DIM, HIDDEN = 784, 40, (300, 300)
@@ -115,7 +115,7 @@ def pyro_objective(vae: pyro_vae.VAE):
     """The loss fit evaluates per step (its ``ELBOLoss`` when this pyro_vae has one)."""
     elbo = make_elbo("elbo", 1)
     try:
-        from pyro_vae.objectives import ELBOLoss
+        from pyro_vae.infer.objectives import ELBOLoss
     except ImportError:
         return lambda x, beta=1.0: elbo.differentiable_loss(vae.model, vae.guide, x, beta)
     return ELBOLoss(vae, elbo)
@@ -196,7 +196,7 @@ def make_pythae_trainer(x: torch.Tensor, batch_size: int, seed: int, workdir: st
     from pythae.models.nn import BaseDecoder, BaseEncoder
     from pythae.trainers import BaseTrainer, BaseTrainerConfig
 
-    from pyro_vae.networks import mlp
+    from pyro_vae.nn.networks import mlp
 
     class Encoder(BaseEncoder):
         def __init__(self):
@@ -657,7 +657,7 @@ def vamp_anatomy(x: torch.Tensor, batch_size: int, rounds: int, components: int 
 
     def density():
         start = time.perf_counter()
-        pyro_vae.priors.DiagonalGaussianMixture(logits, loc, scale).log_prob(z).sum().backward()
+        pyro_vae.distributions.priors.DiagonalGaussianMixture(logits, loc, scale).log_prob(z).sum().backward()
         return time.perf_counter() - start
 
     times = _common.interleave(

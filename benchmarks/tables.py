@@ -55,7 +55,7 @@ import _common  # noqa: E402
 import pyro_vae  # noqa: E402
 from pyro_vae.app.config import ModelConfig  # noqa: E402
 from pyro_vae.data import _split_indices  # noqa: E402
-from pyro_vae.tables import RawTable, as_raw_table, load_table  # noqa: E402
+from pyro_vae.data.tables import RawTable, as_raw_table, load_table  # noqa: E402
 
 NAME = "tables"
 #: the seven tables the defaults were chosen on, then four new ones (see the module docstring)

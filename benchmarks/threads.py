@@ -6,8 +6,8 @@
 1. **Where threads pay.** Training steps (``fit``'s objective, backward and fused Adam) of
    MLP VAEs (784 inputs, two hidden layers of each width, 16 latents) at batch sizes 32,
    128 and 512, with 1 and with every core, interleaved. The work of a step is measured
-   as batch x weights (``pyro_vae.threads.work_per_step``); the smallest work at which
-   every core beats one by 10% is where ``pyro_vae.threads`` starts using more than one.
+   as batch x weights (``pyro_vae.infer.thread_policy.work_per_step``); the smallest work at which
+   every core beats one by 10% is where ``pyro_vae.infer.thread_policy`` starts using more than one.
 2. **Contention.** The README's main job (``pyro-vae train``, defaults) on the idle machine
    and beside one busy process (a pure-Python loop holding one core), with the default
    thread policy (the count fixed at the start from the model and the cores: the same
@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 import pyro_vae  # noqa: E402
-from pyro_vae import threads as policy  # noqa: E402
-from pyro_vae.objectives import ELBOLoss, make_elbo  # noqa: E402
-from pyro_vae.training import make_optimizer  # noqa: E402
+from pyro_vae.infer import thread_policy as policy  # noqa: E402
+from pyro_vae.infer.objectives import ELBOLoss, make_elbo  # noqa: E402
+from pyro_vae.infer.training import make_optimizer  # noqa: E402
 from pyro_vae.utils import available_cpus  # noqa: E402
 
 NAME = "threads"

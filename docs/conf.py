@@ -20,7 +20,7 @@ from sphinx.util.docutils import SphinxDirective
 
 import pyro_vae
 from pyro_vae.app.cli import BETA_FLAGS
-from pyro_vae.objectives import BetaSchedule
+from pyro_vae.infer.objectives import BetaSchedule
 
 project = "pyro_vae"
 author = "the pyro_vae authors"

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"data    {name}: train {tuple(data['train'].shape)}, test {tuple(data['test'].shape)}")
 
     # num_params is the likelihood's, readable before the VAE exists: Laplace has a location and a scale.
-    num_params = pyro_vae.likelihoods.create("laplace").num_params
+    num_params = pyro_vae.distributions.likelihoods.create("laplace").num_params
     latent = args.latent_dim
     vae = VAE(
         SHAPE, latent, encoder=Encoder(latent), decoder=Decoder(latent, num_params), likelihood="laplace"

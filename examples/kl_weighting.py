@@ -192,7 +192,10 @@ def section_lambda(table_data, budget: Budget) -> dict[str, Any]:
         sigma = math.sqrt(d * lam / 2)
         pyro.set_rng_seed(0)
         vae = VAE(
-            d, budget.latent_dim, hidden=budget.hidden, likelihood=pyro_vae.likelihoods.GaussianFixed(sigma)
+            d,
+            budget.latent_dim,
+            hidden=budget.hidden,
+            likelihood=pyro_vae.distributions.likelihoods.GaussianFixed(sigma),
         )
         params = list(vae.parameters())
         hand = mse_lambda_loss(vae, x, lam, seed=5)
@@ -248,7 +251,7 @@ def section_learned_sigma(table_data, budget: Budget, quick: bool) -> dict[str, 
     rows = []
     for sigma in sigmas:
         lam = 2 * sigma**2 / d
-        vae, _, seconds = train(table_data, pyro_vae.likelihoods.GaussianFixed(sigma), budget)
+        vae, _, seconds = train(table_data, pyro_vae.distributions.likelihoods.GaussianFixed(sigma), budget)
         s = scores(vae, table_data.test, budget, log_jacobian=jac)
         rows.append(
             {

@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from pyro_vae import guides, likelihoods, memory, priors
-from pyro_vae import networks as nets
-from pyro_vae.arrays import DataSplits
+from pyro_vae import memory
+from pyro_vae.data.arrays import DataSplits
+from pyro_vae.distributions import guides, likelihoods, priors
 from pyro_vae.model import VAE
-from pyro_vae.networks import ACTIVATIONS, NETWORKS
+from pyro_vae.nn import networks as nets
+from pyro_vae.nn.networks import ACTIVATIONS, NETWORKS
 from pyro_vae.settings import Settings, at_least, each_positive, setting
 
 DEFAULT_LATENT = 8  # latent dimensions unless the data call for more
@@ -104,18 +105,15 @@ class Resolved:
     likelihood_reason: str | None = None  # why "auto" chose the likelihood (None: it was named)
 
     def vae_options(self) -> dict[str, Any]:
-        return {
-            "input_dim": self.input_shape,
-            "latent_dim": self.latent_dim,
-            "hidden": self.hidden,
-            "likelihood": self.likelihood,
-            "prior": self.prior,
-            "activation": self.activation,
-            "network": self.network,
-            "missing": self.missing,
-            "input_scale": self.input_scale,
-            "guide": self.guide,
+        # every field but the reasons is a constructor argument; only the input's is named otherwise
+        options = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_BUILT
         }
+        options["input_dim"] = options.pop("input_shape")
+        return options
+
+
+_NOT_BUILT = ("reasons", "likelihood_reason")  # Resolved's fields that record why, not what is built
 
 
 def input_shape(model: ModelConfig, splits: DataSplits) -> int | tuple[int, ...]:
@@ -130,39 +128,59 @@ def input_shape(model: ModelConfig, splits: DataSplits) -> int | tuple[int, ...]
     return (1, *shape) if len(shape) == 2 else tuple(shape)
 
 
-def resolve(model: ModelConfig, splits: DataSplits) -> Resolved:
-    """The complete description of the VAE ``model`` describes for the training data ``splits``."""
-    shape = input_shape(model, splits)
-    size = shape if isinstance(shape, int) else math.prod(shape)
-    table = splits.columns is not None
-    reasons = []
-    likelihood: Any = {"name": model.likelihood, "options": model.likelihood_options}
-    why = None
-    if model.likelihood == "auto":
-        likelihood, why = likelihoods.choose_auto(splits, vector=isinstance(shape, int))
-        reasons.append(f"likelihood 'auto' -> {likelihoods.create(likelihood).name!r} ({why})")
-    if splits.has_missing:
+class Decided(NamedTuple):
+    """What the training data decide, with the reasons: the rule :func:`resolve` and
+    :func:`complete` share."""
+
+    likelihood: Any  # the likelihood's spec
+    why: str | None  # why "auto" chose it (None: it was named)
+    input_scale: dict[str, list[float]] | None
+    reasons: tuple[str, ...]
+
+
+def decide(data: Any, *, vector: bool, has_missing: bool, likelihood: Any = None) -> Decided:
+    """The likelihood (``None``: "auto" chooses, per column for a table), missing cells and the
+    encoder's input scale that ``data`` call for (a :class:`~pyro_vae.data.DataSplits`, a tensor
+    or batches; only a table's splits call for an input scale)."""
+    reasons, why = [], None
+    if likelihood is None:
+        likelihood, why = likelihoods.choose_auto(data, vector=vector)
+        reasons.append(f"likelihood 'auto' chose {likelihoods.create(likelihood).name!r}: {why}")
+    if has_missing:
         reasons.append("missing cells: the likelihood scores the observed cells, the encoder sees the mask")
-    scale = None
-    if table and any(splits.columns.encoder_scaled):
-        scale = nets.input_scale(splits.train, splits.columns.encoder_scaled)
+    columns, scale = getattr(data, "columns", None), None
+    if columns is not None and any(columns.encoder_scaled):
+        scale = nets.input_scale(data.train, columns.encoder_scaled)
         reasons.append(
             "the encoder sees the columns kept in their own units (counts, integers) standardized "
             "(training split's statistics)"
         )
+    return Decided(likelihood, why, scale, tuple(reasons))
+
+
+def resolve(model: ModelConfig, splits: DataSplits) -> Resolved:
+    """The complete description of the VAE ``model`` describes for the training data ``splits``."""
+    shape = input_shape(model, splits)
+    size = shape if isinstance(shape, int) else math.prod(shape)
+    named = (
+        None
+        if model.likelihood == "auto"
+        else {"name": model.likelihood, "options": model.likelihood_options}
+    )
+    decided = decide(splits, vector=isinstance(shape, int), has_missing=splits.has_missing, likelihood=named)
     return Resolved(
         input_shape=shape,
-        latent_dim=model.latent_size(size, table),
+        latent_dim=model.latent_size(size, splits.columns is not None),
         hidden=tuple(model.widths()),
-        likelihood=likelihood,
+        likelihood=decided.likelihood,
         prior={"name": model.prior, "options": model.prior_options},
         activation=model.activation,
         network=model.network,
         missing=splits.has_missing,
-        input_scale=scale,
+        input_scale=decided.input_scale,
         guide={"name": model.guide, "options": model.guide_options},
-        reasons=tuple(reasons),
-        likelihood_reason=why,
+        reasons=decided.reasons,
+        likelihood_reason=decided.why,
     )
 
 
@@ -177,37 +195,20 @@ def build(resolved: Resolved) -> VAE:
     return construct()
 
 
-# ------------------------------------------------------------------ a VAE built before its data
+# ------------------------------------------------------------------ a VAE made before its data
 
 
-def complete_from_table(vae: VAE, splits: DataSplits, *, fresh: bool) -> list[str]:
-    """Complete a VAE built with a partial description from a table's splits, in place, as
-    :func:`resolve` would have: each column's ``"auto"`` likelihood, and (``fresh``: untrained)
-    the encoder's input scale for the columns kept in their own units. Returns what was decided."""
-    notes = []
-    if not vae.is_resolved and splits.columns is not None:
-        name, reason = vae.resolve_likelihood(splits)
-        notes.append(f"likelihood 'auto' chose {name!r}: {reason}")
-    schema = splits.columns
-    scaled = schema is not None and any(schema.encoder_scaled)
-    if fresh and scaled and vae.input_scale is None and vae.network != "custom":
-        vae.scale_inputs(splits.train, schema.encoder_scaled)
-        notes.append(
-            "the encoder sees the columns kept in their own units (counts, integers) standardized "
-            "(training split's statistics)"
-        )
-    return notes
+def complete(vae: VAE, data: Any, *, has_missing: bool) -> list[str]:
+    """Decide what a VAE made with ``likelihood="auto"`` left to its training data, by
+    :func:`resolve`'s rule (:func:`decide`), and build it (:meth:`~pyro_vae.model.VAE.complete`, once).
 
-
-def complete_from_data(vae: VAE, sample: Any, *, has_missing: bool, fresh: bool) -> list[str]:
-    """Complete a VAE built with a partial description from training data (a tensor or batches),
-    in place: an ``"auto"`` likelihood from the data's support, and (``fresh``) missing cells
-    when the data hold NaN. Returns what was decided."""
-    notes = []
-    if not vae.is_resolved:
-        name, reason = vae.resolve_likelihood(sample)
-        notes.append(f"likelihood 'auto' chose {name!r}: {reason}")
-    if fresh and has_missing and not vae.missing:
-        vae.enable_missing()  # MIWAE: the encoder sees the observed part and the mask
-        notes.append("the training data hold missing (NaN) cells: scored on their observed cells")
-    return notes
+    ``data`` is a :class:`~pyro_vae.data.DataSplits` (a table's: each column's likelihood, the
+    encoder's input scale for the columns kept in their own units) or the training data (a
+    tensor or batches: the likelihood from their support); ``has_missing``: they hold NaN
+    cells. A VAE built already is left as it is. Returns what was decided, and why.
+    """
+    if vae.is_resolved:
+        return []
+    decided = decide(data, vector=len(vae.input_shape) == 1, has_missing=has_missing)
+    vae.complete(decided.likelihood, missing=has_missing, input_scale=decided.input_scale)
+    return list(decided.reasons)

@@ -2,9 +2,9 @@
 
 Both take a pandas ``DataFrame`` (text, category and boolean columns become categories) or a
 numeric array ``(n, D)`` with NaN for missing cells, and give back the type they were given:
-rows in the table's own units and types by the one rule of :mod:`pyro_vae.synthesis`. Their
+rows in the table's own units and types by the one rule of :mod:`pyro_vae.infer.synthesis`. Their
 parameters are the model settings (:class:`pyro_vae.description.ModelConfig`), the training
-settings (:class:`pyro_vae.training.TrainConfig`) and those of :class:`TableConfig`, each
+settings (:class:`pyro_vae.infer.training.TrainConfig`) and those of :class:`TableConfig`, each
 defined once there, so ``get_params``, ``set_params``, ``clone``, ``Pipeline`` and
 ``GridSearchCV`` see every one::
 
@@ -16,7 +16,7 @@ defined once there, so ``get_params``, ``set_params``, ``clone``, ``Pipeline`` a
 
 ``fit`` holds ``validation_fraction`` of the rows out for early stopping (``patience``) and
 trains on the rest; the column kinds come from the training rows
-(:func:`pyro_vae.tables.infer_schema`) and the VAE from :func:`pyro_vae.description.resolve`. Every VAE is built with ``missing=True`` (MIWAE), so
+(:func:`pyro_vae.data.tables.infer_schema`) and the VAE from :func:`pyro_vae.description.resolve`. Every VAE is built with ``missing=True`` (MIWAE), so
 that it encodes partly observed rows: imputation and conditional sampling propose ``z`` from
 :math:`q(z \\mid x_o)`.
 """
@@ -35,22 +35,22 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from pyro_vae.data import DataSplits
+from pyro_vae.data.tables import as_raw_table, infer_schema
 from pyro_vae.description import ModelConfig, build, resolve
 from pyro_vae.errors import ConfigTypeError, DataError
-from pyro_vae.evaluation import evaluate
-from pyro_vae.objectives import BetaSchedule
-from pyro_vae.settings import Settings, at_least, setting
-from pyro_vae.synthesis import (
+from pyro_vae.infer.evaluation import evaluate
+from pyro_vae.infer.objectives import BetaSchedule
+from pyro_vae.infer.synthesis import (
     FILLS,
     TableTypes,
     conditional_draws,
     conditional_point,
     rows_to_table,
-    sample_rows,
+    sample_model_rows,
     table_values,
 )
-from pyro_vae.tables import as_raw_table, infer_schema
-from pyro_vae.training import TrainConfig, fit
+from pyro_vae.infer.training import TrainConfig, fit
+from pyro_vae.settings import Settings, at_least, setting
 
 MIN_ROWS = 3  # one validation row and two to learn from
 
@@ -81,7 +81,7 @@ class TableConfig(Settings):
 
 @dataclass
 class ImputeConfig(Settings):
-    """How :class:`VAEImputer` fills a cell (the rule is :mod:`pyro_vae.synthesis`'s)."""
+    """How :class:`VAEImputer` fills a cell (the rule is :mod:`pyro_vae.infer.synthesis`'s)."""
 
     SECTION = "imputer"
 
@@ -267,7 +267,7 @@ class _TableEstimator(BaseEstimator):
         """
         check_is_fitted(self, "vae_")
         seed = self.seed if random_state is None else int(random_state)
-        rows, ess = sample_rows(
+        sampled = sample_model_rows(
             self.vae_,
             self.schema_,
             self.types_,
@@ -276,6 +276,7 @@ class _TableEstimator(BaseEstimator):
             num_samples=self.num_samples,
             seed=seed,
         )
+        rows, ess = rows_to_table(sampled.rows, self.schema_, self.types_, sampled.fixed), sampled.ess
         return (rows, ess) if return_ess else rows
 
 
@@ -324,7 +325,7 @@ class VAEImputer(OneToOneFeatureMixin, TransformerMixin, _TableEstimator):
     ``fill="mean"`` writes conditional means (numeric columns) and most probable levels
     (binary, categorical); ``fill="draw"`` one draw from p(missing | observed); :meth:`draws`
     gives ``m`` completed tables for multiple imputation. Values come back in the input's
-    type and dtypes, by the rule of :mod:`pyro_vae.synthesis`.
+    type and dtypes, by the rule of :mod:`pyro_vae.infer.synthesis`.
     """
 
     _settings = (ModelConfig, TrainConfig, TableConfig, ImputeConfig)

@@ -27,22 +27,24 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 
-from pyro_vae import guides, imputation, likelihoods, memory, priors
-from pyro_vae import networks as nets
+from pyro_vae import memory
+from pyro_vae.distributions import guides, likelihoods, priors
 from pyro_vae.errors import ConfigError, DataError, DataTypeError, RunDirectoryError, UsageError
-from pyro_vae.networks import ACTIVATIONS, Decoder, GaussianEncoder
+from pyro_vae.infer import imputation
+from pyro_vae.nn import networks as nets
+from pyro_vae.nn.networks import ACTIVATIONS, Decoder, GaussianEncoder
 from pyro_vae.utils import positive_int
 
 logger = logging.getLogger(__name__)
 
 
 class _Unresolved:
-    """Stands for the likelihood and decoder of an ``"auto"`` VAE before it has seen data."""
+    """Stands for the networks and likelihood of an ``"auto"`` VAE before it has seen data."""
 
     def _fail(self, *args, **kwargs):
         raise UsageError(
-            "this VAE was built with likelihood='auto' and has not seen data yet: call "
-            "pyro_vae.fit(vae, data) or vae.resolve_likelihood(data) first, or pass a likelihood name"
+            "this VAE was built with likelihood='auto' and has not seen data yet, so its networks do not "
+            "exist: call pyro_vae.fit(vae, data) first, or pass a likelihood name"
         )
 
     __call__ = _fail
@@ -144,17 +146,19 @@ class VAE(PyroModule):
             (``input_shape``; ``input_dim`` is then the number of features, the product).
         latent_dim: dimension of ``z``.
         hidden: hidden layer widths of both built-in networks (default: the network's own,
-            :data:`pyro_vae.networks.NETWORKS`); ``()`` with ``network="mlp"`` gives linear
+            :data:`pyro_vae.nn.networks.NETWORKS`); ``()`` with ``network="mlp"`` gives linear
             maps, and with ``likelihood="gaussian_shared"`` and the standard normal prior the
             model is exactly factor analysis.
-        likelihood: a name from :func:`pyro_vae.likelihoods.names`, a
-            :class:`~pyro_vae.likelihoods.Likelihood` instance, or ``"auto"`` to choose
-            from the training data's support when :func:`pyro_vae.fit` first sees it.
-        prior: a name from :func:`pyro_vae.priors.names` or a
-            :class:`~pyro_vae.priors.Prior` instance.
-        guide: the amortized posterior q(z|x), a name from :func:`pyro_vae.guides.names`
+        likelihood: a name from :func:`pyro_vae.distributions.likelihoods.names`, a
+            :class:`~pyro_vae.distributions.likelihoods.Likelihood` instance, or ``"auto"``: the
+            training data decide the likelihood, missing cells and the encoder's input scale
+            when :func:`pyro_vae.fit` first sees them (:func:`pyro_vae.description.complete`), and
+            every module is built then, once, like PyTorch's lazy modules.
+        prior: a name from :func:`pyro_vae.distributions.priors.names` or a
+            :class:`~pyro_vae.distributions.priors.Prior` instance.
+        guide: the amortized posterior q(z|x), a name from :func:`pyro_vae.distributions.guides.names`
             (``"diagonal"``, the encoder's Gaussian, ``"lowrank"``, ``"flow"``), a spec dict or
-            a :class:`~pyro_vae.guides.Guide` instance; it is :attr:`variational` (``guide``
+            a :class:`~pyro_vae.distributions.guides.Guide` instance; it is :attr:`variational` (``guide``
             is the Pyro guide function).
         activation: hidden-layer nonlinearity.
         encoder_min_scale: floor of the encoder's posterior scale.
@@ -164,17 +168,18 @@ class VAE(PyroModule):
             ``(B, *input_shape)`` to ``(B, 2 * latent_dim)`` (location, unconstrained scale)
             or to a pair ``(loc, scale)``; the decoder maps ``(B, latent_dim)`` to
             ``(B, num_params, *input_shape)``, ``num_params`` being the likelihood's
-            (``pyro_vae.likelihoods.create(name).num_params``). Both are checked by one
+            (``pyro_vae.distributions.likelihoods.create(name).num_params``). Both are checked by one
             forward pass here. Such a VAE is saved with ``"network": "custom"`` and loads
             with ``VAE.load(directory, encoder=..., decoder=...)``.
         missing: data may hold missing cells (NaN), vectors only: the observation site
             scores the observed cells alone and the encoder sees ``[x with NaN as 0, mask]``
-            (MIWAE, :class:`~pyro_vae.networks.MaskedInput`). :func:`pyro_vae.fit` turns it
-            on for an untrained VAE whose training data hold NaN.
+            (MIWAE, :class:`~pyro_vae.nn.networks.MaskedInput`). A VAE made with
+            ``likelihood="auto"`` decides it from its training data.
         input_scale: ``{"center": [...], "spread": [...]}`` per feature (vectors only): the
-            encoder sees ``(x - center) / spread`` (:class:`~pyro_vae.networks.ScaledInput`)
-            while the likelihood scores ``x`` in its own units. :func:`pyro_vae.fit` sets it
-            from the training split of a table (:func:`pyro_vae.tables.load_table`).
+            encoder sees ``(x - center) / spread`` (:class:`~pyro_vae.nn.networks.ScaledInput`)
+            while the likelihood scores ``x`` in its own units. A VAE made with
+            ``likelihood="auto"`` sets it from the training split of a table
+            (:func:`pyro_vae.data.tables.load_table`) for the columns kept in their own units.
     """
 
     def __init__(
@@ -210,24 +215,46 @@ class VAE(PyroModule):
         ):
             raise ConfigError(f"encoder_min_scale must be a positive number, got {encoder_min_scale!r}")
         self.encoder_min_scale = float(encoder_min_scale)
-        self.__dict__["_decoder_net"] = decoder  # registered once, as decoder.net, when the likelihood is set
+        self.__dict__["_decoder_net"] = decoder  # registered once, as decoder.net, when the VAE is built
+        self.__dict__["_encoder_net"] = encoder
         self.fitted = False  # set by fit(); data-dependent initialisation happens only once
-        self.missing = False
+        self.missing = bool(missing)
         if missing:
             self._check_missing_allowed()
-        self.missing = bool(missing)  # before the encoder is built: it is built once, for the mask
         self.input_scale = self._checked_scale(input_scale)
-        self._set_encoder(encoder)
-        self.prior = priors.create(prior)
-        self.prior.setup(self.latent_dim, self.input_dim, self.encoder)
+        self.prior = priors.create(prior)  # created (and checked) now, set up when the VAE is built
         self.variational = guides.create(guide)
-        self.variational.setup(self.latent_dim)
-        # With "auto", the likelihood and the decoder wait for data (resolve_likelihood, the
-        # one place that chooses); until then both are a placeholder that explains itself.
+        # With "auto", nothing is built until the training data decide the likelihood, missing
+        # cells and the encoder's input scale (pyro_vae.description.complete, the one place that
+        # chooses; then build, once); until then the networks are a placeholder that explains itself.
         self.likelihood: likelihoods.Likelihood = _UNRESOLVED  # type: ignore[assignment]
+        self.encoder: GaussianEncoder = _UNRESOLVED  # type: ignore[assignment]
         self.decoder: Decoder = _UNRESOLVED  # type: ignore[assignment]
         if not (isinstance(likelihood, str) and likelihood == "auto"):
-            self._set_likelihood(likelihoods.create(likelihood))
+            self._build(likelihoods.create(likelihood))
+
+    def _build(self, likelihood: likelihoods.Likelihood) -> None:
+        """Every module, once: the encoder, the prior and the guide set up for it, the decoder."""
+        self._set_encoder(self._encoder_net)
+        self.prior.setup(self.latent_dim, self.input_dim, self.encoder)
+        self.variational.setup(self.latent_dim)
+        self._set_likelihood(likelihood)
+
+    def complete(
+        self, likelihood: str | dict, *, missing: bool, input_scale: dict[str, Sequence[float]] | None
+    ) -> None:
+        """Build a VAE made with ``likelihood="auto"`` from what its training data decided
+        (:func:`pyro_vae.description.complete` decides): the likelihood, missing cells, the
+        encoder's input scale. Every module is built here, once."""
+        if self.is_resolved:
+            raise UsageError(
+                "this VAE is built already: complete() builds a VAE made with likelihood='auto', once"
+            )
+        if missing:
+            self._check_missing_allowed()
+        self.missing = bool(missing)
+        self.input_scale = self._checked_scale(input_scale)
+        self._build(likelihoods.create(likelihood))
 
     def _set_encoder(self, encoder: torch.nn.Module | None) -> None:
         if encoder is None:
@@ -255,19 +282,6 @@ class VAE(PyroModule):
             raise ConfigError("input_scale's centers must be finite and its spreads positive")
         return {"center": center, "spread": spread}
 
-    def scale_inputs(self, x: torch.Tensor, features: Sequence[bool] | None = None) -> None:
-        """Set :attr:`input_scale` from training data ``x`` (NaN cells ignored): the mean and
-        standard deviation (1 where it is constant) of each of the ``features`` (default:
-        all; the others keep center 0 and spread 1). Untrained, built-in networks."""
-        if self.network == CUSTOM or self.fitted:
-            raise ConfigError("input_scale is set before training, on a VAE with a built-in network")
-        self.input_scale = self._checked_scale(nets.input_scale(x, features))
-        device = self.device
-        self._set_encoder(None)
-        self.encoder.to(device)
-        self.prior.setup(self.latent_dim, self.input_dim, self.encoder)
-        self.prior.to(device)
-
     def _check_missing_allowed(self) -> None:
         """A :class:`~pyro_vae.errors.ConfigError` unless missing cells can be turned on."""
         if self.network == CUSTOM or len(self.input_shape) != 1 or self.fitted:
@@ -284,18 +298,6 @@ class VAE(PyroModule):
                 + "; impute or drop the missing cells first"
             )
 
-    def enable_missing(self) -> None:
-        """Accept missing cells (NaN): rebuild the encoder to see ``[x, mask]`` (untrained, built-in networks)."""
-        if self.missing:
-            return
-        self._check_missing_allowed()
-        self.missing = True
-        device = self.device
-        self._set_encoder(None)
-        self.encoder.to(device)
-        self.prior.setup(self.latent_dim, self.input_dim, self.encoder)
-        self.prior.to(device)
-
     @staticmethod
     def _network_name(network: str, encoder, decoder, likelihood) -> str:
         if (encoder is None) != (decoder is None):
@@ -310,7 +312,7 @@ class VAE(PyroModule):
             raise ConfigError(
                 "a custom decoder needs a named likelihood (its num_params fixes the decoder's output "
                 "shape), not 'auto': e.g. likelihood='bernoulli', whose num_params is "
-                "pyro_vae.likelihoods.create('bernoulli').num_params"
+                "pyro_vae.distributions.likelihoods.create('bernoulli').num_params"
             )
         return CUSTOM
 
@@ -330,7 +332,8 @@ class VAE(PyroModule):
 
     @property
     def device(self) -> torch.device:
-        return nets._device_of(self.encoder)
+        # an "auto" VAE before its data has no networks, and goes where fit puts it
+        return torch.device("cpu") if self.encoder is _UNRESOLVED else nets._device_of(self.encoder)
 
     def _set_likelihood(self, likelihood: likelihoods.Likelihood) -> None:
         likelihood.setup(self._likelihood_shape)
@@ -351,24 +354,6 @@ class VAE(PyroModule):
     @property
     def is_resolved(self) -> bool:
         return self.likelihood is not _UNRESOLVED
-
-    def resolve_likelihood(self, x: Any) -> tuple[str, str | None]:
-        """Choose the likelihood for ``likelihood="auto"`` from the data's support.
-
-        ``x`` is data (a tensor or batches) or a :class:`~pyro_vae.data.DataSplits`: a table's
-        splits give each column the likelihood ``splits.columns`` chose (categories included);
-        other splits are judged by their training set. A table of columns of different kinds
-        (real, binary, counts) gets a per-column ``"columns"`` likelihood.
-        Returns the likelihood's name and why ``auto`` chose it; a VAE whose likelihood is
-        already set is left as it is, and the reason is ``None``.
-        """
-        if self.is_resolved:
-            return self.likelihood.name, None
-        spec, reason = likelihoods.choose_auto(x, vector=len(self.input_shape) == 1)
-        likelihood = likelihoods.create(spec)
-        logger.info("likelihood='auto' chose %r because %s", likelihood.name, reason)
-        self._set_likelihood(likelihood)
-        return likelihood.name, reason
 
     def reset_parameters(self, seed: int) -> None:
         """Initialise every weight from ``seed`` (``fit`` does this for an untrained VAE).
@@ -406,7 +391,7 @@ class VAE(PyroModule):
                 pyro.sample("z", posterior)
 
     # The model's and guide's distributions, defined once: Pyro's sites above and the
-    # traced training step (pyro_vae.step) both read them.
+    # traced training step (pyro_vae.infer.replayed_elbo) both read them.
 
     def observed_part(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``x`` shaped, its missing cells replaced by a placeholder in the support, and the
@@ -419,7 +404,7 @@ class VAE(PyroModule):
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
         r""":math:`q_\phi(z \mid x)` for a shaped batch, event shape ``(latent_dim,)``: the guide
-        (:attr:`variational`, :mod:`pyro_vae.guides`) applied to the encoder's Gaussian."""
+        (:attr:`variational`, :mod:`pyro_vae.distributions.guides`) applied to the encoder's Gaussian."""
         return self.variational(*self.encoder(x))
 
     def observation(
@@ -533,15 +518,15 @@ class VAE(PyroModule):
                 n = int(torch.isnan(x).sum())
                 raise DataError(
                     f"data contain {n} NaN (missing) cells, and this VAE was built without missing=True: "
-                    "build it with VAE(..., missing=True) (fit does so for an untrained VAE whose training data "
-                    "hold NaN), or impute the cells first"
+                    "build it with VAE(..., missing=True) (a VAE made with likelihood='auto' decides it from its "
+                    "training data), or impute the cells first"
                 )
         if support and self.is_resolved:
             self.likelihood.check_data(x)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior's mean and standard deviation, each ``(n, latent_dim)`` (estimated from
-        draws for a guide without closed forms, :meth:`pyro_vae.guides.Guide.moments`)."""
+        draws for a guide without closed forms, :meth:`pyro_vae.distributions.guides.Guide.moments`)."""
         self.check_data(x, support=False)
         return self.variational.moments(self.posterior(self.shaped(x)))
 
@@ -580,7 +565,7 @@ class VAE(PyroModule):
     def impute(
         self, x: torch.Tensor, num_samples: int = 1000, *, draws: bool = False, seed: int = 0
     ) -> torch.Tensor:
-        """``x`` with its missing (NaN) cells filled by the model; see :func:`pyro_vae.imputation.impute`."""
+        """``x`` with its missing (NaN) cells filled by the model; see :func:`pyro_vae.infer.imputation.impute`."""
         return imputation.impute(self, x, num_samples, draws=draws, seed=seed)
 
     # ------------------------------------------------------------------ persistence

@@ -9,7 +9,7 @@ every choice serialisable to JSON as ``{"name": ..., "options": {...}}``.
 given). Anything else, such as a number, ``None``, a class rather than an instance, or a
 likelihood where a prior is expected, is a :class:`~pyro_vae.errors.ConfigError`.
 
-Each of :mod:`pyro_vae.likelihoods`, :mod:`pyro_vae.priors` and :mod:`pyro_vae.objectives`
+Each of :mod:`pyro_vae.distributions.likelihoods`, :mod:`pyro_vae.distributions.priors` and :mod:`pyro_vae.infer.objectives`
 holds one ``REGISTRY`` and exports its bound methods as the module's ``register``,
 ``create`` and ``names``.
 """
@@ -208,3 +208,14 @@ def spec_of(obj: Any) -> dict[str, Any]:
             value = list(value)
         options[name] = value
     return {"name": obj.name, "options": options}
+
+
+class Specified:
+    """Mixin of the registered plug-ins (likelihoods, priors, guides): ``spec()`` is the JSON that
+    rebuilds the instance (:func:`spec_of`), and the module's repr shows the same options."""
+
+    def spec(self) -> dict[str, Any]:
+        return spec_of(self)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.spec()["options"].items())

@@ -10,9 +10,9 @@ import pyro.distributions as dist
 import torch
 
 import pyro_vae
-from pyro_vae import distributed
-from pyro_vae.objectives import ELBOLoss, make_elbo
-from pyro_vae.training import TrainConfig, _objective
+from pyro_vae.infer import distributed
+from pyro_vae.infer.objectives import ELBOLoss, make_elbo
+from pyro_vae.infer.training import TrainConfig, _objective
 
 # z = loc + 1e-15 * eps equals the encoder mean in float32 wherever |loc| > 1e-7, and the
 # variance 1e-30 is still a normal float32 (1e-30 ** 2 would underflow to 0 and give NaN)
@@ -83,8 +83,8 @@ def data_for(likelihood: str) -> torch.Tensor:
 def every_choice(out: str) -> None:
     """One short DDP run per likelihood and per prior; all processes must end identical."""
     checked = []
-    runs = [(lik, "standard_normal") for lik in pyro_vae.likelihoods.names()]
-    runs += [("gaussian", prior) for prior in pyro_vae.priors.names()]
+    runs = [(lik, "standard_normal") for lik in pyro_vae.distributions.likelihoods.names()]
+    runs += [("gaussian", prior) for prior in pyro_vae.distributions.priors.names()]
     for likelihood, prior in runs:
         torch.manual_seed(distributed.current().rank)  # different initial weights: DDP must sync them
         vae = pyro_vae.VAE(6, 2, hidden=(8,), likelihood=TABLE_SPECS.get(likelihood, likelihood), prior=prior)

@@ -25,8 +25,8 @@ import pytest
 import torch
 
 import pyro_vae
-from pyro_vae.ais import AISResult, ais, bdmc, schedule
 from pyro_vae.errors import ConfigError
+from pyro_vae.infer.ais import AISResult, ais, bdmc, schedule
 from tests.test_evaluation import exact_log_px_1d, toy_vae
 from tests.test_factor_analysis import L, _inverse_softplus, exact_log_px, exact_posterior, linear_vae
 
@@ -161,7 +161,7 @@ def test_ais_is_reproducible_and_leaves_the_model_alone():
 
 
 def test_ais_progress_counts_the_points_as_chunks_finish(monkeypatch):
-    import pyro_vae.ais as ais_module
+    import pyro_vae.infer.ais as ais_module
 
     bars, real = [], ais_module.progress_bar
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae.training import TRAINING_STATE_FILE
+from pyro_vae.infer.training import TRAINING_STATE_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"

@@ -12,7 +12,7 @@ import torch
 from pyro_vae import VAE
 from pyro_vae.app.cli import main
 from pyro_vae.app.run import FIGURES, read_pointwise
-from pyro_vae.training import HISTORY_COLUMNS
+from pyro_vae.infer.training import HISTORY_COLUMNS
 
 FAST = ["--epochs", "3", "--hidden", "32", "--latent-dim", "2", "--eval-samples", "20", "--no-progress"]
 

@@ -1,7 +1,7 @@
-"""Column kinds (:mod:`pyro_vae.columns`): each registered kind detects itself from a
+"""Column kinds (:mod:`pyro_vae.data.columns`): each registered kind detects itself from a
 column's values, and its transform to model units and back is exact.
 
-Adding a kind is one class in :mod:`pyro_vae.columns` and one entry in ``EXAMPLES`` here:
+Adding a kind is one class in :mod:`pyro_vae.data.columns` and one entry in ``EXAMPLES`` here:
 every test parametrized over the registry then covers it, and
 ``test_every_registered_kind_has_an_example`` fails until the entry exists.
 """
@@ -13,10 +13,10 @@ import json
 import numpy as np
 import pytest
 
-from pyro_vae import columns
-from pyro_vae.columns import ColumnKind, ColumnSpec, ColumnStats
+from pyro_vae.data import columns
+from pyro_vae.data.columns import ColumnKind, ColumnSpec, ColumnStats
+from pyro_vae.data.tables import TableSchema, infer_schema
 from pyro_vae.errors import ConfigError
-from pyro_vae.tables import TableSchema, infer_schema
 
 RNG = np.random.default_rng(0)
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import priors
 from pyro_vae.app.cli import main
 from pyro_vae.app.compare import (
     COLUMNS,
@@ -24,7 +23,8 @@ from pyro_vae.app.compare import (
 )
 from pyro_vae.app.config import RunConfig
 from pyro_vae.app.run import load_data
-from pyro_vae.training import History, TrainingDiverged
+from pyro_vae.distributions import priors
+from pyro_vae.infer.training import History, TrainingDiverged
 
 TINY = ["--epochs", "2", "--hidden", "16", "--eval-samples", "20", "--num-threads", "1", "--no-progress"]
 

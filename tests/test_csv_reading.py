@@ -12,9 +12,9 @@ import torch
 
 import pyro_vae
 from pyro_vae.app.cli import main
+from pyro_vae.data.reading import as_raw_table, read_csv, read_table
+from pyro_vae.data.tables import load_table
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.reading import as_raw_table, read_csv, read_table
-from pyro_vae.tables import load_table
 
 RNG = np.random.default_rng(0)
 

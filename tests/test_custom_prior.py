@@ -2,7 +2,7 @@ r"""A prior defined by the user with nothing but ``forward()`` works everywhere.
 
 :class:`CorrelatedGaussian` is :math:`z \sim \mathcal N(m, LL^\top)` with a learned mean and
 Cholesky factor: not factorised, not a mixture, with no ``marginal_log_prob`` of its own, so
-the KL per dimension relies on :meth:`pyro_vae.priors.Prior.marginal_log_prob`, the kernel
+the KL per dimension relies on :meth:`pyro_vae.distributions.priors.Prior.marginal_log_prob`, the kernel
 estimate of the marginals. The marginals of a correlated Gaussian are Gaussian,
 :math:`z_j \sim \mathcal N(m_j, (LL^\top)_{jj})`, which gives that estimate a closed form to
 meet.
@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 import pyro_vae
-from pyro_vae import diagnostics, priors
+from pyro_vae import diagnostics
+from pyro_vae.distributions import priors
 
 D, L = 4, 2
 

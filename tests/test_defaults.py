@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pyro_vae import VAE, TrainConfig, fit, objectives
+from pyro_vae import VAE, TrainConfig, fit
 from pyro_vae.app.cli import build_parser, config_from_args
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation import validation_bounds
-from pyro_vae.training import HISTORY_COLUMNS, MAX_VALID_SAMPLES, VALID_DRAWS, make_optimizer
+from pyro_vae.infer import objectives
+from pyro_vae.infer.evaluation import validation_bounds
+from pyro_vae.infer.training import HISTORY_COLUMNS, MAX_VALID_SAMPLES, VALID_DRAWS, make_optimizer
 from tests.conftest import binary_data
 
 
@@ -49,7 +50,7 @@ def test_early_stopping_reads_the_objectives_bound_not_the_elbo(monkeypatch, los
     # IWAE training may lower the ELBO while its own bound rises: the single-sample ELBO
     # criterion stopped such runs within `patience` epochs of the start.
     bounds, calls = fake_bounds(elbo_rises=False)
-    monkeypatch.setattr("pyro_vae.training.validation_bounds", bounds)
+    monkeypatch.setattr("pyro_vae.infer.training.validation_bounds", bounds)
     x, valid = binary_data(100), binary_data(40, seed=1)
     history = fit(
         small_vae(), x, valid, epochs=8, batch_size=50, patience=2, loss=loss, num_particles=4, progress=False
@@ -104,7 +105,7 @@ def test_default_validation_draws_follow_the_size_of_the_validation_data(monkeyp
         seen.append((len(data), num_samples))
         return {"elbo": -1.0, "iwae": -1.0}
 
-    monkeypatch.setattr("pyro_vae.training.validation_bounds", bounds)
+    monkeypatch.setattr("pyro_vae.infer.training.validation_bounds", bounds)
     x = binary_data(100)
     for n in (40, 2500, 20000):
         fit(small_vae(), x, binary_data(n, seed=1), epochs=1, batch_size=100, progress=False)
@@ -120,7 +121,7 @@ def test_default_validation_draws_follow_the_size_of_the_validation_data(monkeyp
 
 def test_learning_rate_is_reduced_on_a_plateau(monkeypatch):
     monkeypatch.setattr(
-        "pyro_vae.training.validation_bounds", lambda *a, **k: {"elbo": -1.0, "iwae": -1.0}
+        "pyro_vae.infer.training.validation_bounds", lambda *a, **k: {"elbo": -1.0, "iwae": -1.0}
     )  # never better than the first epoch
     x, valid = binary_data(100), binary_data(40, seed=1)
     history = fit(
@@ -212,7 +213,7 @@ def test_new_settings_are_typed_checked_and_on_the_command_line():
 
 
 def test_the_default_batch_size_gives_a_small_table_ten_steps_per_epoch():
-    from pyro_vae.training import BATCH_SIZE, MIN_BATCH_SIZE, TrainConfig, batch_size_for
+    from pyro_vae.infer.training import BATCH_SIZE, MIN_BATCH_SIZE, TrainConfig, batch_size_for
 
     cfg = TrainConfig()
     assert cfg.batch_size is None

@@ -14,7 +14,7 @@ import torch
 
 import pyro_vae
 from pyro_vae import VAE
-from pyro_vae.training import TRAINING_STATE_FILE
+from pyro_vae.infer.training import TRAINING_STATE_FILE
 from tests.ddp_worker import gradient_problems, local_gradients, make_problem, mean_guide, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_every_likelihood_and_prior_trains_in_sync(tmp_path):
     out = tmp_path / "checked.pt"
     run([*TORCHRUN, "--nproc_per_node=2", str(ROOT / "tests" / "ddp_worker.py"), str(out), "every_choice"])
     checked = torch.load(out, weights_only=True)["checked"]
-    expected = len(pyro_vae.likelihoods.names()) + len(pyro_vae.priors.names())
+    expected = len(pyro_vae.distributions.likelihoods.names()) + len(pyro_vae.distributions.priors.names())
     assert len(checked) == expected and "gaussian/vamp" in checked and "student_t/standard_normal" in checked
 
 

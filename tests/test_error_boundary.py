@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import errors, likelihoods
+from pyro_vae import errors
 from pyro_vae.app import run
 from pyro_vae.data import as_tensor, features_of, load_dataset
-from pyro_vae.distributed import PeerFailure
+from pyro_vae.distributions import likelihoods
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError
-from pyro_vae.objectives import BetaSchedule
-from pyro_vae.training import History, TrainingDiverged
+from pyro_vae.infer.distributed import PeerFailure
+from pyro_vae.infer.objectives import BetaSchedule
+from pyro_vae.infer.training import History, TrainingDiverged
 from pyro_vae.utils import resolve_device
 from tests.test_faults import run_cli
 

@@ -11,7 +11,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import VAEDensity, VAEImputer
-from pyro_vae.training import TrainConfig
+from pyro_vae.infer.training import TrainConfig
 
 pd = pytest.importorskip("pandas")
 

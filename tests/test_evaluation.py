@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import pyro_vae
 from pyro_vae.errors import NonFiniteError, PyroVAEError
-from pyro_vae.evaluation import active_units, validation_elbo
+from pyro_vae.infer.evaluation import active_units, validation_elbo
 
 Q_SCALE = 1.5
 POINT_TOL = 0.025
@@ -408,7 +408,7 @@ def test_many_samples_are_processed_in_bounded_chunks(small):
 
 
 def test_default_chunk_bounds_the_largest_intermediate():
-    from pyro_vae.evaluation import CHUNK_ELEMENTS, default_chunk_size
+    from pyro_vae.infer.evaluation import CHUNK_ELEMENTS, default_chunk_size
 
     mnist = pyro_vae.VAE(784, 40, hidden=(300, 300), likelihood="bernoulli")
     assert default_chunk_size(mnist) * 784 <= CHUNK_ELEMENTS < (default_chunk_size(mnist) + 1) * 784

@@ -24,11 +24,12 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import VAE, fit, likelihoods, priors
+from pyro_vae import VAE, fit
 from pyro_vae.app import cli
 from pyro_vae.data import read_csv
+from pyro_vae.distributions import likelihoods, priors
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError, RunDirectoryError
-from pyro_vae.evaluation import evaluate
+from pyro_vae.infer.evaluation import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--epochs", "2", "--hidden", "16", "--eval-samples", "5", "--no-progress", "--num-threads", "1"]

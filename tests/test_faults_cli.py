@@ -22,7 +22,7 @@ from pyro_vae import VAE, fit, memory
 from pyro_vae.app import cli
 from pyro_vae.app.rundir import RunDirectory
 from pyro_vae.errors import ConfigError, RunDirectoryError
-from pyro_vae.objectives import make_elbo
+from pyro_vae.infer.objectives import make_elbo
 from tests.test_faults import RUN, SMALL, run_cli, snapshot
 
 QUICK_COMPARE = [

@@ -1,4 +1,4 @@
-r"""Guides (pyro_vae.guides): densities against independent computations, the exact posterior
+r"""Guides (pyro_vae.distributions.guides): densities against independent computations, the exact posterior
 of factor analysis, training, saving and loading, and missing cells, for every guide."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import pyro_vae
-from pyro_vae import guides
 from pyro_vae.app.config import RunConfig
 from pyro_vae.app.diagnose import diagnose_run
+from pyro_vae.distributions import guides
 from pyro_vae.errors import ConfigError
-from pyro_vae.refine import evaluate_refined, refine
+from pyro_vae.infer.refine import evaluate_refined, refine
 from tests.ddp_worker import TABLE_SPECS, data_for
 
 GUIDES = {
@@ -255,7 +255,7 @@ def test_missing_cells_work_with_every_guide(guide):
     x = data_for("gaussian")[:64].clone()
     x[::3, 1] = float("nan")
     x[1::4, 4] = float("nan")
-    vae = pyro_vae.VAE(6, 2, hidden=(8,), likelihood="gaussian", guide=GUIDES[guide])
+    vae = pyro_vae.VAE(6, 2, hidden=(8,), likelihood="gaussian", guide=GUIDES[guide], missing=True)
     pyro_vae.fit(vae, x, epochs=2, batch_size=32, progress=False, seed=0)
     assert vae.missing
     result = pyro_vae.evaluate(vae, x, num_samples=20)

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from pyro_vae import VAE
 from pyro_vae.errors import CheckpointError, ConfigError, RunDirectoryError
+from pyro_vae.infer.training import TRAINING_STATE_FILE, fit
 from pyro_vae.io import (
     atomic_torch_save,
     atomic_write,
@@ -27,7 +28,6 @@ from pyro_vae.io import (
     read_json,
     save_figure,
 )
-from pyro_vae.training import TRAINING_STATE_FILE, fit
 from tests.conftest import binary_data
 
 

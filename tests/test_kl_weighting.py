@@ -7,7 +7,8 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_vae import VAE, likelihoods, make_elbo
+from pyro_vae import VAE, make_elbo
+from pyro_vae.distributions import likelihoods
 
 D, L = 6, 3
 

@@ -1,4 +1,4 @@
-"""Tests for pyro_vae.likelihoods: shapes, densities against torch, supports, the registry."""
+"""Tests for pyro_vae.distributions.likelihoods: shapes, densities against torch, supports, the registry."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch.distributions as td
 from torch.nn import functional as F
 
 import pyro_vae
-from pyro_vae import likelihoods
+from pyro_vae.distributions import likelihoods
+from pyro_vae.distributions.likelihoods import choose_likelihood
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.likelihoods import choose_likelihood
 
 # The families; "categorical" (num_categories) and "columns" (a likelihood per column) need
 # options that depend on the data and are tested in tests/test_tables.py.
@@ -238,7 +238,7 @@ def test_log_prob_matches_torch(name, options):
 def test_discretized_gaussian_is_a_pmf_accurate_in_both_tails():
     from scipy.special import log_ndtr
 
-    from pyro_vae.likelihoods import DiscretizedNormal
+    from pyro_vae.distributions.likelihoods import DiscretizedNormal
 
     d = DiscretizedNormal(torch.tensor(0.3), torch.tensor(2.0))
     assert d.log_prob(torch.arange(-60.0, 61.0)).exp().sum().item() == pytest.approx(1.0, abs=1e-6)
@@ -732,7 +732,7 @@ def test_gaussian_optimal_running_scale_is_saved_with_the_model(tmp_path):
         (None, "got None"),
         (True, "got True"),
         (likelihoods.Gaussian, "the class Gaussian, not an instance.*'gaussian'"),
-        (pyro_vae.priors.StandardNormal(), "pyro_vae.priors.StandardNormal"),
+        (pyro_vae.distributions.priors.StandardNormal(), "pyro_vae.distributions.priors.StandardNormal"),
         (
             {"name": "gaussian", "options": "min_scale=0.1"},
             "'options' of likelihood 'gaussian' must be a dict",
@@ -753,5 +753,5 @@ def test_create_rejects_what_is_not_a_name_spec_or_instance(spec, pattern):
 
 def test_registering_a_non_likelihood_is_refused():
     with pytest.raises(ConfigError, match="only subclasses of Likelihood"):
-        likelihoods.register("not_a_likelihood")(pyro_vae.priors.StandardNormal)
+        likelihoods.register("not_a_likelihood")(pyro_vae.distributions.priors.StandardNormal)
     assert "not_a_likelihood" not in likelihoods.names()

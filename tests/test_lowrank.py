@@ -9,9 +9,9 @@ import torch.distributions as td
 from torch.nn import functional as F
 
 import pyro_vae
-from pyro_vae import likelihoods
+from pyro_vae.data.tables import load_table
+from pyro_vae.distributions import likelihoods
 from pyro_vae.errors import ConfigError
-from pyro_vae.tables import load_table
 from tests.test_step import loss_and_grads
 
 D, RANK = 5, 2
@@ -125,7 +125,7 @@ def test_fits_and_evaluates_a_table_with_missing_cells():
     u = torch.randn(200, 1)
     x = torch.cat([u, 2 * u + 0.01 * torch.randn(200, 1), torch.randn(200, 2)], 1)
     x[::7, 1] = float("nan")
-    vae = pyro_vae.VAE(4, 1, hidden=(16,), likelihood="gaussian_lowrank")
+    vae = pyro_vae.VAE(4, 1, hidden=(16,), likelihood="gaussian_lowrank", missing=True)
     pyro_vae.fit(vae, x, epochs=2, progress=False, seed=0)
     m = pyro_vae.evaluate(vae, x[:50], num_samples=8, seed=0)
     assert torch.isfinite(torch.as_tensor(m["log_likelihood"]))

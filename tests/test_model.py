@@ -8,8 +8,11 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_vae import VAE, likelihoods
+import pyro_vae
+from pyro_vae import VAE, description
+from pyro_vae.distributions import likelihoods
 from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.nn import networks
 from tests.conftest import binary_data
 
 
@@ -110,13 +113,33 @@ def test_auto_likelihood_resolves_from_data_and_requires_data_first():
         vae.decode(torch.zeros(1, 2))
     with pytest.raises(RuntimeError, match="has not seen data"):
         vae.save("/nonexistent-never-written")
-    name, reason = vae.resolve_likelihood(binary_data())
-    assert name == "bernoulli" and "binary" in reason
+    assert list(vae.parameters()) == []  # nothing is built before the data decide
+    (note,) = description.complete(vae, binary_data(), has_missing=False)
+    assert "'bernoulli'" in note and "binary" in note
     assert isinstance(vae.likelihood, likelihoods.Bernoulli)
+    assert not vae.missing and vae.input_scale is None
     vae2 = VAE(3, 2, hidden=(8,))
-    assert vae2.resolve_likelihood(torch.tensor([[0.5, -1.0, 2.0]]))[0] == "gaussian"
-    # an already chosen likelihood stays, whatever the data
-    assert vae2.resolve_likelihood(torch.zeros(1, 3)) == ("gaussian", None)
+    description.complete(vae2, torch.tensor([[0.5, -1.0, 2.0]]), has_missing=False)
+    assert vae2.likelihood.name == "gaussian"
+    # a built VAE stays as it is, whatever the data
+    assert description.complete(vae2, torch.zeros(1, 3), has_missing=True) == []
+    assert vae2.likelihood.name == "gaussian" and not vae2.missing
+    with pytest.raises(RuntimeError, match="built already"):
+        vae2.complete("bernoulli", missing=False, input_scale=None)
+
+
+def test_an_auto_vae_is_built_once_from_its_data(monkeypatch):
+    """likelihood='auto' builds every module once, when fit sees the data: the encoder is made
+    for the mask the data call for, never rebuilt."""
+    x = binary_data().clone()
+    x[0, 0] = float("nan")
+    vae = VAE(x.shape[1], 2, hidden=(8,))
+    built = []
+    original = VAE._set_encoder
+    monkeypatch.setattr(VAE, "_set_encoder", lambda self, net: (built.append(1), original(self, net))[1])
+    pyro_vae.fit(vae, x, epochs=1, batch_size=32)
+    assert built == [1] and vae.missing
+    assert isinstance(vae.encoder.net, networks.MaskedInput)
 
 
 @pytest.mark.parametrize(
@@ -147,3 +170,13 @@ def test_check_data_messages():
         vae.check_data([[0, 1, 0, 1]])
     with pytest.raises(ValueError, match="last dimension 2"):
         vae.decode(torch.zeros(3, 5))
+
+
+def test_a_named_likelihood_is_built_as_described_and_says_how_to_take_missing_cells():
+    x = binary_data().clone()
+    x[0, 0] = float("nan")
+    vae = VAE(x.shape[1], 2, hidden=(8,), likelihood="bernoulli")
+    encoder = vae.encoder
+    with pytest.raises(pyro_vae.errors.DataError, match=r"missing=True"):
+        pyro_vae.fit(vae, x, epochs=1, batch_size=32)
+    assert vae.encoder is encoder and not vae.missing  # nothing rebuilt

@@ -10,8 +10,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import pyro_vae
-from pyro_vae import VAE, likelihoods
+from pyro_vae import VAE
 from pyro_vae.app.cli import main
+from pyro_vae.distributions import likelihoods
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
 
 SHAPE = (1, 28, 28)
@@ -160,7 +161,7 @@ def test_built_in_networks_round_trip_through_config_json(tmp_path, network, sha
     config = json.loads((tmp_path / "config.json").read_text())["model"]
     assert config["network"] == network
     expected_hidden = (
-        hidden if hidden is not None else list(pyro_vae.networks.NETWORKS[network].default_hidden)
+        hidden if hidden is not None else list(pyro_vae.nn.networks.NETWORKS[network].default_hidden)
     )
     assert config["hidden"] == expected_hidden
     loaded = VAE.load(tmp_path)
@@ -175,7 +176,7 @@ def test_gated_layers_are_tomczak_and_wellings():
     vae = VAE(784, 40, network="gated", likelihood="bernoulli")
     assert vae.hidden == (300, 300)
     layer = vae.encoder.net[0]
-    assert isinstance(layer, pyro_vae.networks.GatedDense)
+    assert isinstance(layer, pyro_vae.nn.networks.GatedDense)
     h = torch.randn(5, 784)
     torch.testing.assert_close(layer(h), layer.h(h) * torch.sigmoid(layer.g(h)))
 
@@ -227,7 +228,7 @@ def test_diagnostics_and_figures_take_images(tmp_path):
 
 
 def test_evaluation_chunks_are_sized_by_the_decoders_widest_layer():
-    from pyro_vae.evaluation import CHUNK_ELEMENTS, default_chunk_size
+    from pyro_vae.infer.evaluation import CHUNK_ELEMENTS, default_chunk_size
 
     conv = VAE(SHAPE, 4, network="conv", likelihood="beta")
     assert conv.decoder.widest == 32 * 14 * 14  # the first transposed convolution's feature maps

@@ -17,9 +17,9 @@ from pyro import poutine
 from torch.distributions import kl_divergence
 
 import pyro_vae
-from pyro_vae import objectives
 from pyro_vae.errors import ConfigError
-from pyro_vae.objectives import BetaSchedule, RenyiELBO, make_elbo
+from pyro_vae.infer import objectives
+from pyro_vae.infer.objectives import BetaSchedule, RenyiELBO, make_elbo
 
 N, D, L = 7, 5, 2
 

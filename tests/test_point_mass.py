@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import pyro_vae
-from pyro_vae import columns, likelihoods
-from pyro_vae.tables import load_table
+from pyro_vae.data import columns
+from pyro_vae.data.tables import load_table
+from pyro_vae.distributions import likelihoods
 
 ATOMS = [0.0, 3.0, 4.0]
 
@@ -110,7 +111,7 @@ def test_a_zero_inflated_column_inside_columns_trains_and_evaluates(missing):
     if missing:
         x[::5, 1] = float("nan")
     spec = {"name": "columns", "options": {"columns": ["gaussian", {"name": "point_masses", "options": {}}]}}
-    vae = pyro_vae.VAE(2, 1, hidden=(8,), likelihood=spec)
+    vae = pyro_vae.VAE(2, 1, hidden=(8,), likelihood=spec, missing=missing)
     pyro_vae.fit(vae, x, epochs=2, progress=False, seed=0)
     m = pyro_vae.evaluate(vae, x[:50], num_samples=8, seed=0)
     assert math.isfinite(m["log_likelihood"])

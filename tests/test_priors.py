@@ -1,4 +1,4 @@
-"""Tests for pyro_vae.priors: shapes, densities against torch, marginals, learning, the registry."""
+"""Tests for pyro_vae.distributions.priors: shapes, densities against torch, marginals, learning, the registry."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.distributions as td
 from torch.nn import functional as F
 
 import pyro_vae
-from pyro_vae import priors
+from pyro_vae.distributions import priors
 from pyro_vae.errors import ConfigError
 
 NAMES = priors.names()
@@ -386,7 +386,7 @@ def test_prior_instance_is_used_as_given():
 
 @pytest.mark.parametrize("scale", [1.0, 1e-2, 1e-3])
 def test_fast_mixture_density_matches_mixture_same_family_for_narrow_components(scale):
-    from pyro_vae.priors import DiagonalGaussianMixture
+    from pyro_vae.distributions.priors import DiagonalGaussianMixture
 
     g = torch.Generator().manual_seed(0)
     k, latent = 50, 8
@@ -518,7 +518,7 @@ def test_flow_marginal_table_matches_the_direct_kernel_estimate_and_follows_the_
         (None, "got None"),
         (2.0, "got 2.0"),
         (priors.ScaledNormal, "the class ScaledNormal, not an instance.*'normal'"),
-        (pyro_vae.likelihoods.Gaussian(), "pyro_vae.likelihoods.Gaussian"),
+        (pyro_vae.distributions.likelihoods.Gaussian(), "pyro_vae.distributions.likelihoods.Gaussian"),
         ({"name": "normal", "options": [("scale", 2.0)]}, "'options' of prior 'normal' must be a dict"),
         ({"name": ["normal"]}, "must be a string"),
     ],

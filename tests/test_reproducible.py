@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from pyro_vae import VAE, fit
-from pyro_vae import threads as policy
+from pyro_vae.infer import thread_policy as policy
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from pyro_vae import VAE, fit
-from pyro_vae.evaluation import validation_elbo
+from pyro_vae.infer.evaluation import validation_elbo
+from pyro_vae.infer.training import TrainingDiverged
 from pyro_vae.io import load_tensors
-from pyro_vae.training import TrainingDiverged
 from tests.conftest import binary_data
 
 ROOT = Path(__file__).resolve().parents[1]

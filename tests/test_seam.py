@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import pyro_vae
-from pyro_vae.ais import ais
+from pyro_vae.infer.ais import ais
 from tests.ddp_worker import TABLE_SPECS, data_for
 from tests.test_factor_analysis import D, L, fa_parameters
 
-LIKELIHOODS = pyro_vae.likelihoods.names()
-PRIORS = [p for p in pyro_vae.priors.names() if p != "standard_normal"]
+LIKELIHOODS = pyro_vae.distributions.likelihoods.names()
+PRIORS = [p for p in pyro_vae.distributions.priors.names() if p != "standard_normal"]
 IMAGE_NETWORKS = {"conv": (1, 28, 28)}  # the networks built for images; the others take vectors
 
 
@@ -67,7 +67,9 @@ def _assert_same(got, want):
 
 CASES = [(lik, "standard_normal", "mlp") for lik in LIKELIHOODS]
 CASES += [("gaussian", prior, "mlp") for prior in PRIORS]
-CASES += [("bernoulli", "standard_normal", net) for net in sorted(pyro_vae.networks.NETWORKS) if net != "mlp"]
+CASES += [
+    ("bernoulli", "standard_normal", net) for net in sorted(pyro_vae.nn.networks.NETWORKS) if net != "mlp"
+]
 CASES += [("bernoulli", "vamp", "conv")]
 
 
@@ -169,7 +171,7 @@ def test_the_vamp_prior_trains_on_a_table_with_missing_cells():
     torch.manual_seed(0)
     x = torch.randn(120, 5)
     x[::4, 1] = float("nan")
-    vae = pyro_vae.VAE(5, 2, hidden=(16,), likelihood="gaussian", prior="vamp")
+    vae = pyro_vae.VAE(5, 2, hidden=(16,), likelihood="gaussian", prior="vamp", missing=True)
     pyro_vae.fit(vae, x, epochs=3, batch_size=32, progress=False)
     assert torch.isfinite(vae.prior.pseudo_inputs).all()
     assert torch.isfinite(torch.tensor(pyro_vae.evaluate(vae, x, 50)["log_likelihood"]))

@@ -5,8 +5,8 @@ import math
 import pytest
 
 import pyro_vae
-from pyro_vae import selection
 from pyro_vae.errors import ConfigError
+from pyro_vae.infer import selection
 from tests.conftest import binary_data
 
 

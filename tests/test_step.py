@@ -1,4 +1,4 @@
-"""The replayed training step (pyro_vae.step) against Pyro's Trace_ELBO: values, gradients, fallbacks."""
+"""The replayed training step (pyro_vae.infer.replayed_elbo) against Pyro's Trace_ELBO: values, gradients, fallbacks."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ import torch
 from pyro import poutine
 
 import pyro_vae
-from pyro_vae.objectives import ELBOLoss, make_elbo
-from pyro_vae.step import ReplayedELBO, replayable
+from pyro_vae.infer.objectives import ELBOLoss, make_elbo
+from pyro_vae.infer.replayed_elbo import ReplayedELBO, replayable
 from tests.ddp_worker import TABLE_SPECS, data_for
 
-RUNS = [(lik, "standard_normal", "diagonal") for lik in pyro_vae.likelihoods.names()]
-RUNS += [("gaussian", prior, "diagonal") for prior in pyro_vae.priors.names() if prior != "standard_normal"]
-# Every other guide (pyro_vae.guides), with a fixed and a learned prior.
+RUNS = [(lik, "standard_normal", "diagonal") for lik in pyro_vae.distributions.likelihoods.names()]
+RUNS += [
+    ("gaussian", prior, "diagonal")
+    for prior in pyro_vae.distributions.priors.names()
+    if prior != "standard_normal"
+]
+# Every other guide (pyro_vae.distributions.guides), with a fixed and a learned prior.
 RUNS += [
     (lik, prior, guide)
-    for guide in pyro_vae.guides.names()
+    for guide in pyro_vae.distributions.guides.names()
     if guide != "diagonal"
     for lik, prior in (("gaussian", "standard_normal"), ("bernoulli", "vamp"))
 ]
@@ -57,7 +61,7 @@ def test_replayed_step_equals_trace_elbo(likelihood, prior, guide, beta):
         torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("guide", pyro_vae.guides.names())
+@pytest.mark.parametrize("guide", pyro_vae.distributions.guides.names())
 def test_replayed_step_with_missing_cells_equals_trace_elbo(guide):
     vae = build("gaussian", "standard_normal", missing=True, guide=guide)
     x = data_for("gaussian")[:16].clone()

@@ -10,7 +10,7 @@ from pyro_vae import VAE, fit
 from pyro_vae.app.cli import main
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.estimators import VAEDensity, VAEImputer
-from pyro_vae.synthesis import _checked, conditional_draws
+from pyro_vae.infer.synthesis import _checked, conditional_draws
 
 pd = pytest.importorskip("pandas")
 

@@ -21,10 +21,11 @@ from pyro import poutine
 from torch.nn import functional as F
 
 import pyro_vae
-from pyro_vae import likelihoods
+from pyro_vae import description
 from pyro_vae.app.cli import main
+from pyro_vae.data.tables import load_table, read_table
+from pyro_vae.distributions import likelihoods
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.tables import load_table, read_table
 
 D, L = 5, 2
 
@@ -67,7 +68,7 @@ def test_each_column_gets_a_kind_a_transform_and_a_likelihood_and_constants_are_
     train = splits.train
     assert abs(float(train[:, 0].nanmean())) < 1e-4  # standardized with training statistics
     assert set(train[:, 3][~train[:, 3].isnan()].tolist()) <= {0.0, 1.0, 2.0}
-    schema = pyro_vae.tables.TableSchema.from_dict(json.loads(json.dumps(splits.columns.to_dict())))
+    schema = pyro_vae.data.tables.TableSchema.from_dict(json.loads(json.dumps(splits.columns.to_dict())))
     assert schema == splits.columns
     spec = splits.columns.likelihood_spec()
     assert spec["name"] == "columns" and spec["options"]["names"] == splits.feature_names
@@ -152,11 +153,12 @@ def test_auto_on_a_plain_tensor_with_columns_of_different_kinds_picks_per_column
     x = torch.stack([torch.randn(100, generator=g), torch.randint(0, 2, (100,), generator=g).float(),
                      torch.randint(0, 9, (100,), generator=g).float()], 1)  # fmt: skip
     vae = pyro_vae.VAE(3, 2)
-    name, reason = vae.resolve_likelihood(x)
-    assert name == "columns" and "different kinds" in reason
+    (note,) = description.complete(vae, x, has_missing=False)
+    assert "'columns'" in note and "different kinds" in note
     assert vae.likelihood.columns == ["gaussian", "bernoulli", "negative_binomial"]
     grey = pyro_vae.VAE(3, 2)
-    assert grey.resolve_likelihood(torch.rand(50, 3))[0] == "continuous_bernoulli"  # one family as before
+    description.complete(grey, torch.rand(50, 3), has_missing=False)
+    assert grey.likelihood.name == "continuous_bernoulli"  # one family as before
     with pytest.raises(DataError, match="column 1"):
         vae.check_data(torch.tensor([[0.0, 0.5, 1.0]]))
 
@@ -324,7 +326,7 @@ def test_groups_of_several_columns_keep_their_places():
 
 def test_a_column_kind_comes_from_every_observed_value_not_the_training_split_alone():
     """Integers in the training rows but 42.5 in another split: the column is real, not counts."""
-    from pyro_vae.tables import infer_schema
+    from pyro_vae.data.tables import infer_schema
 
     train = np.array([[0.0], [3.0], [5.0], [7.0]])
     whole = np.vstack([train, [[42.5]]])
@@ -411,8 +413,8 @@ def test_input_scale_is_checked():
 
 def test_a_narrow_column_inside_the_unit_interval_is_real():
     """0.05 to 0.15 (a smoothness ratio): a continuous Bernoulli cannot peak there; Gaussian, standardized."""
-    from pyro_vae.columns import UNIT_MIN_SD
-    from pyro_vae.tables import infer_schema
+    from pyro_vae.data.columns import UNIT_MIN_SD
+    from pyro_vae.data.tables import infer_schema
 
     rng = np.random.default_rng(0)
     narrow, spread = rng.uniform(0.05, 0.15, 200), rng.uniform(0.02, 0.98, 200)

@@ -1,4 +1,4 @@
-"""The thread policy (pyro_vae.threads): what it chooses for a model's size and a machine's load."""
+"""The thread policy (pyro_vae.infer.thread_policy): what it chooses for a model's size and a machine's load."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pyro_vae
-from pyro_vae import threads
+from pyro_vae.infer import thread_policy as threads
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_vae import VAE, BetaSchedule, TrainConfig, TrainingDiverged, fit
-from pyro_vae import step as step_module
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation import validation_elbo
-from pyro_vae.step import ReplayedELBO
-from pyro_vae.training import NOISE_WINDOW, TRAINING_STATE_FILE, EarlyStopping, make_optimizer
+from pyro_vae.infer import replayed_elbo as step_module
+from pyro_vae.infer.evaluation import validation_elbo
+from pyro_vae.infer.replayed_elbo import ReplayedELBO
+from pyro_vae.infer.training import NOISE_WINDOW, TRAINING_STATE_FILE, EarlyStopping, make_optimizer
 from tests.conftest import binary_data
 
 
@@ -189,7 +189,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_state(tmp_pat
 
 
 def test_checkpoints_by_time_then_at_the_end_resume_to_the_bit(tmp_path, monkeypatch):
-    import pyro_vae.training as training
+    import pyro_vae.infer.training as training
 
     saved = []
     save = training.atomic_torch_save
@@ -417,7 +417,7 @@ def test_a_compiler_that_fails_falls_back_to_the_eager_step(monkeypatch, caplog)
     monkeypatch.setattr(step_module, "_compiled_loss", lambda: broken)
     torch.manual_seed(0)
     fallback = small_vae()
-    with caplog.at_level("WARNING", logger="pyro_vae.step"):
+    with caplog.at_level("WARNING", logger="pyro_vae.infer.replayed_elbo"):
         fit(fallback, x, epochs=2, batch_size=32, progress=False, compile_step=True)
     assert [r.getMessage() for r in caplog.records] == [
         "training step: torch.compile failed, the eager step is used: C++ compile error: cc1plus not found"

@@ -72,7 +72,7 @@ def test_heap_trim_is_a_no_op_without_malloc_trim(monkeypatch):
 
 
 def test_evaluation_batches_trim_the_heap(monkeypatch):
-    from pyro_vae import evaluation
+    from pyro_vae.infer import evaluation
     from pyro_vae.model import VAE
 
     calls, ticks = [], iter(range(0, 1000, 10))  # 10 s between readings: every batch may trim

@@ -14,14 +14,15 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from pyro_vae import guides, priors, selection
 from pyro_vae.app.config import SECTIONS, RunConfig, flag_of
 from pyro_vae.app.rundir import check_output_file
-from pyro_vae.distributed import PeerFailure
+from pyro_vae.distributions import guides, priors
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.objectives import BetaSchedule
+from pyro_vae.infer import selection
+from pyro_vae.infer.distributed import PeerFailure
+from pyro_vae.infer.objectives import BetaSchedule
+from pyro_vae.infer.training import TrainingDiverged
 from pyro_vae.registry import did_you_mean
-from pyro_vae.training import TrainingDiverged
 
 # What the command line says where a flag does not map one-to-one onto a setting's field.
 BETA_FLAGS = {
@@ -448,8 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_unknown_flags(parser, args, extras)
     args.argv = argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from pyro_vae import distributed
     from pyro_vae.app.run import launched_by_torchrun
+    from pyro_vae.infer import distributed
 
     if args.command == "train" and args.nproc is not None and not launched_by_torchrun():
         if args.nproc < 1:
@@ -560,7 +561,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _evaluate_refined(args: argparse.Namespace) -> dict:
     """``pyro-vae evaluate --refine-steps N``: the amortized figures, then the refined ones beside them."""
     from pyro_vae.app.run import load_run, summary_line
-    from pyro_vae.refine import evaluate_refined
+    from pyro_vae.infer.refine import evaluate_refined
 
     if args.refine_steps < 0 or args.method == "ais":
         raise PyroVAEError(
@@ -675,12 +676,12 @@ COMMANDS = {
 def console_main() -> None:
     """Entry point of ``pyro-vae`` and ``python -m pyro_vae``.
 
-    A process started by torchrun ends through :func:`pyro_vae.distributed.exit_process`,
+    A process started by torchrun ends through :func:`pyro_vae.infer.distributed.exit_process`,
     which skips interpreter finalisation (see there why).
     """
     code = main()
-    from pyro_vae import distributed
     from pyro_vae.app.run import launched_by_torchrun
+    from pyro_vae.infer import distributed
 
     if launched_by_torchrun():
         distributed.exit_process(code, barrier=False)  # main() already waited for the others

@@ -17,10 +17,10 @@ differs), keeps every run under ``OUT/runs/<name>/`` (each repeatable from its
   that of the aggregate posterior :math:`\frac1N\sum_n q(z \mid x_n)`, on one grid.
 
 ``compare_priors(..., guides=[...])`` (``pyro-vae compare --guides diagonal,lowrank,flow``)
-compares guides (:mod:`pyro_vae.guides`) the same way instead: one run per guide, the prior
+compares guides (:mod:`pyro_vae.distributions.guides`) the same way instead: one run per guide, the prior
 the base config's, the first column naming the guide.
 
-A prior whose run fails (for example :class:`~pyro_vae.training.TrainingDiverged`) gets a
+A prior whose run fails (for example :class:`~pyro_vae.infer.training.TrainingDiverged`) gets a
 row with its error and the others go on. The comparison is written in ``.OUT.partial``
 beside ``OUT`` (its tables rewritten after every prior, to follow) and moved into place
 when whole, under the rules of :mod:`pyro_vae.app.rundir`: an existing ``OUT`` is replaced
@@ -50,17 +50,17 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from pyro_vae import description
-from pyro_vae import guides as guide_registry
-from pyro_vae import priors as prior_registry
 from pyro_vae.app import plotting
 from pyro_vae.app.config import RunConfig
 from pyro_vae.app.run import load_data, read_pointwise, train_run
 from pyro_vae.app.rundir import RunDirectory
 from pyro_vae.data import DataSplits
+from pyro_vae.distributions import guides as guide_registry
+from pyro_vae.distributions import priors as prior_registry
 from pyro_vae.errors import ConfigError, ConfigTypeError, DataError
+from pyro_vae.infer.training import batch_size_for, fit
 from pyro_vae.io import atomic_write_text, save_figure
 from pyro_vae.model import VAE
-from pyro_vae.training import batch_size_for, fit
 from pyro_vae.utils import available_cpus
 
 DEFAULT_NORMAL_SCALES = (0.5, 2.0, 5.0)
@@ -158,7 +158,7 @@ def resolve_priors(
 
 
 def resolve_guides(guides: Sequence[str | dict[str, Any]]) -> list[PriorEntry]:
-    """The guides to compare (:mod:`pyro_vae.guides`), validated: names or ``{"name", "options"}`` specs.
+    """The guides to compare (:mod:`pyro_vae.distributions.guides`), validated: names or ``{"name", "options"}`` specs.
 
     Each entry's run sets ``model.guide`` and ``model.guide_options``; everything else,
     the prior included, is the base config's.

@@ -3,7 +3,7 @@
 A run directory's ``config.json`` holds the :class:`RunConfig` under ``"run"``, so
 ``pyro-vae train --config DIR/config.json`` repeats a run exactly. The command-line flags
 are generated from the same fields (:mod:`pyro_vae.app.cli`), and the ``train`` section is
-the :class:`~pyro_vae.training.TrainConfig` that :func:`pyro_vae.fit` takes.
+the :class:`~pyro_vae.infer.training.TrainConfig` that :func:`pyro_vae.fit` takes.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyro_vae import guides, likelihoods, priors
 from pyro_vae.data import DATASETS
+from pyro_vae.data.reading import TEXT_CELLS
 from pyro_vae.description import DEFAULT_LATENT, ModelConfig  # noqa: F401  (the model section, defined in the core)
+from pyro_vae.distributions import guides, likelihoods, priors
 from pyro_vae.errors import ConfigError, ResumeError, SchemaError
-from pyro_vae.objectives import make_elbo
-from pyro_vae.reading import TEXT_CELLS
+from pyro_vae.infer.objectives import make_elbo
+from pyro_vae.infer.training import TrainConfig
 from pyro_vae.settings import Settings, at_least, seed_range, setting
-from pyro_vae.training import TrainConfig
 
 SPLITS = ("train", "valid", "test")
 
@@ -314,7 +314,7 @@ SHOWN_MOVES = 5  # reordered columns named in a message, at most
 def check_columns(saved: dict[str, Any] | None, given: dict[str, Any] | None, where: str) -> None:
     """Refuse data whose table differs from the one a run was trained on.
 
-    Both schemas are :meth:`~pyro_vae.tables.TableSchema.to_dict` dicts (a run's
+    Both schemas are :meth:`~pyro_vae.data.tables.TableSchema.to_dict` dicts (a run's
     ``config.json`` holds the saved one under ``"columns"``): the raw table's column names and
     their order, and each kept column's kind and levels must be the same.
 

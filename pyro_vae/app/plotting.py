@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 from pyro_vae.data import tile_images as _grid
-from pyro_vae.training import History
+from pyro_vae.infer.training import History
 
 
 def plot_history(history: History) -> Figure:

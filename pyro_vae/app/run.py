@@ -19,12 +19,20 @@ import torch
 
 from pyro_vae import data as data_module
 from pyro_vae import description, memory
-from pyro_vae import distributed as dist_utils
 from pyro_vae.app import plotting
 from pyro_vae.app.config import SPLITS, RunConfig, SettingChange, check_columns, check_resume, check_trained
 from pyro_vae.app.rundir import CONFIG_FILE, RunDirectory
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
-from pyro_vae.evaluation import default_chunk_size, evaluate
+from pyro_vae.infer import distributed as dist_utils
+from pyro_vae.infer.evaluation import default_chunk_size, evaluate
+from pyro_vae.infer.training import (
+    CHECKPOINT_FORMAT,
+    HISTORY_FILE,
+    TRAINING_STATE_FILE,
+    History,
+    batch_size_for,
+    fit,
+)
 from pyro_vae.io import (
     atomic_write,
     atomic_write_json,
@@ -34,19 +42,11 @@ from pyro_vae.io import (
     save_figure,
 )
 from pyro_vae.model import VAE
-from pyro_vae.training import (
-    CHECKPOINT_FORMAT,
-    HISTORY_FILE,
-    TRAINING_STATE_FILE,
-    History,
-    batch_size_for,
-    fit,
-)
 from pyro_vae.utils import available_cpus, resolve_device
 
 POINTWISE_FILE = "pointwise.npz"
 FIGURES = ("training_curves.png", "reconstructions.png", "samples.png", "latent_means.png")
-# What training_state.pt must hold to be resumed (as pyro_vae.training writes it).
+# What training_state.pt must hold to be resumed (as pyro_vae.infer.training writes it).
 TRAINING_STATE_KEYS = ("format", "epoch", "model", "optimizer", "history", "early_stopping", "rng")
 
 

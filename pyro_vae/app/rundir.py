@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pyro_vae.errors import RunDirectoryError
+from pyro_vae.infer.training import TRAINING_STATE_FILE
 from pyro_vae.io import is_temporary, stale_temporaries
-from pyro_vae.training import TRAINING_STATE_FILE
 
 CONFIG_FILE = "config.json"
 

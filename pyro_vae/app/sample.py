@@ -1,6 +1,6 @@
 """``pyro-vae sample``: synthetic rows of a table run as a CSV file, optionally given some columns.
 
-The rows follow the rule of :mod:`pyro_vae.synthesis` (text levels as their labels,
+The rows follow the rule of :mod:`pyro_vae.infer.synthesis` (text levels as their labels,
 integers and counts as integers, binary as 0/1); columns the run dropped (constant in its
 training split) are not written. ``--given '{"column": value}'`` draws the other columns from
 their conditional by importance resampling and prints its effective sample size.
@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pyro_vae.data.tables import TableSchema
 from pyro_vae.errors import DataError, RunDirectoryError
+from pyro_vae.infer.synthesis import TableTypes, raw_values, sample_model_rows
 from pyro_vae.io import atomic_write, read_json
 from pyro_vae.model import CONFIG_FILE, VAE
-from pyro_vae.synthesis import TableTypes, given_raw, raw_values, sample_model_rows
-from pyro_vae.tables import TableSchema
 
 
 def sample_run(
@@ -53,8 +53,9 @@ def sample_run(
     schema = _schema(Path(run_dir))
     vae = VAE.load(run_dir)
     types = TableTypes(list(schema.source_names))
-    rows, ess = sample_model_rows(vae, schema, types, n, given=given, num_samples=num_samples, seed=seed)
-    fixed = given_raw(given, schema, types) if given else None
+    rows, ess, fixed = sample_model_rows(
+        vae, schema, types, n, given=given, num_samples=num_samples, seed=seed
+    )
     atomic_write(out, lambda tmp: _write_csv(tmp, schema, raw_values(rows, schema, fixed)))
     dropped = f"; not written (dropped in training): {', '.join(d['name'] for d in schema.dropped)}"
     condition = (

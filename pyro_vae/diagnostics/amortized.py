@@ -22,7 +22,7 @@ from pyro_vae.data import as_tensor
 from pyro_vae.diagnostics._convert import to_arviz
 from pyro_vae.diagnostics.plots import plot_khat
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.evaluation import chunk_plan, default_chunk_size, point_batches, sampling, weight_chunks
+from pyro_vae.infer.evaluation import chunk_plan, default_chunk_size, point_batches, sampling, weight_chunks
 from pyro_vae.model import VAE
 from pyro_vae.utils import positive_int, progress_bar
 

@@ -33,7 +33,7 @@ from pyro_vae.diagnostics.amortized import (
 )
 from pyro_vae.diagnostics.plots import plot_nuts_overlay
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation import evaluate
+from pyro_vae.infer.evaluation import evaluate
 from pyro_vae.model import VAE
 from pyro_vae.utils import positive_int, progress_bar
 

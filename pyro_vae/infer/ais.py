@@ -44,9 +44,9 @@ from typing import Any
 
 import torch
 
-from pyro_vae.chunking import CHUNK_ELEMENTS, default_chunk_size, point_batches, sampling
 from pyro_vae.data import evaluation_data
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.infer.chunking import CHUNK_ELEMENTS, default_chunk_size, point_batches, sampling
 from pyro_vae.model import VAE
 from pyro_vae.utils import positive_int, progress_bar
 

@@ -24,7 +24,7 @@ column as integers, a category column as that category, a text column as text); 
 * ``"draw"``: a draw from :math:`p(x_m \mid x_o)`.
 
 Both come from self-normalised importance sampling on the VAE's log-density seam, as in
-:mod:`pyro_vae.imputation`: :math:`z_k \sim r(z)`, weights
+:mod:`pyro_vae.infer.imputation`: :math:`z_k \sim r(z)`, weights
 :math:`w_k \propto p(x_o \mid z_k) p(z_k) / r(z_k)`, with the proposal
 :math:`r = \tfrac12 q(z \mid x_o) + \tfrac12 p(z)` (see :func:`proposal_log_weights`); draws
 resample :math:`z` by the weights and draw :math:`x_m \sim p(x_m \mid z)`, which is exact as
@@ -46,10 +46,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from pyro_vae.data.tables import RawTable, TableSchema, as_raw_table
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.evaluation import CHUNK_ELEMENTS, sampling
+from pyro_vae.infer.evaluation import CHUNK_ELEMENTS, sampling
 from pyro_vae.model import VAE
-from pyro_vae.tables import RawTable, TableSchema, as_raw_table
 from pyro_vae.utils import positive_int
 
 FILLS = ("mean", "draw")
@@ -72,7 +72,7 @@ class TableTypes:
     """What turns raw numbers back into the fitted table: its columns' names, dtypes and labels.
 
     ``labels`` maps, per column with text levels, each level's text (as
-    :class:`~pyro_vae.tables.TableSchema` records it) to the original label; ``constants``
+    :class:`~pyro_vae.data.tables.TableSchema` records it) to the original label; ``constants``
     holds the single value of each column the schema dropped (NaN when it held none).
     """
 
@@ -186,7 +186,9 @@ def rows_to_table(
 
     frame = pd.DataFrame(dict(zip(types.names, columns)))
     for name, dtype in zip(types.names, types.dtypes):
-        if getattr(dtype, "kind", "O") in "Mm":  # read as days (pyro_vae.reading): back to dates, durations
+        if (
+            getattr(dtype, "kind", "O") in "Mm"
+        ):  # read as days (pyro_vae.data.reading): back to dates, durations
             frame[name] = _from_days(frame[name].to_numpy(dtype=np.float64), dtype)
     frame = frame.astype(
         dict(zip(types.names, [_castable(frame[n], t) for n, t in zip(types.names, types.dtypes)]))
@@ -466,6 +468,14 @@ def warn_low_ess(ess: torch.Tensor, what: str) -> None:
 # --------------------------------------------------------------------------- synthetic rows
 
 
+class SampledRows(NamedTuple):
+    """Synthetic rows in model space, with what turns them into the table's own values."""
+
+    rows: torch.Tensor  # (n, D)
+    ess: float | None  # effective sample size of a conditional sample; None without ``given``
+    fixed: dict[int, float] | None  # the given columns' raw values, written back as given (None without)
+
+
 @torch.no_grad()
 def sample_model_rows(
     vae: VAE,
@@ -476,8 +486,10 @@ def sample_model_rows(
     given: Mapping[str, Any] | None = None,
     num_samples: int = 1000,
     seed: int = 0,
-) -> tuple[torch.Tensor, float | None]:
-    """``n`` synthetic rows in model space ``(n, D)``, and the ESS of a conditional sample (None without ``given``).
+) -> SampledRows:
+    """``n`` synthetic rows in model space ``(n, D)``, with the ESS and the given columns' raw values:
+    ``rows_to_table(rows, schema, types, fixed)`` or ``raw_values(rows, schema, fixed)`` gives them
+    in the table's own units.
 
     Without ``given`` the rows are draws from the model, :math:`z \\sim p(z)`,
     :math:`x \\sim p(x \\mid z)`; with it, from :math:`p(\\text{other columns} \\mid \\text{given})`
@@ -486,27 +498,12 @@ def sample_model_rows(
     positive_int("n", n)
     if not given:
         with sampling(vae, seed, vae.device):
-            return vae.sample(n), None
+            return SampledRows(vae.sample(n), None, None)
     row = given_row(given, schema, types)
     text = ", ".join(f"{k}={v!r}" for k, v in given.items())
     draws = conditional_draws(vae, row, n, num_samples, seed=seed, what=f"the condition {text}")
     warn_low_ess(draws.ess, f"sampling given {text}")
-    return draws.values[:, 0], float(draws.ess[0])
-
-
-def sample_rows(
-    vae: VAE,
-    schema: TableSchema,
-    types: TableTypes,
-    n: int,
-    *,
-    given: Mapping[str, Any] | None = None,
-    num_samples: int = 1000,
-    seed: int = 0,
-) -> tuple[Any, float | None]:
-    """:func:`sample_model_rows` as the fitted table (:func:`rows_to_table`), and the ESS."""
-    x, ess = sample_model_rows(vae, schema, types, n, given=given, num_samples=num_samples, seed=seed)
-    return rows_to_table(x, schema, types, given_raw(given, schema, types) if given else None), ess
+    return SampledRows(draws.values[:, 0], float(draws.ess[0]), given_raw(given, schema, types))
 
 
 __all__ = [
@@ -522,7 +519,7 @@ __all__ = [
     "raw_values",
     "rows_to_table",
     "sample_model_rows",
-    "sample_rows",
+    "SampledRows",
     "snap",
     "table_values",
 ]

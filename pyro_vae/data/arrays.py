@@ -1,10 +1,10 @@
 """In-memory data: tensors and loaders, preprocessing, and the train/valid/test splits.
 
-Every loader of :mod:`pyro_vae.data` and :func:`pyro_vae.tables.load_table` returns a
+Every loader of :mod:`pyro_vae.data` and :func:`pyro_vae.data.tables.load_table` returns a
 :class:`DataSplits` of float32 tensors ``(n, features)`` in the model's space, with labels
 where they exist and the :class:`Preprocessing` that maps raw data to that space (and back),
 so outputs can be read in data units and densities reported per raw feature. This module
-imports no other data module (``pyro_vae.data`` and ``pyro_vae.tables`` build on it).
+imports no other data module (``pyro_vae.data`` and ``pyro_vae.data.tables`` build on it).
 """
 
 from __future__ import annotations
@@ -315,7 +315,7 @@ class DataSplits:
     raw_train: torch.Tensor | None = None  # kept when training redraws dequantization noise
     #: The names of the features (a CSV header's, a DataFrame's), used in figures and reports.
     feature_names: list[str] | None = None
-    #: For tables: what was chosen for each column and why (:class:`pyro_vae.tables.TableSchema`).
+    #: For tables: what was chosen for each column and why (:class:`pyro_vae.data.tables.TableSchema`).
     columns: Any = None
 
     @property

@@ -1,6 +1,6 @@
 """Training: a PyTorch loop over Pyro's ELBO, in one process or several (DDP).
 
-Each step evaluates :class:`~pyro_vae.objectives.ELBOLoss`, which calls
+Each step evaluates :class:`~pyro_vae.infer.objectives.ELBOLoss`, which calls
 ``elbo.differentiable_loss(vae.model, vae.guide, x, beta)``, the surrogate loss Pyro
 derives from the model and guide, and steps ``torch.optim.Adam`` (its fused kernel) on the
 VAE's parameters. Nothing about the loss is written here.
@@ -15,6 +15,7 @@ as keyword arguments, or both.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import logging
@@ -35,17 +36,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from pyro_vae import description, memory, objectives
-from pyro_vae import distributed as dist_utils
+from pyro_vae import description, memory
 from pyro_vae.data import DataSplits, TensorBatches, as_tensor, features_of, make_loader
-from pyro_vae.distributed import PeerFailure
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, UnknownKeyError
-from pyro_vae.evaluation import validation_bounds
+from pyro_vae.infer import distributed as dist_utils
+from pyro_vae.infer import objectives
+from pyro_vae.infer.distributed import PeerFailure
+from pyro_vae.infer.evaluation import validation_bounds
+from pyro_vae.infer.objectives import BetaSchedule, ELBOLoss, make_elbo
+from pyro_vae.infer.thread_policy import ThreadPolicy, work_per_step
 from pyro_vae.io import atomic_torch_save, load_tensors
 from pyro_vae.model import VAE, WEIGHTS_FILE
-from pyro_vae.objectives import BetaSchedule, ELBOLoss, make_elbo
 from pyro_vae.settings import Settings, at_least, positive, seed_range, setting
-from pyro_vae.threads import ThreadPolicy, work_per_step
 from pyro_vae.utils import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -144,7 +146,7 @@ class TrainConfig(Settings):
     adaptive_threads: bool = setting(
         False,
         "without num_threads, use the cores other processes leave idle, rechecked as training runs: "
-        "faster beside busy processes, but the weights then depend on the load (pyro_vae.threads)",
+        "faster beside busy processes, but the weights then depend on the load (pyro_vae.infer.thread_policy)",
     )
     compile_step: bool = setting(
         False,
@@ -203,7 +205,7 @@ class History:
     learning rate of the epoch), ``beta`` (at the epoch's last step) and ``seconds``
     (training time of the epoch). ``notes`` says what
     was chosen for the user (the likelihood ``"auto"`` picked, and why); ``threads`` how
-    many torch threads training started with, and why (:mod:`pyro_vae.threads`)."""
+    many torch threads training started with, and why (:mod:`pyro_vae.infer.thread_policy`)."""
 
     records: list[dict[str, float]] = field(default_factory=list)
     likelihood: str = ""
@@ -342,24 +344,18 @@ class EarlyStopping:
             self.stale += 1
         return self.patience is not None and self.stale >= self.patience
 
+    # what a checkpoint keeps (``best_state`` travels apart, as the kept weights)
+    STATE = ("best_value", "best_epoch", "stale", "gain_value", "recent")
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "best_value": self.best_value,
-            "best_epoch": self.best_epoch,
-            "stale": self.stale,
-            "gain_value": self.gain_value,
-            "recent": list(self.recent),
-        }
+        return {name: copy.copy(getattr(self, name)) for name in self.STATE}
 
     def load_state_dict(self, state: dict[str, Any], best_state: dict[str, torch.Tensor] | None) -> None:
-        self.best_value, self.best_epoch, self.stale = (
-            state["best_value"],
-            state["best_epoch"],
-            state["stale"],
-        )
-        # a checkpoint from before the noise rule: its best so far is the last gain
-        self.gain_value = state.get("gain_value", self.best_value)
-        self.recent = list(state.get("recent", []))
+        # a checkpoint from before the noise rule has no gain or recent scores: its best so far
+        # is the last gain, and the noise starts afresh
+        state = {"gain_value": state["best_value"], "recent": [], **state}
+        for name in self.STATE:
+            setattr(self, name, copy.copy(state[name]))
         self.best_state = best_state
 
 
@@ -825,17 +821,15 @@ def fit(
         if settings.get(name) is not None and valid is None and not isinstance(train, DataSplits):
             raise ConfigError(f"{name} needs validation data: pass valid=...")
     cfg = train_config(config, **settings)
-    notes: list[str] = []
-    if isinstance(train, DataSplits):
-        notes.extend(description.complete_from_table(vae, train, fresh=not (vae.fitted or resume)))
-        valid = train.valid if valid is None else valid
-        train = train.train_dataset(seed=cfg.seed)
+    splits = train if isinstance(train, DataSplits) else None
+    if splits is not None:
+        valid = splits.valid if valid is None else valid
+        train = splits.train_dataset(seed=cfg.seed)
     ctx = dist_utils.setup(cfg.device, cfg.ddp_timeout_s) if distributed else dist_utils.SINGLE
     device = ctx.device if distributed else resolve_device(cfg.device)
     history = History()
-    history.notes.extend(notes)
     cfg = cfg.replace(batch_size=batch_size_for(cfg, train, ctx.world_size))
-    train, valid = _prepare(vae, train, valid, cfg, history, resume=resume)
+    train, valid = _prepare(vae, train, valid, cfg, history, resume=resume, splits=splits)
     memory.check_step(vae, cfg.batch_size, cfg.num_particles, device=device)  # before a step can swap
     threads = ThreadPolicy(
         cfg.num_threads,
@@ -905,22 +899,31 @@ def fit(
     return history
 
 
-def _prepare(vae: VAE, train: Any, valid: Any, cfg: TrainConfig, history: History, *, resume: bool):
-    """Check the data, complete an untrained VAE from them (:mod:`pyro_vae.description`) and
-    initialise it from the seed."""
+def _prepare(
+    vae: VAE,
+    train: Any,
+    valid: Any,
+    cfg: TrainConfig,
+    history: History,
+    *,
+    resume: bool,
+    splits: DataSplits | None = None,
+):
+    """Check the data, complete a VAE made with ``likelihood="auto"`` from them
+    (:func:`pyro_vae.description.complete`, which builds it) and initialise it from the seed."""
     in_memory = not isinstance(train, (Dataset, DataLoader))
     if in_memory:
         train = as_tensor(train)
         if train.shape[0] == 0:
             raise DataError("the training data hold no data points; pass data with at least one row")
         vae.check_data(train, support=False, finite=False)  # the shape, before choosing a likelihood
-    if in_memory or vae.is_resolved:
-        sample = train
-    else:  # batches, read only if the likelihood is chosen from them
-        sample = (features_of(b) for b in make_loader(train, cfg.batch_size, shuffle=False))
-    fresh = not (vae.fitted or resume)
-    has_missing = fresh and not vae.missing and _has_missing(train, cfg)
-    history.notes.extend(description.complete_from_data(vae, sample, has_missing=has_missing, fresh=fresh))
+    if not vae.is_resolved:
+        if splits is not None or in_memory:
+            source = splits if splits is not None else train
+        else:  # batches, read only to choose the likelihood
+            source = (features_of(b) for b in make_loader(train, cfg.batch_size, shuffle=False))
+        has_missing = _has_missing(train, cfg)
+        history.notes.extend(description.complete(vae, source, has_missing=has_missing))
     if not vae.fitted and not resume:
         vae.reset_parameters(cfg.seed)
     if in_memory:

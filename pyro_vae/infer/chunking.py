@@ -1,7 +1,7 @@
 r"""How evaluation splits its work: chunks of (draw, data point) pairs sized to the cache, the
 batches of points, and draws seeded apart from the global random streams.
 
-Shared by importance sampling (:mod:`pyro_vae.evaluation`), AIS (:mod:`pyro_vae.ais`),
+Shared by importance sampling (:mod:`pyro_vae.infer.evaluation`), AIS (:mod:`pyro_vae.infer.ais`),
 imputation and the diagnostics; it knows the VAE only through its attributes and its
 log-density seam (:meth:`~pyro_vae.model.VAE.log_weights`).
 """
@@ -16,7 +16,7 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_vae.arrays import iter_batches
+from pyro_vae.data.arrays import iter_batches
 from pyro_vae.errors import ConfigError
 from pyro_vae.utils import HeapTrim
 

@@ -33,7 +33,7 @@ from torch.distributions import constraints
 from torch.nn import functional as F
 
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.registry import Registry, UnregisteredName, spec_of
+from pyro_vae.registry import Registry, Specified, UnregisteredName
 from pyro_vae.utils import positive
 
 
@@ -132,7 +132,7 @@ def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
-class Likelihood(nn.Module):
+class Likelihood(Specified, nn.Module):
     """Protocol for observation distributions (subclass and :func:`register`)."""
 
     name: ClassVar[str] = UnregisteredName()  # type: ignore[assignment]
@@ -213,12 +213,6 @@ class Likelihood(nn.Module):
                 f"--likelihood {suggestion}), or transform the data with pyro_vae.data's "
                 f"dequantize_levels=K or standardize=True (command line: --dequantize, --standardize)."
             )
-
-    def spec(self) -> dict[str, Any]:
-        return spec_of(self)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.spec()["options"].items())
 
 
 REGISTRY: Registry[Likelihood] = Registry("likelihood", base=Likelihood)
@@ -893,7 +887,7 @@ class Categorical(Likelihood):
     that level too, unless the levels stand for ``values`` (numbers in increasing order, as
     for a table's few-valued numeric column): then it is the conditional mean
     :math:`\sum_k \bar p_k v_k`, given as the fractional code that interpolates to it
-    (:meth:`pyro_vae.tables.TableSchema.to_raw` maps codes back to numbers by that interpolation).
+    (:meth:`pyro_vae.data.tables.TableSchema.to_raw` maps codes back to numbers by that interpolation).
     """
 
     discrete = True

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from pyro_vae.arrays import as_tensor
-from pyro_vae.chunking import CHUNK_ELEMENTS, sampling
+from pyro_vae.data.arrays import as_tensor
 from pyro_vae.errors import UsageError
+from pyro_vae.infer.chunking import CHUNK_ELEMENTS, sampling
 from pyro_vae.utils import check_finite_weights, positive_int
 
 # The VAE (pyro_vae.model) calls this module, so it is typed here by what it does, not imported.

@@ -86,7 +86,7 @@ class Objective:
     """
 
     name: ClassVar[str] = UnregisteredName()  # type: ignore[assignment]
-    #: which of :func:`~pyro_vae.evaluation.validation_bounds` is this objective's own bound,
+    #: which of :func:`~pyro_vae.infer.evaluation.validation_bounds` is this objective's own bound,
     #: the one training judges the weights by (early stopping, learning-rate reduction)
     bound: ClassVar[str] = "elbo"
 
@@ -102,7 +102,7 @@ class Objective:
         self, vae: Any, data: Any, *, num_particles: int = 1, draws: int = 1, seed: int = 0
     ) -> float:
         """The objective's own bound on the mean log p(x) of ``data``: what training judges by."""
-        from pyro_vae.evaluation import validation_bounds
+        from pyro_vae.infer.evaluation import validation_bounds
 
         samples = self.validation_samples(num_particles, draws)
         return validation_bounds(vae, data, num_samples=samples, seed=seed)[self.bound]
@@ -262,13 +262,13 @@ class ELBOLoss(torch.nn.Module):
     the processes' gradients equal the gradient of one process holding all their data.
 
     For the plain one-particle ``Trace_ELBO`` of a VAE, each structure of the model is
-    traced by Pyro once and then replayed (:mod:`pyro_vae.step`): the same loss and
+    traced by Pyro once and then replayed (:mod:`pyro_vae.infer.replayed_elbo`): the same loss and
     gradients without building two traces per step. ``replay=False`` always uses Pyro's
     ELBO.
     """
 
     def __init__(self, vae: torch.nn.Module, elbo: pyro.infer.ELBO, *, replay: bool = True) -> None:
-        from pyro_vae.step import ReplayedELBO, replayable
+        from pyro_vae.infer.replayed_elbo import ReplayedELBO, replayable
 
         super().__init__()
         self.vae = vae

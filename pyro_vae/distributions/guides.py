@@ -1,8 +1,8 @@
 r"""Guides :math:`q_\phi(z \mid x)`: the amortized posterior, a plug-in like the prior.
 
 Every guide starts from the encoder's Gaussian, :math:`\mathcal N(\mu_\phi(x),
-\operatorname{diag}\sigma_\phi(x)^2)` (:class:`~pyro_vae.networks.GaussianEncoder`; the
-encoder sees missing cells as NaN, :class:`~pyro_vae.networks.MaskedInput`), and makes of it
+\operatorname{diag}\sigma_\phi(x)^2)` (:class:`~pyro_vae.nn.networks.GaussianEncoder`; the
+encoder sees missing cells as NaN, :class:`~pyro_vae.nn.networks.MaskedInput`), and makes of it
 a distribution over ``z`` with event shape ``(latent_dim,)`` and batch shape ``(n,)``. That
 is the whole contract: the rest of the library uses only its ``rsample(sample_shape)`` and
 ``log_prob(z)`` (:meth:`pyro_vae.model.VAE.log_weights`), and, where they exist, its
@@ -25,7 +25,7 @@ every guide unchanged. A guide's own parameters train with the networks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pyro.distributions as dist
 import torch
@@ -34,7 +34,7 @@ from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.registry import Registry, UnregisteredName, spec_of
+from pyro_vae.registry import Registry, Specified, UnregisteredName
 from pyro_vae.utils import positive, positive_int
 
 #: Draws behind :meth:`Guide.moments` for a guide whose moments have no closed form.
@@ -48,7 +48,7 @@ def context(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.cat([loc, scale.log()], -1)
 
 
-class Guide(nn.Module):
+class Guide(Specified, nn.Module):
     r"""Protocol for guides (subclass and :func:`register`): :meth:`forward` is required.
 
     :meth:`setup` is called once by the VAE with ``latent_dim`` (create parameters there,
@@ -97,12 +97,6 @@ class Guide(nn.Module):
         mean = total / MOMENT_DRAWS
         var = ((square - MOMENT_DRAWS * mean**2) / (MOMENT_DRAWS - 1)).clamp_min(0)
         return mean.to(z.dtype), var.sqrt().to(z.dtype)
-
-    def spec(self) -> dict[str, Any]:
-        return spec_of(self)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.spec()["options"].items())
 
 
 REGISTRY: Registry[Guide] = Registry("guide", base=Guide)

@@ -20,7 +20,7 @@ import numpy as np
 
 # The in-memory pieces and the CSV reader live in their own modules; their names stay
 # importable from here, where they always were.
-from pyro_vae.arrays import (  # noqa: F401
+from pyro_vae.data.arrays import (  # noqa: F401
     DataSplits,
     Preprocessing,
     TensorBatches,
@@ -37,9 +37,9 @@ from pyro_vae.arrays import (  # noqa: F401
     make_loader,
     make_splits,
 )
+from pyro_vae.data.reading import _read_numeric_csv, read_csv  # noqa: F401
+from pyro_vae.data.tables import load_table, read_table
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.reading import _read_numeric_csv, read_csv  # noqa: F401
-from pyro_vae.tables import load_table, read_table
 
 DATA_ENV = "PYRO_VAE_DATA"
 BINARIZED_MNIST_FILE = "binarized_mnist.npz"
@@ -178,11 +178,11 @@ def load_dataset(
 ) -> DataSplits:
     """Load a dataset by name (the command line's ``--dataset``).
 
-    ``csv`` is a raw table (:func:`pyro_vae.tables.load_table`): each column's kind,
+    ``csv`` is a raw table (:func:`pyro_vae.data.tables.load_table`): each column's kind,
     preprocessing and likelihood are chosen from the training split; its real columns are
     standardized unless ``standardize=False``. ``column_likelihoods`` overrides the choice
     per column (tables only); ``categorical``, ``text_cells`` and ``encoding`` are
-    :func:`pyro_vae.reading.read_table`'s. For the other data sets ``standardize`` defaults to off.
+    :func:`pyro_vae.data.reading.read_table`'s. For the other data sets ``standardize`` defaults to off.
     """
     if column_likelihoods and name != "csv":
         raise ConfigError(f"column likelihoods are for tables (--dataset csv), not {name!r}")

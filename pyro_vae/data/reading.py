@@ -3,7 +3,7 @@
 Every table pyro_vae reads comes through here: :func:`read_table` (CSV files, text columns
 as categories), :func:`read_csv` (a strict numeric CSV) and :func:`as_raw_table` (frames and
 arrays). A :class:`RawTable` holds numbers with NaN for missing cells and categories coded
-0..K-1; :mod:`pyro_vae.tables` chooses each column's kind from it.
+0..K-1; :mod:`pyro_vae.data.tables` chooses each column's kind from it.
 
 CSV files as people have them are read right or refused with the file, line and cell named:
 
@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyro_vae.arrays import as_tensor, integer_labels
-from pyro_vae.columns import EXACT_INTEGERS
+from pyro_vae.data.arrays import as_tensor, integer_labels
+from pyro_vae.data.columns import EXACT_INTEGERS
 from pyro_vae.errors import ConfigError, DataError
 
 MISSING_TOKENS = frozenset({"", "na", "nan", "n/a", "null", "none", "?"})
@@ -550,7 +550,7 @@ def read_csv(
     if table.levels:
         text = [table.names[j] for j in table.levels]
         raise DataError(
-            f"{path}: non-numeric values in column(s) {text}: pyro_vae.tables.read_table and "
+            f"{path}: non-numeric values in column(s) {text}: pyro_vae.data.tables.read_table and "
             "load_table (and --dataset csv) code them as categories"
         )
     return table.values, table.labels, table.names

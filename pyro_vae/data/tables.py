@@ -2,15 +2,15 @@
 
 :func:`load_table` (a numpy array, a pandas ``DataFrame`` or :func:`read_table`'s CSV) and
 ``pyro-vae train --dataset csv`` infer a :class:`TableSchema` from the training split. Each
-kind is a registered class of :mod:`pyro_vae.columns`, which detects itself from the column's
+kind is a registered class of :mod:`pyro_vae.data.columns`, which detects itself from the column's
 values (in the order of the kinds' priorities) and says its transform and default likelihood;
 that module's docstring holds the table of kinds. Columns that are identifiers (every value
 a distinct key, or consecutive integers such as R's row names, in tables of 20 rows or more)
-are dropped saying so, like constant ones. Files and frames are read by :mod:`pyro_vae.reading`.
+are dropped saying so, like constant ones. Files and frames are read by :mod:`pyro_vae.data.reading`.
 
 Counts and integers stay in their own units (their likelihoods give probabilities, which
 need no Jacobian); the encoder sees every column standardized all the same
-(:class:`~pyro_vae.networks.ScaledInput`, set by :func:`pyro_vae.fit`). A rounded Gaussian
+(:class:`~pyro_vae.nn.networks.ScaledInput`, set by :func:`pyro_vae.fit`). A rounded Gaussian
 suits integers on a scale: unlike a negative binomial it can be narrower than a Poisson of
 the same mean and has no preferred origin.
 
@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyro_vae import columns as column_kinds
-from pyro_vae.arrays import DataSplits, Preprocessing, _labels, _split_indices, as_tensor, integer_labels
-from pyro_vae.columns import MAX_LEVELS, ColumnSpec
+from pyro_vae.data import columns as column_kinds
+from pyro_vae.data.arrays import DataSplits, Preprocessing, _labels, _split_indices, as_tensor, integer_labels
+from pyro_vae.data.columns import MAX_LEVELS, ColumnSpec
+from pyro_vae.data.reading import MISSING_TOKENS, RawTable, as_raw_table, read_table  # noqa: F401
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.reading import MISSING_TOKENS, RawTable, as_raw_table, read_table  # noqa: F401
 
 #: a column of this many rows or more whose values are all distinct keys is an identifier
 MIN_KEY_ROWS = 20
@@ -97,7 +97,7 @@ class TableSchema:
 
     def with_likelihoods(self, mapping: dict[Any, Any]) -> TableSchema:
         """A copy with the likelihoods of ``mapping`` (column name or index -> likelihood)."""
-        from pyro_vae import likelihoods
+        from pyro_vae.distributions import likelihoods
 
         columns = [dataclasses.replace(c) for c in self.columns]
         for key, spec in mapping.items():
@@ -189,7 +189,7 @@ def infer_column(
 ) -> ColumnSpec | str:
     """The :class:`ColumnSpec` of one training column (NaN: missing), or why it is dropped.
 
-    The statistics come from the training split; the kind (:mod:`pyro_vae.columns`) from
+    The statistics come from the training split; the kind (:mod:`pyro_vae.data.columns`) from
     ``support``, every observed value of the column when given: a count column whose
     validation split holds 42.5 is real, whatever the training split shows.
     """

@@ -1,7 +1,7 @@
 r"""Semi-amortized inference: a few SVI steps per data point on the guide's per-point parameters.
 
 The encoder gives each point its Gaussian :math:`(\mu_\phi(x), \sigma_\phi(x))`, and the guide
-(:mod:`pyro_vae.guides`) makes :math:`q(z \mid x)` of it. Amortization costs something: one
+(:mod:`pyro_vae.distributions.guides`) makes :math:`q(z \mid x)` of it. Amortization costs something: one
 network must serve every point, and the gap :math:`\log p(x) - \text{ELBO}` holds an
 *amortization gap* beside the family's own (Cremer et al. 2018). Kim et al. (2018) start from
 the encoder's output and take a few gradient steps on the ELBO of each point separately:
@@ -36,7 +36,7 @@ from pyro.infer import SVI, Trace_ELBO
 from torch.distributions import constraints
 
 from pyro_vae.data import evaluation_data
-from pyro_vae.evaluation import chunk_plan, default_chunk_size, evaluate, point_batches, sampling
+from pyro_vae.infer.evaluation import chunk_plan, default_chunk_size, evaluate, point_batches, sampling
 from pyro_vae.model import VAE
 from pyro_vae.utils import positive, positive_int
 

@@ -17,7 +17,7 @@ parameters are ordinary ``nn.Parameter`` s and train with the networks.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -26,7 +26,7 @@ from torch import nn
 from torch.distributions import constraints
 from torch.nn import functional as F
 
-from pyro_vae.registry import Registry, UnregisteredName, spec_of
+from pyro_vae.registry import Registry, Specified, UnregisteredName
 from pyro_vae.utils import positive, positive_int
 
 
@@ -34,7 +34,7 @@ def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
-class Prior(nn.Module):
+class Prior(Specified, nn.Module):
     r"""Protocol for priors (subclass and :func:`register`); only :meth:`forward` is required.
 
     The defaults: :meth:`setup` records ``latent_dim`` (call it from an override),
@@ -92,12 +92,6 @@ class Prior(nn.Module):
 
     def initialize(self, x: torch.Tensor) -> None:
         """Data-dependent initialisation from a sample of training data (default: none)."""
-
-    def spec(self) -> dict[str, Any]:
-        return spec_of(self)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.spec()["options"].items())
 
     # ------------------------------------------------------------------ kernel marginals
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from pyro_vae.data import DataSplits, as_tensor
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation import evaluate
+from pyro_vae.infer.evaluation import evaluate
+from pyro_vae.infer.training import History, fit
 from pyro_vae.model import VAE
-from pyro_vae.training import History, fit
 
 LATENT_DIMS = (2, 4, 8)
 HIDDEN = ((64, 64), (256, 256))

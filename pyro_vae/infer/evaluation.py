@@ -32,9 +32,12 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import kl_divergence
 
-from pyro_vae import distributed as dist_utils
-from pyro_vae.ais import ais
-from pyro_vae.chunking import (  # noqa: F401  (CHUNK_ELEMENTS and chunk_plan stay importable from here)
+from pyro_vae.data import as_tensor, evaluation_data
+from pyro_vae.distributions.priors import FactorizedPrior
+from pyro_vae.errors import ConfigError, DataError, NonFiniteError
+from pyro_vae.infer import distributed as dist_utils
+from pyro_vae.infer.ais import ais
+from pyro_vae.infer.chunking import (  # noqa: F401  (CHUNK_ELEMENTS and chunk_plan stay importable from here)
     CHUNK_ELEMENTS,
     chunk_plan,
     default_chunk_size,
@@ -42,10 +45,7 @@ from pyro_vae.chunking import (  # noqa: F401  (CHUNK_ELEMENTS and chunk_plan st
     sampling,
     weight_chunks,
 )
-from pyro_vae.data import as_tensor, evaluation_data
-from pyro_vae.errors import ConfigError, DataError, NonFiniteError
 from pyro_vae.model import VAE, LogWeights
-from pyro_vae.priors import FactorizedPrior
 from pyro_vae.utils import check_finite_weights, positive_int, progress_bar  # noqa: F401 (re-exported)
 
 METHODS = ("importance", "ais")
@@ -126,7 +126,7 @@ def evaluate(
       prior's marginals (these sum to ``kl`` for factorised priors only); in closed form
       where torch has it, else by Monte Carlo with at most 100 samples per point
       (``kl_per_dim=False`` skips it; None for a guide whose marginals are not Gaussian,
-      the ``flow`` guide, :mod:`pyro_vae.guides`); the ``kl`` of a guide other than the
+      the ``flow`` guide, :mod:`pyro_vae.distributions.guides`); the ``kl`` of a guide other than the
       diagonal Gaussian is a Monte Carlo average over the ``num_samples`` draws;
     * ``active_units``: dimensions whose posterior mean varies over the data with
       variance above 0.01 (Burda et al., 2015);
@@ -148,7 +148,7 @@ def evaluate(
     summed over each point's observed cells.
 
     ``method="ais"`` estimates :math:`\log p(x)` by annealed importance sampling instead
-    (:func:`pyro_vae.ais.ais` with ``ais_steps`` temperatures, ``ais_chains`` chains per
+    (:func:`pyro_vae.infer.ais.ais` with ``ais_steps`` temperatures, ``ais_chains`` chains per
     point, ``ais_leapfrog`` leapfrog steps per HMC transition, from ``ais_initial``:
     ``"encoder"`` or ``"prior"``), in the calling process alone; the ELBO and its parts
     still come from the ``num_samples`` draws of q. It adds ``method``, ``ais_steps``,
@@ -401,7 +401,7 @@ def validation_bounds(
     r"""Two bounds on the mean :math:`\log p(x)` per point from the same ``num_samples`` draws each:
     ``"elbo"`` (the ELBO, its KL in closed form where one exists, its reconstruction term
     averaged over the draws) and ``"iwae"`` (the importance-weighted bound with K =
-    ``num_samples``). Objectives pick theirs (:meth:`~pyro_vae.objectives.Objective.validation_bound`).
+    ``num_samples``). Objectives pick theirs (:meth:`~pyro_vae.infer.objectives.Objective.validation_bound`).
 
     The draws are seeded by ``seed``: the same noise for every call, so that two weights
     are compared on common random numbers. NaN or infinite values are returned as they come.

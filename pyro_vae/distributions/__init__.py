@@ -1,0 +1,1 @@
+"""Probability distributions of the model: likelihoods p(x|z), priors p(z), guides q(z|x)."""

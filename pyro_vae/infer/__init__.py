@@ -1,0 +1,1 @@
+"""Inference: objectives, training, evaluation (importance sampling, AIS), imputation, selection."""

@@ -1,0 +1,1 @@
+"""Neural networks: the built-in encoders and decoders."""
